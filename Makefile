@@ -1,0 +1,42 @@
+# dsn — two quick-start commands: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DSN    := $(VENV)/bin/dsn
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+DEMO_DATA ?= data/demo
+
+export MLFLOW_DISABLE_TELEMETRY=true
+export DO_NOT_TRACK=true
+
+.PHONY: venv demo test test-slow lint clean
+
+venv: $(STAMP)
+
+# torch first: an unpinned torch pulled in by lightning would download a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(DSN) synth $(DEMO_DATA) --subjects 8 --hours 8 --seed 0
+	$(DSN) fit --config conf/demo.yaml
+	@echo
+	@echo "Results are in the MLflow tracking home mlruns/ (sqlite:///mlruns/mlflow.db)."
+	@echo "Open them with:  $(DSN) ui"
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check dsn tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
