@@ -1,0 +1,5 @@
+import sys
+
+from dsn.cli import main
+
+sys.exit(main())

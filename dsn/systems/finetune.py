@@ -1,0 +1,154 @@
+"""Sequence fine-tuning: DeepSleepNet (CNN + BiLSTM + shortcut) on contiguous sequences, two learning rates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from dsn.models import DeepFeatureNet, DeepSleepNet
+from dsn.systems.base import L2Layers, SleepSystem
+
+
+def load_pretrained(feature_net: DeepFeatureNet, source: str | Path | nn.Module) -> DeepFeatureNet:
+    """Copy pretrained weights into ``feature_net`` (in place) and return it.
+
+    ``source`` is a PretrainSystem/FinetuneSystem Lightning checkpoint (``.ckpt``), a saved
+    ``state_dict`` of a feature net (``.pt``), an MLflow model URI (``runs:/<id>/model``,
+    ``models:/<name>/<version>``), or a module that has a ``feature_net`` (or is one).
+
+    Raises
+    ------
+    ValueError
+        If the file is missing or its weights do not fit the configured network (different kernel
+        sizes, filters or sampling rate), naming the mismatching tensors.
+    """
+    if isinstance(source, nn.Module):
+        module = getattr(source, "feature_net", source)
+        state = module.state_dict()
+        where = type(source).__name__
+    elif "://" in str(source) or str(source).startswith(("runs:/", "models:/")):
+        from dsn.tracking import load_model
+
+        module = load_model(str(source))
+        state = getattr(module, "feature_net", module).state_dict()
+        where = str(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"{path}: pretrained checkpoint not found. Run the pretrain stage first or fix the path.")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        state = ckpt.get("state_dict", ckpt)
+        for prefix in ("model.feature_net.", "net.feature_net.", "feature_net."):
+            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            if sub:
+                state = sub
+                break
+        where = str(path)
+    own = feature_net.state_dict()
+    bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    if bad:
+        details = ", ".join(
+            f"{k}: expected {tuple(own[k].shape)}, got {tuple(state[k].shape) if k in state else 'missing'}" for k in bad[:4]
+        )
+        raise ValueError(
+            f"{where}: pretrained weights do not fit the feature net ({details}). Use the same `net` settings "
+            "(sfreq, kernel sizes, strides, filters) as the pretraining run."
+        )
+    feature_net.load_state_dict({k: state[k] for k in own})
+    return feature_net
+
+
+class FinetuneSystem(SleepSystem):
+    """Fine-tune :class:`~dsn.models.DeepSleepNet` on sequences (paper section II-C, "sequence residual learning").
+
+    Parameters
+    ----------
+    net : the sequence net; its ``feature_net`` normally holds pretrained weights.
+    pretrained : where to load the feature net's pretrained weights from (see :func:`load_pretrained`);
+        ``None`` keeps the weights ``net`` already has.
+    lr_pretrained : Adam learning rate of the pretrained CNN (paper: 1e-6).
+    lr_new : learning rate of the new parts: shortcut, LSTMs, head (paper: 1e-4).
+    betas, eps : Adam.
+    weight_decay, l2_layers : L2 on the CNN's first conv layer(s), as in pretraining.
+    grad_clip_norm : gradients clipped to this global norm (paper: 10); ``None`` disables.
+    carry_state : carry the LSTM state between consecutive chunks of a recording (reset where a batch row
+        starts a new stream); needs ``sequence_sampling: stream`` in the data module to mean anything.
+
+    Batches are ``(x, y, first)`` with ``x`` (batch, seq_len, n_chans, n_times), ``y`` (batch, seq_len)
+    and ``first`` (batch,) bool: the row starts a new stream (state reset).
+    """
+
+    def __init__(
+        self,
+        net: DeepSleepNet,
+        pretrained: str | None = None,
+        lr_pretrained: float = 1e-6,
+        lr_new: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-3,
+        l2_layers: L2Layers = "small",
+        grad_clip_norm: float | None = 10.0,
+        carry_state: bool = True,
+    ):
+        super().__init__(net.n_outputs)
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        if pretrained is not None:
+            load_pretrained(net.feature_net, pretrained)
+        self._state: dict[str, tuple[Tensor, ...] | None] = {}
+
+    @property
+    def feature_net(self) -> DeepFeatureNet:
+        return self.net.feature_net
+
+    def forward(self, x: Tensor, state=None, return_state: bool = False):
+        return self.net(x, state, return_state=return_state)
+
+    def _shared_step(self, batch, split: str) -> Tensor:
+        x, y, first = batch
+        state = self._state.get(split)
+        if not self.hparams.carry_state or state is None or state[0].shape[1] != x.shape[0] or bool(first.all()):
+            state = None
+        else:
+            state = self.net.mask_state(state, ~first)
+        logits, new_state = self.net(x, state, return_state=True)
+        self._state[split] = self.net.detach_state(new_state)
+        loss = self._loss(logits, y)
+        self._step_end(split, loss, logits, y)
+        return loss
+
+    def _reset(self, split: str) -> None:
+        self._state[split] = None
+
+    def on_train_epoch_start(self) -> None:
+        self._reset("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset("test")
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decayed = self.feature_net.first_conv_weights(hp.l2_layers)
+        groups = self.l2_groups(decayed, self.net.pretrained_parameters(), hp.lr_pretrained, hp.weight_decay)
+        groups += self.l2_groups([], self.net.new_parameters(), hp.lr_new, 0.0)
+        return torch.optim.Adam(groups, lr=hp.lr_new, betas=tuple(hp.betas), eps=hp.eps)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.grad_clip_norm
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm")

@@ -1,0 +1,344 @@
+"""Everything MLflow: tracking URI, experiments, parent/child runs, artifacts, figures, models.
+
+No other module imports ``mlflow`` (except through the functions here), so a change of tracking
+backend (remote server, registry) happens in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_HOME = "mlruns"
+DEFAULT_EXPERIMENT = "dsn"
+PARENT_TAG = "mlflow.parentRunId"
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+class TrackingError(RuntimeError):
+    """The tracking server or store cannot be used; the message says which and how to fix it."""
+
+
+def tracking_uri(uri: str | None = None, home: str | Path = DEFAULT_HOME) -> str:
+    """The tracking URI: ``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<home>/mlflow.db``."""
+    if uri:
+        return uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    home = Path(home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def artifact_root(uri: str, home: str | Path = DEFAULT_HOME) -> str | None:
+    """Artifact location for new experiments: ``<home>/artifacts`` for a local store, server default otherwise."""
+    if uri.startswith("sqlite:") or uri.startswith("file:"):
+        return (Path(home).resolve() / "artifacts").as_uri()
+    return None
+
+
+def check_tracking(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast (before training) when the tracking store cannot be reached.
+
+    Raises
+    ------
+    TrackingError
+        Naming the URI and how to fix it.
+    """
+    import mlflow
+
+    env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout))}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:
+        raise TrackingError(
+            f"MLflow tracking store {uri} is not reachable ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            "Start the server, fix `tracking.uri` / $MLFLOW_TRACKING_URI, or unset it to use the local "
+            "store sqlite:///mlruns/mlflow.db."
+        ) from None
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def client(uri: str):
+    import mlflow
+
+    return mlflow.MlflowClient(uri)
+
+
+def experiment_id(uri: str, name: str = DEFAULT_EXPERIMENT, home: str | Path = DEFAULT_HOME) -> str:
+    """Get or create an experiment; local artifacts go under the tracking home."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return c.create_experiment(name, artifact_location=artifact_root(uri, home))
+
+
+def ui_url(port: int, exp_id: str | None = None, host: str = "127.0.0.1") -> str:
+    """Link to the runs table ("Model training" view) of an experiment in the MLflow 3 UI."""
+    base = f"http://{host}:{port}/"
+    return f"{base}#/experiments/{exp_id}?workflowType=machine_learning" if exp_id else base
+
+
+# ----------------------------------------------------------------------------- runs
+class _Terminated(BaseException):
+    """Raised from SIGTERM so that runs are closed as KILLED (like Ctrl-C)."""
+
+
+@contextlib.contextmanager
+def run_guard(uri: str, run_ids: list[str]) -> Iterator[None]:
+    """Close every run in ``run_ids`` as FINISHED on success, KILLED on Ctrl-C / SIGTERM and FAILED on
+    an error, so no run is left RUNNING forever. ``run_ids`` may change inside the block: add a run when it
+    opens, remove it once it has been closed for good."""
+    previous = None
+    if hasattr(signal, "SIGTERM"):
+        with contextlib.suppress(ValueError):  # not in the main thread
+
+            def _raise(signum, frame):
+                raise _Terminated()
+
+            previous = signal.signal(signal.SIGTERM, _raise)
+    status = "FINISHED"
+    try:
+        yield
+    except (KeyboardInterrupt, _Terminated):
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        c = client(uri)
+        for rid in reversed(run_ids):
+            with contextlib.suppress(Exception):
+                c.set_terminated(rid, status)
+
+
+def start_run(uri: str, exp_id: str, name: str | None = None, parent: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+    """Create a run (a child of ``parent`` when given) and return its id."""
+    tags = dict(tags or {})
+    if parent:
+        tags[PARENT_TAG] = parent
+    if name:
+        tags["mlflow.runName"] = name
+    return client(uri).create_run(exp_id, tags=tags, run_name=name).info.run_id
+
+
+def set_terminated(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    client(uri).set_terminated(run_id, status)
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    """Mark a run RUNNING again (``--resume``)."""
+    client(uri).update_run(run_id, status="RUNNING")
+
+
+def find_child(uri: str, parent: str, name: str) -> Any | None:
+    """The child run ``name`` of ``parent`` (most recent), or None."""
+    c = client(uri)
+    exp = c.get_run(parent).info.experiment_id
+    runs = c.search_runs(
+        [exp], filter_string=f"tags.`{PARENT_TAG}` = '{parent}' and tags.`mlflow.runName` = '{name}'", max_results=1
+    )
+    return runs[0] if runs else None
+
+
+def latest_parent(uri: str, exp_id: str) -> Any | None:
+    """The most recent top-level ``dsn fit`` run of an experiment."""
+    runs = client(uri).search_runs([exp_id], filter_string="tags.`dsn.kind` = 'fit'", max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+def get_run(uri: str, run_id: str):
+    return client(uri).get_run(run_id)
+
+
+def lightning_logger(uri: str, run_id: str):
+    """An ``MLFlowLogger`` that logs into an existing run."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return MLFlowLogger(tracking_uri=uri, run_id=run_id, log_model=False)
+
+
+# ----------------------------------------------------------------------------- logging helpers
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts with dotted keys (lists kept as values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def log_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log flattened params (values cut to MLflow's 6000-character limit); already-set keys are skipped."""
+    from mlflow.entities import Param
+
+    c = client(uri)
+    existing = c.get_run(run_id).data.params
+    items = [Param(k[:250], str(v)[:6000]) for k, v in flatten(params).items() if k[:250] not in existing]
+    for i in range(0, len(items), 100):
+        c.log_batch(run_id, params=items[i : i + 100])
+
+
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+    c = client(uri)
+    for k, v in metrics.items():
+        c.log_metric(run_id, k, float(v), step=step or 0)
+
+
+def set_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
+    c = client(uri)
+    for k, v in tags.items():
+        c.set_tag(run_id, k, str(v))
+
+
+def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
+    client(uri).log_text(run_id, text, artifact_file)
+
+
+def log_dict(uri: str, run_id: str, data: Any, artifact_file: str) -> None:
+    client(uri).log_text(run_id, json.dumps(data, indent=2, default=_json_default), artifact_file)
+
+
+def log_figure(uri: str, run_id: str, figure, artifact_file: str) -> None:
+    import matplotlib.pyplot as plt
+
+    client(uri).log_figure(run_id, figure, artifact_file)
+    plt.close(figure)
+
+
+def log_file(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    client(uri).log_artifact(run_id, str(path), artifact_path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def environment_tags() -> dict[str, str]:
+    """Git commit, Python and package versions (logged as tags of the parent run)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    tags = {"python": sys.version.split()[0]}
+    for pkg in ("dsn", "torch", "lightning", "torchmetrics", "mlflow", "mne", "optuna", "numpy"):
+        with contextlib.suppress(PackageNotFoundError):
+            tags[f"version.{pkg}"] = version(pkg)
+    with contextlib.suppress(Exception):
+        root = Path(__file__).resolve().parent.parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0:
+            tags["mlflow.source.git.commit"] = commit.stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=5)
+            tags["git.dirty"] = str(bool(dirty.stdout.strip()))
+    return tags
+
+
+def log_evaluation(
+    uri: str,
+    run_id: str,
+    split: str,
+    metrics: Mapping[str, float],
+    confusion: np.ndarray | None,
+    hypnogram: tuple[str, np.ndarray, np.ndarray] | None = None,
+    step: int | None = None,
+) -> None:
+    """Log a split's final metrics, confusion matrix (JSON + count and row-normalised figures)
+    and a true-vs-predicted hypnogram of one recording."""
+    from dsn import plots
+    from dsn.data.labels import STAGES
+
+    log_metrics(uri, run_id, metrics, step)
+    if confusion is not None:
+        log_dict(uri, run_id, {"labels": list(STAGES), "rows": "true", "cols": "predicted", "matrix": confusion}, f"{split}/confusion_matrix.json")
+        for norm in (False, True):
+            fig = plots.confusion_matrix_figure(confusion, normalize=norm, title=f"{split} confusion matrix" + (" (row-normalised)" if norm else ""))
+            log_figure(uri, run_id, fig, f"{split}/confusion_matrix{'_normalized' if norm else ''}.png")
+    if hypnogram is not None:
+        name, y_true, y_pred = hypnogram
+        fig = plots.hypnogram_figure(y_true, y_pred, title=f"{name} ({split}): expert vs model")
+        log_figure(uri, run_id, fig, f"{split}/hypnogram_{name}.png")
+
+
+# ----------------------------------------------------------------------------- models
+PIP_REQUIREMENTS = ["torch", "dsn"]
+
+
+def log_model(uri: str, run_id: str, model, input_example: np.ndarray, name: str = "model") -> str:
+    """Log a network as an MLflow PyTorch model (pickle format, loads back as the same class).
+
+    ``pip_requirements`` is given so MLflow does not spend seconds inferring them.
+    Returns the model URI (``models:/<model_id>``; ``runs:/<run_id>/<name>`` works too).
+    """
+    import warnings
+
+    import mlflow
+
+    prev = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings(), mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            warnings.simplefilter("ignore")  # MLflow warns about pickle; the class is importable from dsn
+            info = mlflow.pytorch.log_model(
+                model,
+                name=name,
+                pip_requirements=PIP_REQUIREMENTS,
+                serialization_format="pickle",
+                input_example=input_example,
+            )
+    finally:
+        model.train(was_training)
+        mlflow.set_tracking_uri(prev)
+    return info.model_uri
+
+
+def load_model(model_uri: str, tracking: str | None = None):
+    """Load a model logged with :func:`log_model` (``runs:/...``, ``models:/...``)."""
+    import warnings
+
+    import mlflow
+
+    prev = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri(tracking))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    finally:
+        mlflow.set_tracking_uri(prev)
+
+
+def download_artifacts(uri: str, run_id: str, path: str, dst: str | Path | None = None) -> str:
+    import mlflow
+
+    dst = dst or tempfile.mkdtemp(prefix="dsn-")
+    return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst), tracking_uri=uri)
