@@ -103,6 +103,7 @@ def run(cfg, parser) -> FitResult:
     from dsn.systems.finetune import FinetuneSystem
     from dsn.systems.pretrain import PretrainSystem
 
+    _quiet_libraries()
     L.seed_everything(cfg.seed_everything, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
     home = Path(cfg.tracking.home)
@@ -174,6 +175,23 @@ def run(cfg, parser) -> FitResult:
     return FitResult(parent, exp_id, uri, results)
 
 
+def _quiet_libraries() -> None:
+    """Hide library noise that says nothing to a user of dsn (deprecations inside lightning, tips, pickle notes)."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*weights_only.*")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+
+    class _NoTips(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "litlogger" not in record.getMessage()
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips())
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+
+
 def _summary_params(summary: dict) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for split, subs in (summary.get("split") or {}).items():
@@ -198,7 +216,7 @@ def _print_summary(summary: dict) -> None:
 def _run_stage(name, system, dm, cfg, stage_cfg, uri, exp_id, parent, run_ids, ckpt_root, resume) -> StageResult:
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from dsn import tracking
     from dsn.systems.metrics import format_report
@@ -225,11 +243,11 @@ def _run_stage(name, system, dm, cfg, stage_cfg, uri, exp_id, parent, run_ids, c
         dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor="val/f1_macro", mode="max",
         save_top_k=1, save_last=True, auto_insert_metric_name=False,
     )
-    interrupted = _InterruptFlag()
+    interrupted = _InterruptFlag(ckpt_dir / "last.ckpt")
     trainer = L.Trainer(
         **_trainer_kwargs(stage_cfg.trainer),
         logger=tracking.lightning_logger(uri, run_id),
-        callbacks=[checkpoint, OnExceptionCheckpoint(dirpath=ckpt_dir, filename="last"), interrupted],
+        callbacks=[checkpoint, interrupted],
         default_root_dir=str(ckpt_dir),
         enable_checkpointing=True,
     )
@@ -281,17 +299,23 @@ def _run_stage(name, system, dm, cfg, stage_cfg, uri, exp_id, parent, run_ids, c
 
 
 class _InterruptFlag:
-    """Callback that remembers a Ctrl-C seen by the trainer."""
+    """Callback that remembers a Ctrl-C (or SIGTERM) seen by the trainer and saves the state reached."""
 
-    def __new__(cls):
+    def __new__(cls, path: Path):
         import lightning as L
 
         class Flag(L.Callback):
             seen = False
 
             def on_exception(self, trainer, pl_module, exception):
-                if isinstance(exception, KeyboardInterrupt):
-                    self.seen = True
+                if isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "_Terminated":
+                    self.seen = isinstance(exception, KeyboardInterrupt)
+                    try:  # written to a temporary name first: a failure never corrupts the last checkpoint
+                        tmp = path.with_suffix(".tmp")
+                        trainer.save_checkpoint(tmp)
+                        tmp.replace(path)
+                    except Exception as e:  # the run is being stopped anyway: report, do not mask the interrupt
+                        print(f"could not save the interrupted state to {path}: {e}")
 
         return Flag()
 
