@@ -161,6 +161,10 @@ def run(cfg, parser) -> FitResult:
                 ft["pretrained"] = None  # weights already in feature_net
             elif ft.get("pretrained") is None:
                 print("warning: fine-tuning without pretrained weights (finetune.system.pretrained is not set).")
+            elif str(ft["pretrained"]).startswith(("runs:/", "models:/")):  # from this fit's tracking store
+                from dsn.systems.finetune import load_pretrained
+
+                load_pretrained(feature_net, tracking.load_model(ft.pop("pretrained"), uri))
             net = DeepSleepNet(feature_net, **cfg.finetune.net.as_dict())
             system = FinetuneSystem(net, **ft)
             dm.mode, dm.batch_size, dm.seq_len = "finetune", cfg.finetune.batch_size, cfg.finetune.seq_len

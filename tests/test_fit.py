@@ -72,6 +72,14 @@ def test_fit_logs_parent_and_child_runs(synth_dir, tracking_home, tmp_path):
     ref.eval(), model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), rtol=0, atol=0)
+    # fine-tuning can start from the logged pretraining model (an MLflow model URI)
+    from dsn.systems.finetune import load_pretrained
+
+    pre = next(s for s in res.stages if s.name == "pretrain")
+    fnet = load_pretrained(DeepFeatureNet(bn_momentum=0.1), pre.model_uri).eval()
+    logged = tracking.load_model(pre.model_uri, res.tracking_uri).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fnet(x[0]), logged.feature_net(x[0]), rtol=0, atol=0)
 
 
 def test_seeded_runs_are_reproducible(synth_dir, tracking_home, tmp_path):

@@ -31,7 +31,7 @@ def load_pretrained(feature_net: DeepFeatureNet, source: str | Path | nn.Module)
     elif "://" in str(source) or str(source).startswith(("runs:/", "models:/")):
         from dsn.tracking import load_model
 
-        module = load_model(str(source))
+        module = load_model(str(source))  # tracking store: $MLFLOW_TRACKING_URI, else mlruns/
         state = getattr(module, "feature_net", module).state_dict()
         where = str(source)
     else:
