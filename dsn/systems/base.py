@@ -59,6 +59,18 @@ class SleepSystem(L.LightningModule):
         if buf:
             self.eval_outputs[split] = (torch.cat([b[0] for b in buf]).numpy(), torch.cat([b[1] for b in buf]).numpy())
 
+    def _shared_step(self, batch, split: str) -> Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
     def on_train_epoch_end(self) -> None:
         self._epoch_end("train")
 

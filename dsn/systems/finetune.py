@@ -132,15 +132,6 @@ class FinetuneSystem(SleepSystem):
     def on_test_epoch_start(self) -> None:
         self._reset("test")
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "test")
-
     def configure_optimizers(self):
         hp = self.hparams
         decayed = self.feature_net.first_conv_weights(hp.l2_layers)

@@ -52,15 +52,6 @@ class PretrainSystem(SleepSystem):
         self._step_end(split, loss, logits, y)
         return loss
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "test")
-
     def predict_step(self, batch, batch_idx: int) -> Tensor:
         return self.model(batch[0]).argmax(-1)
 
