@@ -48,7 +48,7 @@ def _ui(argv: list[str]) -> int:
     p.add_argument("--host", default="127.0.0.1", help="interface to serve on (default: loopback only)")
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db")
     p.add_argument("--home", default="mlruns", help="local tracking home (default mlruns)")
-    p.add_argument("--experiment", default="dsn", help="experiment to link to (default dsn)")
+    p.add_argument("--experiment", default=None, help="experiment to link to (default: the one used last)")
     a = p.parse_args(argv)
     import subprocess
 
@@ -56,9 +56,14 @@ def _ui(argv: list[str]) -> int:
 
     uri = tracking.tracking_uri(a.tracking_uri, a.home)
     exp = None
-    try:
-        e = tracking.client(uri).get_experiment_by_name(a.experiment)
-        exp = e.experiment_id if e else None
+    try:  # link to the named experiment, else to the one used last
+        c = tracking.client(uri)
+        if a.experiment:
+            e = c.get_experiment_by_name(a.experiment)
+            exp = e.experiment_id if e else None
+        else:
+            exps = [e for e in c.search_experiments() if e.experiment_id != "0"]
+            exp = max(exps, key=lambda e: e.last_update_time or 0).experiment_id if exps else None
     except Exception:
         pass
     print(f"MLflow UI for {uri}\n  open {tracking.ui_url(a.port, exp, a.host)}\n  (Ctrl-C to stop)")

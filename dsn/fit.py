@@ -121,7 +121,8 @@ def run(cfg, parser) -> FitResult:
         print(f"Resuming fit run {parent}")
     else:
         tags = {"dsn.kind": "fit", **tracking.environment_tags()}
-        parent = tracking.start_run(uri, exp_id, cfg.tracking.run_name, tags=tags)
+        run_name = cfg.tracking.run_name or "fit-" + "+".join(Path(str(c)).stem for c in (cfg.get("config") or [])) or "fit"
+        parent = tracking.start_run(uri, exp_id, run_name.rstrip("-"), tags=tags)
     run_ids = [parent]
     ckpt_root = home / "checkpoints" / parent
     results: list[StageResult] = []
