@@ -191,9 +191,11 @@ def _quiet_libraries() -> None:
 
     class _NoTips(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
-            return "litlogger" not in record.getMessage()
+            msg = record.getMessage()
+            return "litlogger" not in msg and "`weights_only` was not set" not in msg
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips())
+    logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").addFilter(_NoTips())
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 
 
