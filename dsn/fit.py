@@ -132,8 +132,7 @@ def run(cfg, parser) -> FitResult:
             tracking.log_text(uri, parent, parser.dump(cfg), "config.yaml")
             params = {k: v for k, v in cfg.as_dict().items() if k not in ("config", "__path__")}
             tracking.log_params(uri, parent, params)
-        data_kwargs = {k: v for k, v in cfg.data.as_dict().items()}
-        dm = SleepEDFDataModule(**data_kwargs, mode="pretrain", batch_size=cfg.pretrain.batch_size, seq_len=cfg.finetune.seq_len)
+        dm = SleepEDFDataModule(**cfg.data.as_dict(), mode="pretrain", batch_size=cfg.pretrain.batch_size, seq_len=cfg.finetune.seq_len)
         dm.prepare_data()
         dm.setup()
         summary = dm.summary()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -224,7 +223,3 @@ class SleepEDFDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
-
-    def recordings_of(self, split: str, names: Sequence[str] | None = None) -> list[Recording]:
-        recs = self.recordings.get(split, [])
-        return [r for r in recs if names is None or r.name in names]

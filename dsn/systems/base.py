@@ -9,10 +9,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dsn.data.labels import IGNORE_INDEX, N_CLASSES, STAGES
+from dsn.data.labels import IGNORE_INDEX, N_CLASSES
 from dsn.systems.metrics import SleepStageMetrics
 
 EVAL_SPLITS = ("val", "test")
+
+#: Which first conv layers get L2: the official code's small branch, the paper's both, or none.
+L2Layers = Literal["small", "both", "none"]
 
 
 class SleepSystem(L.LightningModule):
@@ -91,6 +94,3 @@ class SleepSystem(L.LightningModule):
         groups.append({"params": [p for p in params if id(p) not in ids], "lr": lr, "weight_decay": 0.0})
         return [g for g in groups if g["params"]]
 
-
-L2Layers = Literal["small", "both", "none"]
-CLASS_NAMES = STAGES
