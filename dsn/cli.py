@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dsn: unknown command '{cmd}'. Commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     from dsn.data.edf import DataError
-    from dsn.tracking import TrackingError
+    from dsn.tracking import Terminated, TrackingError
 
     try:
         return handler(rest)
@@ -101,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dsn {cmd}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\ndsn {cmd}: interrupted", file=sys.stderr)
+        print(f"\ndsn {cmd}: interrupted" + (" (continue with `dsn fit ... --resume`)" if cmd == "fit" else ""), file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"\ndsn {cmd}: terminated" + (" (continue with `dsn fit ... --resume`)" if cmd == "fit" else ""), file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

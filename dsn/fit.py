@@ -314,7 +314,7 @@ class _InterruptFlag:
             seen = False
 
             def on_exception(self, trainer, pl_module, exception):
-                if isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "_Terminated":
+                if isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "Terminated":
                     self.seen = isinstance(exception, KeyboardInterrupt)
                     try:  # written to a temporary name first: a failure never corrupts the last checkpoint
                         tmp = path.with_suffix(".tmp")

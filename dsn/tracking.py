@@ -99,7 +99,7 @@ def ui_url(port: int, exp_id: str | None = None, host: str = "127.0.0.1") -> str
 
 
 # ----------------------------------------------------------------------------- runs
-class _Terminated(BaseException):
+class Terminated(BaseException):
     """Raised from SIGTERM so that runs are closed as KILLED (like Ctrl-C)."""
 
 
@@ -113,13 +113,13 @@ def run_guard(uri: str, run_ids: list[str]) -> Iterator[None]:
         with contextlib.suppress(ValueError):  # not in the main thread
 
             def _raise(signum, frame):
-                raise _Terminated()
+                raise Terminated()
 
             previous = signal.signal(signal.SIGTERM, _raise)
     status = "FINISHED"
     try:
         yield
-    except (KeyboardInterrupt, _Terminated):
+    except (KeyboardInterrupt, Terminated):
         status = "KILLED"
         raise
     except BaseException:

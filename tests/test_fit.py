@@ -124,3 +124,20 @@ def test_print_config_and_overlays(capsys):
         fit_main(["--config", "conf/demo.yaml", "--config", "conf/debug.yaml", "--finetune.seq_len", "7", "--print_config"])
     out = capsys.readouterr().out
     assert "seq_len: 7" in out and "limit_train_batches: 3" in out and "experiment: dsn-debug" in out
+
+
+def test_sigterm_marks_runs_killed_and_cli_exits_143(synth_dir, tracking_home, tmp_path, monkeypatch, capsys):
+    from dsn.cli import main as cli_main
+    from dsn.systems.pretrain import PretrainSystem
+
+    def terminate(self, *a, **k):  # what the SIGTERM handler installed by dsn fit raises
+        raise tracking.Terminated()
+
+    monkeypatch.setattr(PretrainSystem, "on_train_epoch_end", terminate)
+    rc = cli_main(["fit", *_args(synth_dir, tracking_home, tmp_path, "--tracking.log_model", "false")])
+    assert rc == 143 and "--resume" in capsys.readouterr().err
+    c = mlflow.MlflowClient(tracking.tracking_uri(None, tracking_home))
+    runs = c.search_runs([c.get_experiment_by_name("dsn-debug").experiment_id])
+    assert runs and all(r.info.status == "KILLED" for r in runs)
+    parent = next(r for r in runs if r.data.tags.get("dsn.kind") == "fit")
+    assert (tracking_home / "checkpoints" / parent.info.run_id / "pretrain" / "last.ckpt").is_file()
