@@ -1,7 +1,9 @@
-"""The ``dsn`` command: ``dsn synth``, ``dsn fit``, ``dsn ui``.
+"""The ``dsn`` command: ``synth``, ``fit``, ``sweep``, ``cv``, ``predict``, ``registry``, ``ui``.
 
-Heavy libraries (torch, lightning, mlflow, mne) are imported inside the subcommands, so
-``dsn --help`` answers at once.
+One module per command lives in :mod:`dsn.workflows`; this file only parses arguments, prints, and
+turns the library's :class:`~dsn.errors.DsnError` into one ``dsn <cmd>: error: ...`` line (exit 1).
+Heavy libraries (torch, lightning, mlflow, mne) are imported inside the commands, so ``dsn --help``
+answers at once.
 """
 
 from __future__ import annotations
@@ -9,18 +11,33 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-COMMANDS = {
-    "synth": "write a synthetic Sleep-EDF-shaped data set (EDF files) for demos and tests",
-    "fit": "train DeepSleepNet (pretrain + fine-tune) from a YAML config, tracked in MLflow",
-    "ui": "open the MLflow UI on the project's tracking store",
-}
+RESUME_HINT = " (continue with the same command and --resume)"
 
 
+def _tracking_args(p: argparse.ArgumentParser, experiment: str | None = "dsn") -> None:
+    """The tracking flags, spelt as in the training config (``--tracking.uri`` ...)."""
+    p.add_argument("--tracking.uri", dest="tracking_uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<home>/mlflow.db)")
+    p.add_argument("--tracking.home", dest="tracking_home", default="mlruns", help="local tracking home (default mlruns)")
+    p.add_argument("--tracking.experiment", dest="tracking_experiment", default=experiment,
+                   help=f"MLflow experiment (default {experiment})" if experiment else "MLflow experiment")
+
+
+def _uri(a) -> str:
+    from dsn import tracking
+
+    uri = tracking.tracking_uri(a.tracking_uri, a.tracking_home)
+    tracking.check_tracking(uri)
+    return uri
+
+
+# ----------------------------------------------------------------------------- commands
 def _synth(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="dsn synth", description=COMMANDS["synth"])
+    p = argparse.ArgumentParser(prog="dsn synth", description=COMMANDS["synth"][0])
     p.add_argument("out_dir", help="folder to write SC4ssNE0-PSG.edf / SC4ssNEX-Hypnogram.edf pairs into")
     p.add_argument("--subjects", type=int, default=4, help="number of subjects (default 4, at most 100)")
     p.add_argument("--nights", type=int, choices=(1, 2), default=1, help="nights per subject (default 1)")
@@ -36,30 +53,102 @@ def _synth(argv: list[str]) -> int:
 
 
 def _fit(argv: list[str]) -> int:
-    from dsn.fit import main
+    from dsn.workflows.fit import main
 
     main(argv)
     return 0
 
 
+def _sweep(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="dsn sweep", description=COMMANDS["sweep"][0])
+    p.add_argument("spec", help="sweep file (sweeps/<name>.yaml)")
+    p.add_argument("--n-trials", type=int, default=None, help="trials to add in this run (default: the spec's n_trials)")
+    p.add_argument("--study", default=None, help="study name (default: the spec's file name); the same name continues it")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///<tracking home>/optuna.db); "
+                   "e.g. postgresql+psycopg://user@host/db for several machines")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine sharing the study (default 1)")
+    p.add_argument("--export", default=None, help="write the best trial as a config overlay (e.g. conf/best.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base-config key for every trial (e.g. --set data.data_dir=data/demo); repeatable")
+    p.add_argument("--register", default=None, metavar="NAME", help="register the best trial's model under NAME")
+    _tracking_args(p, experiment=None)
+    a = p.parse_args(argv)
+    from dsn.workflows.sweep import main
+
+    main(a)
+    return 0
+
+
+def _cv(argv: list[str]) -> int:
+    from dsn.workflows.cv import main
+
+    main(argv)
+    return 0
+
+
+def _predict(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="dsn predict", description=COMMANDS["predict"][0])
+    p.add_argument("recordings", nargs="+", help="PSG EDF file(s) to score (no hypnogram needed)")
+    p.add_argument("--model", default="models:/deepsleepnet@champion",
+                   help="model reference: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a checkpoint path "
+                        "(default models:/deepsleepnet@champion)")
+    p.add_argument("--out", required=True, help="output folder (CSV, EDF+ hypnogram, PNG, summary JSON per recording)")
+    p.add_argument("--channel", default=None, help="EEG channel to read (default: the channel the model was trained on)")
+    p.add_argument("--hypnogram", action="append", default=None,
+                   help="expert hypnogram(s) of the recording(s), in the same order: report agreement")
+    _tracking_args(p, experiment=None)
+    a = p.parse_args(argv)
+    from dsn.workflows.predict import main
+
+    main(a)
+    return 0
+
+
+def _registry(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="dsn registry", description=COMMANDS["registry"][0])
+    sub = p.add_subparsers(dest="action", required=True)
+    ls = sub.add_parser("list", help="registered models, versions, aliases and key metrics")
+    pr = sub.add_parser("promote", help="set an alias (e.g. champion) on a model version")
+    pr.add_argument("name")
+    pr.add_argument("version")
+    pr.add_argument("--alias", default="champion", help="alias to set (default champion)")
+    sh = sub.add_parser("show", help="what a model reference resolves to")
+    sh.add_argument("ref", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a checkpoint path")
+    for q in (ls, pr, sh):
+        _tracking_args(q, experiment=None)
+    a = p.parse_args(argv)
+    import json
+
+    from dsn.workflows import registry
+
+    uri = _uri(a)
+    if a.action == "list":
+        rows = registry.list_models(uri)
+        print(registry.format_table(rows, ["name", "version", "aliases", "stage", "dataset", "channel", "f1_macro", "kappa", "run_id"]))
+    elif a.action == "promote":
+        registry.promote(uri, a.name, a.version, a.alias)
+        print(f"models:/{a.name}@{a.alias} -> version {a.version}")
+    else:
+        print(json.dumps(registry.show(uri, a.ref), indent=2, default=str))
+    return 0
+
+
 def _ui(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="dsn ui", description=COMMANDS["ui"])
+    p = argparse.ArgumentParser(prog="dsn ui", description=COMMANDS["ui"][0])
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1", help="interface to serve on (default: loopback only)")
-    p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db")
-    p.add_argument("--home", default="mlruns", help="local tracking home (default mlruns)")
-    p.add_argument("--experiment", default=None, help="experiment to link to (default: the one used last)")
+    _tracking_args(p, experiment=None)
     a = p.parse_args(argv)
     import subprocess
 
     from dsn import tracking
 
-    uri = tracking.tracking_uri(a.tracking_uri, a.home)
+    uri = tracking.tracking_uri(a.tracking_uri, a.tracking_home)
     exp = None
     try:  # link to the named experiment, else to the one used last
         c = tracking.client(uri)
-        if a.experiment:
-            e = c.get_experiment_by_name(a.experiment)
+        if a.tracking_experiment:
+            e = c.get_experiment_by_name(a.tracking_experiment)
             exp = e.experiment_id if e else None
         else:
             exps = [e for e in c.search_experiments() if e.experiment_id != "0"]
@@ -74,12 +163,24 @@ def _ui(argv: list[str]) -> int:
         return 0
 
 
+#: name -> (one-line description, handler, whether it can be resumed)
+COMMANDS: dict[str, tuple[str, Callable[[list[str]], int], bool]] = {
+    "synth": ("write a synthetic Sleep-EDF-shaped data set (EDF files) for demos and tests", _synth, False),
+    "fit": ("train DeepSleepNet (pretrain + fine-tune) from a YAML config, tracked in MLflow", _fit, True),
+    "sweep": ("run an Optuna study over config keys (sweeps/<name>.yaml), one tracked fit per trial", _sweep, False),
+    "cv": ("subject-wise k-fold cross-validation with pooled test figures (the paper's evaluation)", _cv, True),
+    "predict": ("score PSG recordings with a trained model: hypnogram CSV / EDF+ / PNG and night statistics", _predict, False),
+    "registry": ("list, show and promote models in the MLflow Model Registry", _registry, False),
+    "ui": ("open the MLflow UI on the project's tracking store", _ui, False),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: dsn <command> [options]\n\ncommands:")
-        for name, text in COMMANDS.items():
-            print(f"  {name:<6} {text}")
+        for name, (text, _, _) in COMMANDS.items():
+            print(f"  {name:<9} {text}")
         print("\nRun `dsn <command> --help` for a command's options.")
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
@@ -88,23 +189,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dsn {__version__}")
         return 0
     cmd, rest = argv[0], argv[1:]
-    handler = {"synth": _synth, "fit": _fit, "ui": _ui}.get(cmd)
-    if handler is None:
+    if cmd not in COMMANDS:
         print(f"dsn: unknown command '{cmd}'. Commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    from dsn.data.edf import DataError
-    from dsn.tracking import Terminated, TrackingError
+    _, handler, resumable = COMMANDS[cmd]
+    from dsn.errors import DsnError
+    from dsn.tracking import Terminated
 
+    hint = RESUME_HINT if resumable else ""
     try:
         return handler(rest)
-    except (DataError, TrackingError) as e:
+    except DsnError as e:
         print(f"dsn {cmd}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\ndsn {cmd}: interrupted" + (" (continue with `dsn fit ... --resume`)" if cmd == "fit" else ""), file=sys.stderr)
+        print(f"\ndsn {cmd}: interrupted{hint}", file=sys.stderr)
         return 130
     except Terminated:
-        print(f"\ndsn {cmd}: terminated" + (" (continue with `dsn fit ... --resume`)" if cmd == "fit" else ""), file=sys.stderr)
+        print(f"\ndsn {cmd}: terminated{hint}", file=sys.stderr)
         return 143
 
 

@@ -237,3 +237,114 @@ def training_curves_figure(
     if title:
         fig.suptitle(title)
     return fig
+
+
+#: Colour of each stage in :func:`hypnodensity_figure` (by stage name; others cycle through tab10).
+STAGE_COLORS: dict[str, str] = {
+    "W": "#f2b134",
+    "N1": "#9ecae1",
+    "N2": "#4292c6",
+    "N3": "#08306b",
+    "REM": "#d6604d",
+}
+
+
+def hypnodensity_figure(
+    stages: np.ndarray,
+    proba: np.ndarray,
+    epoch_sec: float = 30.0,
+    title: str | None = None,
+    class_names: Sequence[str] = STAGES,
+) -> Figure:
+    """Plot a predicted night: the hypnogram on top, the hypnodensity beneath.
+
+    The hypnogram is drawn like :func:`hypnogram_figure` (step plot, clinical order with W at the
+    top, unscored epochs as grey gaps). The hypnodensity stacks the class probabilities of every
+    epoch (one colour per stage, N3 at the bottom up to W at the top, so the bands follow the
+    hypnogram's levels); each column sums to 1.
+
+    Parameters
+    ----------
+    stages : numpy.ndarray
+        ``(T,)`` predicted class indices (``IGNORE_INDEX`` = unscored).
+    proba : numpy.ndarray
+        ``(T, C)`` class probabilities, rows summing to 1.
+    epoch_sec : float, default 30.0
+        Epoch duration in seconds.
+    title : str, optional
+        Figure title.
+    class_names : sequence of str, default ``STAGES``
+        Class names in index order (``C`` of them).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two axes sharing the time axis in hours, ``[0, T * epoch_sec / 3600]``: ``axes[0]`` the
+        hypnogram, ``axes[1]`` the hypnodensity (y in ``[0, 1]``, legend in class order).
+
+    Raises
+    ------
+    ValueError
+        If the shapes do not match, the night is empty or ``epoch_sec <= 0``.
+    """
+    y = np.asarray(stages).reshape(-1)
+    p = np.asarray(proba, dtype=np.float64)
+    n_classes = len(class_names)
+    if y.size == 0:
+        raise ValueError("empty hypnogram")
+    if p.shape != (y.size, n_classes):
+        raise ValueError(f"proba must have shape ({y.size}, {n_classes}) to match stages, got {p.shape}")
+    if not epoch_sec > 0:
+        raise ValueError(f"epoch_sec must be positive, got {epoch_sec}")
+
+    order = [class_names.index(s) for s in CLINICAL_ORDER if s in class_names]
+    order += [i for i in range(n_classes) if i not in order]
+    level = np.empty(n_classes, dtype=np.float64)
+    level[order] = np.arange(n_classes)
+    valid = (y >= 0) & (y < n_classes)
+    lv = np.full(y.shape, np.nan)
+    lv[valid] = level[y[valid].astype(int)]
+
+    hours = np.arange(y.size + 1) * (epoch_sec / 3600.0)
+    fig = _new_figure((11.0, 4.8))
+    ax_hyp, ax_dens = fig.subplots(2, 1, sharex=True, height_ratios=(1.0, 1.3))
+
+    ax_hyp.step(hours, np.append(lv, lv[-1:]), where="post", color="tab:orange", linewidth=1.2)
+    for start, stop in _runs(~valid):
+        ax_hyp.axvspan(hours[start], hours[stop], color="0.85", linewidth=0, zorder=0)
+    ax_hyp.set_yticks(range(n_classes), labels=[class_names[i] for i in order])
+    ax_hyp.set_ylim(n_classes - 0.5, -0.5)
+    ax_hyp.set_ylabel("Stage")
+    ax_hyp.grid(axis="y", color="0.92", linewidth=0.8)
+
+    palette = [f"C{i}" for i in range(10)]
+    colors = [STAGE_COLORS.get(name, palette[i % 10]) for i, name in enumerate(class_names)]
+    stack = order[::-1]  # bottom -> top: deepest level first, W last
+    values = np.vstack([p, p[-1:]]).T  # repeat the last epoch so it spans its full width
+    polys = ax_dens.stackplot(
+        hours,
+        values[stack],
+        colors=[colors[i] for i in stack],
+        labels=[class_names[i] for i in stack],
+        step="post",
+        linewidth=0,
+    )
+    by_class = dict(zip(stack, polys))
+    ax_dens.legend(
+        [by_class[i] for i in range(n_classes)],
+        list(class_names),
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        fontsize=8,
+        frameon=False,
+    )
+    ax_dens.set_ylim(0.0, 1.0)
+    ax_dens.set_ylabel("Probability")
+    ax_dens.set_xlabel("Time (h)")
+    ax_dens.set_xlim(hours[0], hours[-1])
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+__all__ += ["hypnodensity_figure"]

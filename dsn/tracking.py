@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from dsn.errors import DsnError, Pruned
+
 DEFAULT_HOME = "mlruns"
 DEFAULT_EXPERIMENT = "dsn"
 PARENT_TAG = "mlflow.parentRunId"
@@ -26,7 +28,7 @@ PARENT_TAG = "mlflow.parentRunId"
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(DsnError, RuntimeError):
     """The tracking server or store cannot be used; the message says which and how to fix it."""
 
 
@@ -105,8 +107,8 @@ class Terminated(BaseException):
 
 @contextlib.contextmanager
 def run_guard(uri: str, run_ids: list[str]) -> Iterator[None]:
-    """Close every run in ``run_ids`` as FINISHED on success, KILLED on Ctrl-C / SIGTERM and FAILED on
-    an error, so no run is left RUNNING forever. ``run_ids`` may change inside the block: add a run when it
+    """Close every run in ``run_ids`` as FINISHED on success, KILLED on Ctrl-C / SIGTERM / a pruner
+    (:class:`~dsn.errors.Pruned`) and FAILED on an error, so no run is left RUNNING forever. ``run_ids`` may change inside the block: add a run when it
     opens, remove it once it has been closed for good."""
     previous = None
     if hasattr(signal, "SIGTERM"):
@@ -119,7 +121,7 @@ def run_guard(uri: str, run_ids: list[str]) -> Iterator[None]:
     status = "FINISHED"
     try:
         yield
-    except (KeyboardInterrupt, Terminated):
+    except (KeyboardInterrupt, Terminated, Pruned):
         status = "KILLED"
         raise
     except BaseException:
@@ -163,10 +165,29 @@ def find_child(uri: str, parent: str, name: str) -> Any | None:
     return runs[0] if runs else None
 
 
-def latest_parent(uri: str, exp_id: str) -> Any | None:
-    """The most recent top-level ``dsn fit`` run of an experiment."""
-    runs = client(uri).search_runs([exp_id], filter_string="tags.`dsn.kind` = 'fit'", max_results=1, order_by=["attributes.start_time DESC"])
+def latest_run(uri: str, exp_id: str, kind: str = "fit", parent: str | None = None) -> Any | None:
+    """The most recent run tagged ``dsn.kind=<kind>`` of an experiment (a child of ``parent`` when given)."""
+    flt = f"tags.`dsn.kind` = '{kind}'" + (f" and tags.`{PARENT_TAG}` = '{parent}'" if parent else "")
+    runs = client(uri).search_runs([exp_id], filter_string=flt, max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None
+
+
+def find_runs(uri: str, exp_id: str, tags: Mapping[str, str], parent: str | None = None) -> list:
+    """Runs of an experiment with all of ``tags`` (children of ``parent`` when given), newest first."""
+    parts = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+    if parent:
+        parts.append(f"tags.`{PARENT_TAG}` = '{parent}'")
+    return list(client(uri).search_runs([exp_id], filter_string=" and ".join(parts), max_results=5000,
+                                        order_by=["attributes.start_time DESC"]))
+
+
+def read_text_artifact(uri: str, run_id: str, path: str) -> str | None:
+    """The text of a run's artifact, or None when it does not exist."""
+    try:
+        local = download_artifacts(uri, run_id, path)
+    except Exception:
+        return None
+    return Path(local).read_text()
 
 
 def get_run(uri: str, run_id: str):
@@ -207,7 +228,7 @@ def log_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:
 def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
     c = client(uri)
     for k, v in metrics.items():
-        c.log_metric(run_id, k, float(v), step=step or 0)
+        c.log_metric(run_id, k, float(v), step=step or 0)  # NaN is stored as NaN
 
 
 def set_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
@@ -288,10 +309,21 @@ def log_evaluation(
 
 
 # ----------------------------------------------------------------------------- models
-PIP_REQUIREMENTS = ["torch", "dsn"]
+def pip_requirements() -> list[str]:
+    """The packages a logged model needs, pinned to the versions it was trained with."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for pkg in ("torch", "numpy", "dsn"):
+        try:
+            out.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            out.append(pkg)
+    return out
 
 
-def log_model(uri: str, run_id: str, model, input_example: np.ndarray, name: str = "model") -> str:
+def log_model(uri: str, run_id: str, model, input_example: np.ndarray, name: str = "model",
+              metadata: dict[str, Any] | None = None) -> str:
     """Log a network as an MLflow PyTorch model (pickle format, loads back as the same class).
 
     ``pip_requirements`` is given so MLflow does not spend seconds inferring them.
@@ -311,9 +343,10 @@ def log_model(uri: str, run_id: str, model, input_example: np.ndarray, name: str
             info = mlflow.pytorch.log_model(
                 model,
                 name=name,
-                pip_requirements=PIP_REQUIREMENTS,
+                pip_requirements=pip_requirements(),
                 serialization_format="pickle",
                 input_example=input_example,
+                metadata=json.loads(json.dumps(metadata, default=_json_default)) if metadata else None,
             )
     finally:
         model.train(was_training)
@@ -342,3 +375,36 @@ def download_artifacts(uri: str, run_id: str, path: str, dst: str | Path | None 
 
     dst = dst or tempfile.mkdtemp(prefix="dsn-")
     return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst), tracking_uri=uri)
+
+
+# ----------------------------------------------------------------------------- model registry
+def register_model(uri: str, model_uri: str, name: str, tags: Mapping[str, Any] | None = None) -> str:
+    """Register a logged model as a new version of ``name`` (created when needed); returns the version."""
+    import logging
+
+    c = client(uri)
+    with contextlib.suppress(Exception):
+        c.create_registered_model(name, description="DeepSleepNet sleep-stage scorers logged by dsn")
+    run_id = None
+    if model_uri.startswith("runs:/"):
+        run_id = model_uri.split("/")[1]
+    logging.getLogger("mlflow.store.model_registry").setLevel(logging.ERROR)
+    mv = c.create_model_version(name, model_uri, run_id=run_id, tags={k: str(v) for k, v in (tags or {}).items()})
+    return str(mv.version)
+
+
+def registered_models(uri: str) -> list:
+    return list(client(uri).search_registered_models())
+
+
+def model_versions(uri: str, name: str) -> list:
+    return sorted(client(uri).search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+
+
+def model_version(uri: str, name: str, version: str | None = None, alias: str | None = None):
+    c = client(uri)
+    return c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, str(version))
+
+
+def set_alias(uri: str, name: str, version: str, alias: str) -> None:
+    client(uri).set_registered_model_alias(name, alias, str(version))

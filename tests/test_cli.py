@@ -44,7 +44,7 @@ def test_fit_reports_bad_data_dir_clearly(tmp_path, capsys):
 def test_ui_serves_project_store_on_loopback(tmp_path, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
-    assert main(["ui", "--home", str(tmp_path / "home"), "--port", "5123"]) == 0
+    assert main(["ui", "--tracking.home", str(tmp_path / "home"), "--port", "5123"]) == 0
     cmd = calls[0]
     assert cmd[1:4] == ["-m", "mlflow", "ui"]
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5123"

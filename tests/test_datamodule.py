@@ -124,3 +124,88 @@ def test_download_path_offline(tmp_path, synth_dir, monkeypatch):
     # a file that is not there must be downloaded: offline, a clear error
     with pytest.raises(DataError, match="could not fetch Sleep-EDF subjects \\[1\\]"):
         fetch_sleep_edf([1], [1], path=tmp_path, base_url="http://127.0.0.1:9/")
+
+
+def test_subject_numbers_select_cassette_and_telemetry_only_by_id(synth_dir, tmp_path):
+    """Sleep-cassette SC401 and sleep-telemetry ST701 share the number 1: a number means cassette."""
+    for src, dst in (("SC4011E0-PSG.edf", "SC4011E0-PSG.edf"), ("SC4011EL-Hypnogram.edf", "SC4011EL-Hypnogram.edf"),
+                     ("SC4011E0-PSG.edf", "ST7011J0-PSG.edf"), ("SC4011EL-Hypnogram.edf", "ST7011JP-Hypnogram.edf"),
+                     ("SC4021E0-PSG.edf", "SC4021E0-PSG.edf"), ("SC4021EE-Hypnogram.edf", "SC4021EE-Hypnogram.edf")):
+        (tmp_path / dst).symlink_to(synth_dir / src)
+
+    def chosen(subjects):
+        return sorted(f.subject for f in _dm(tmp_path, tmp_path / "c", subjects=subjects)._discover())
+
+    assert chosen([1]) == ["SC401"]
+    assert chosen(["ST701"]) == ["ST701"]
+    assert chosen([1, "ST701", "SC402"]) == ["SC401", "SC402", "ST701"]
+    assert chosen(None) == ["SC401", "SC402", "ST701"]
+    with pytest.raises(ValueError, match=r"subjects: 'XY701' is neither a sleep-cassette subject number"):
+        _dm(tmp_path, tmp_path / "c", subjects=["XY701"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"max_shift": 1.5}, r"max_shift=1.5: must be a fraction of the epoch length in \[0, 1\]"),
+     ({"max_shift": -0.1}, r"max_shift=-0.1"),
+     ({"skip_first": -1}, r"skip_first=-1: must be an integer number of epochs >= 0")],
+)
+def test_augmentation_arguments_are_checked(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _dm(tmp_path, tmp_path / "c", **kwargs)
+
+
+def test_training_items_are_shifted_and_evaluation_items_are_not(synth_dir, tmp_path):
+    from dsn.data.sampling import read_shifted
+
+    dm = _dm(synth_dir, tmp_path / "c", batch_size=8, max_shift=0.1, seed=3)
+    dm.setup()
+    assert dm.shift_samples == 300
+    loader = dm.train_dataloader()
+    keys = list(loader.sampler)[:8]
+    shifts = [k[2] for k in keys]
+    assert all(-300 <= s <= 300 for s in shifts) and len(set(shifts)) > 1
+    x, y = next(iter(loader))
+    ds = loader.dataset
+    for row, (i, _, shift) in enumerate(keys):  # each item really is its epoch moved by the drawn offset
+        rec = ds.recordings[ds._rec[i]]
+        want = read_shifted(rec.x, int(ds._ep[i]), 1, shift)[0]
+        np.testing.assert_array_equal(x[row].numpy(), want)
+        assert int(y[row]) == int(rec.y[ds._ep[i]])
+    assert not np.array_equal(x[0].numpy(), ds[keys[0][0]][0].numpy())
+    vx, _ = next(iter(dm.val_dataloader()))  # evaluation: the stored epochs, unmoved
+    val = dm.recordings["val"][0]
+    np.testing.assert_array_equal(vx.numpy(), np.asarray(val.x[: len(vx)]))
+    ft = dm.for_stage("finetune", batch_size=2, seq_len=5)
+    assert ft.hparams.max_shift == 0.1 and ft.shift_samples == 300
+
+
+def test_finetune_streams_skip_and_shift_in_training_only(synth_dir, tmp_path):
+    from dsn.data.sampling import read_shifted
+
+    dm = _dm(synth_dir, tmp_path / "c", mode="finetune", batch_size=2, seq_len=5, max_shift=0.05, skip_first=3)
+    dm.setup()
+    loader = dm.train_dataloader()
+    sampler = loader.batch_sampler
+    sampler.set_epoch(2)
+    keys = next(iter(sampler))
+    x, y, _ = next(iter(loader))
+    for row, (w, skip, shift) in enumerate(keys):
+        rec_i, start, length, _ = sampler.windows[w]
+        rec = dm.recordings["train"][rec_i]
+        np.testing.assert_array_equal(x[row].numpy(), read_shifted(rec.x, start + skip, length, shift))
+        np.testing.assert_array_equal(y[row].numpy(), rec.y[start + skip : start + skip + length])
+    ev = dm.val_dataloader().batch_sampler
+    assert all(isinstance(k, int) for b in ev for k in b)  # evaluation keys: plain windows
+
+
+def test_ddp_needs_use_distributed_sampler_false(synth_dir, tmp_path):
+    from types import SimpleNamespace
+
+    dm = _dm(synth_dir, tmp_path / "c")
+    dm.setup()
+    dm.trainer = SimpleNamespace(world_size=2, _accelerator_connector=SimpleNamespace(use_distributed_sampler=True))
+    with pytest.raises(ValueError, match="use_distributed_sampler=True with 2 processes.*use_distributed_sampler=False"):
+        dm.train_dataloader()
+    dm.trainer._accelerator_connector.use_distributed_sampler = False
+    assert len(dm.val_dataloader()) > 0

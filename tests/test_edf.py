@@ -142,3 +142,162 @@ def test_unknown_annotation_label(synth_copy):
     hyp.write_bytes(bytes(raw))
     with pytest.raises(DataError, match=r"Hypnogram\.edf: unknown annotation label\(s\) \['Sleep stage X'\].*label_map"):
         read_hypnogram(hyp)
+
+
+# --------------------------------------------------------------------------------------------
+# The fast EDF reader: exactly MNE's values, MNE for anything unusual
+# --------------------------------------------------------------------------------------------
+def _mne_eeg(path, channel):
+    """What read_eeg returned when it always went through MNE: volts x 1e6, as float32."""
+    import mne
+
+    raw = mne.io.read_raw_edf(path, preload=False, verbose="error").pick([channel]).load_data(verbose="error")
+    return (raw.get_data()[0] * 1e6).astype(np.float32), float(raw.info["sfreq"])
+
+
+def _fast_path_used(path, channel):
+    from pathlib import Path
+
+    from dsn.data.edf import _edf_layout, _read_channel
+
+    layout = _edf_layout(Path(path))
+    return layout is not None and _read_channel(Path(path), layout, channel) is not None
+
+
+def test_fast_reader_equals_mne_on_synthetic_psg(synth_dir):
+    psg = sorted(synth_dir.glob("*-PSG.edf"))[0]
+    for channel in ["EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal", "EMG submental", "Temp rectal"]:
+        x, sfreq = read_eeg(psg, channel)
+        ref, ref_sfreq = _mne_eeg(psg, channel)
+        assert x.dtype == np.float32 and sfreq == ref_sfreq == 100.0
+        np.testing.assert_array_equal(x, ref)
+        # 100-Hz channels are decoded directly; 1-Hz ones (MNE upsamples them to 100 Hz) go through MNE
+        assert _fast_path_used(psg, channel) == channel.startswith(("EEG", "EOG"))
+
+
+@needs_shared(PSG)
+def test_fast_reader_equals_mne_on_real_sleep_edf():
+    for channel in ["EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal"]:
+        assert _fast_path_used(PSG, channel)
+        x, sfreq = read_eeg(PSG, channel)
+        ref, ref_sfreq = _mne_eeg(PSG, channel)
+        np.testing.assert_array_equal(x, ref)
+        assert sfreq == ref_sfreq
+
+
+def _every_code_edf(path, ranges):
+    """An EDF whose channels (100 Hz, 30-s records) go through every one of the 65536 digital values."""
+    from edfio import Edf, EdfSignal
+
+    signals = []
+    for label, (unit, (lo, hi)) in ranges.items():
+        codes = np.arange(-32768, 32768 + 464, dtype=np.float64).clip(max=32767)  # 22 whole records
+        phys = lo + (codes + 32768) * (hi - lo) / 65535
+        signals.append(EdfSignal(phys, 100, label=label, physical_dimension=unit, physical_range=(lo, hi)))
+    Edf(signals, data_record_duration=30).write(path)
+    return path
+
+
+def test_fast_reader_every_digital_value_both_decoders(tmp_path):
+    from dsn.data.edf import _sample_scaling
+
+    ranges = {
+        "EEG Fpz-Cz": ("uV", (-5.0, 250.0)),  # one float64 multiply-add is off by one float32 step: table
+        "EEG Pz-Oz": ("uV", (-300.0, 300.0)),  # the multiply-add is exact everywhere
+        "EOG horizontal": ("mV", (-1.5, 1.5)),
+        "Resp oro-nasal": ("", (-2048.0, 2047.0)),
+    }
+    path = _every_code_edf(tmp_path / "codes.edf", ranges)
+    cal = 255.0 / 65535
+    assert not _sample_scaling(cal, -5.0 + 32768 * cal, 1e-6)[3]
+    cal = 600.0 / 65535
+    assert _sample_scaling(cal, -300.0 + 32768 * cal, 1e-6)[3]
+    for channel in ranges:
+        assert _fast_path_used(path, channel)
+        x, _ = read_eeg(path, channel)
+        np.testing.assert_array_equal(x, _mne_eeg(path, channel)[0])
+
+
+def test_slower_channel_and_duplicate_names_go_through_mne(tmp_path):
+    from edfio import Edf, EdfSignal
+
+    t = np.arange(0, 60, 0.01)
+    path = tmp_path / "mixed.edf"
+    Edf(
+        [
+            EdfSignal(50 * np.sin(2 * np.pi * 3 * t[::2]), 50, label="EEG slow", physical_range=(-100, 100)),
+            EdfSignal(50 * np.sin(2 * np.pi * 7 * t), 100, label="EEG fast", physical_range=(-100, 100)),
+        ],
+        data_record_duration=30,
+    ).write(path)
+    assert not _fast_path_used(path, "EEG slow") and _fast_path_used(path, "EEG fast")
+    for channel in ["EEG slow", "EEG fast"]:
+        x, sfreq = read_eeg(path, channel)
+        ref, ref_sfreq = _mne_eeg(path, channel)
+        np.testing.assert_array_equal(x, ref)
+        assert sfreq == ref_sfreq == 100.0
+
+    dup = tmp_path / "dup.edf"
+    sig = EdfSignal(50 * np.sin(2 * np.pi * 7 * t), 100, label="EEG", physical_range=(-100, 100))
+    Edf([sig, sig], data_record_duration=30).write(dup)
+    from pathlib import Path
+
+    from dsn.data.edf import _edf_layout
+
+    assert _edf_layout(Path(dup)) is None  # MNE renames duplicates: let it
+    import mne
+
+    names = mne.io.read_raw_edf(dup, verbose="error").ch_names
+    x, _ = read_eeg(dup, names[1])
+    np.testing.assert_array_equal(x, _mne_eeg(dup, names[1])[0])
+
+
+def test_fast_reader_channel_message_lists_mne_names(synth_dir):
+    import mne
+
+    psg = sorted(synth_dir.glob("*-PSG.edf"))[0]
+    names = mne.io.read_raw_edf(psg, verbose="error").ch_names
+    with pytest.raises(DataError) as info:
+        read_eeg(psg, "EEG C3")
+    assert f"Channels in this file: {', '.join(names)}." in str(info.value)
+
+
+def test_resampling_is_polyphase_and_close_to_mne(synth_dir):
+    import mne
+
+    psg = sorted(synth_dir.glob("*-PSG.edf"))[0]
+    x, sfreq = read_eeg(psg, "EEG Fpz-Cz", sfreq=50.0)
+    raw = mne.io.read_raw_edf(psg, verbose="error").pick(["EEG Fpz-Cz"]).load_data(verbose="error")
+    ref = raw.resample(50.0, verbose="error").get_data()[0] * 1e6
+    assert sfreq == 50.0 and x.dtype == np.float32 and x.shape == ref.shape
+    mid = slice(500, -500)  # away from the edges, where the two filters differ most
+    assert np.sqrt(np.mean((x[mid] - ref[mid]) ** 2)) < 0.05 * ref[mid].std()
+    x128, _ = read_eeg(psg, "EEG Fpz-Cz", sfreq=128.0)  # a rational ratio (32/25)
+    assert len(x128) == round(len(ref) * 2 * 1.28)
+
+
+def test_cold_load_writes_exactly_the_preprocessed_epochs(synth_dir, tmp_path):
+    from dsn.data.recording import Preprocessing, load_recording, preprocess
+
+    files = find_recordings(synth_dir)[1]
+    for prep in [Preprocessing(), Preprocessing(unscored="mask", trim_minutes=None)]:
+        x, y = preprocess(files, prep)
+        rec = load_recording(files, prep, tmp_path / "cache")
+        assert isinstance(rec.x, np.memmap) and rec.x.dtype == np.float32
+        np.testing.assert_array_equal(np.asarray(rec.x), x)
+        np.testing.assert_array_equal(rec.y, y)
+        again = load_recording(files, prep, tmp_path / "cache")  # from the cache
+        np.testing.assert_array_equal(np.asarray(again.x), x)
+
+
+def test_cache_write_entry_rows_equals_selection(tmp_path):
+    from dsn.data import cache
+
+    x = np.arange(10 * 1 * 6, dtype=np.float32).reshape(10, 1, 6)
+    rows = np.array([0, 1, 2, 5, 7, 8, 9])
+    cache.write_entry(tmp_path / "e", x, np.arange(len(rows)), {"a": 1}, rows=rows)
+    got, y, meta = cache.load_entry(tmp_path / "e")
+    np.testing.assert_array_equal(np.asarray(got), x[rows])
+    assert meta == {"a": 1} and len(y) == len(rows)
+    cache.write_entry(tmp_path / "f", x.astype(np.float64), np.arange(3), {}, rows=np.array([1, 4, 6]))
+    np.testing.assert_array_equal(np.asarray(cache.load_entry(tmp_path / "f")[0]), x[[1, 4, 6]])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dsn import tracking
-from dsn.fit import main as fit_main
+from dsn.workflows.fit import main as fit_main
 
 TINY = [
     "--config", "conf/demo.yaml", "--config", "conf/debug.yaml",
@@ -45,16 +45,22 @@ def test_fit_logs_parent_and_child_runs(synth_dir, tracking_home, tmp_path):
     assert "data.subjects_test" in parent.data.params
     children = c.search_runs([res.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{res.parent_run_id}'")
     assert sorted(r.info.run_name for r in children) == ["finetune", "pretrain"]
-    keys = {"val/acc", "val/f1_macro", "val/kappa", "test/acc", "test/f1_macro",
-            *[f"val/f1_{s}" for s in ("W", "N1", "N2", "N3", "REM")]}
+    curves = {"val/acc", "val/f1_macro", "val/kappa", *[f"val/f1_{s}" for s in ("W", "N1", "N2", "N3", "REM")]}
+    selected = {f"selected/{k}" for k in curves} | {"selected/test/acc", "selected/test/f1_macro", "selected/epoch"}
     for child in children:
         assert child.info.status == "FINISHED"
-        assert keys <= set(child.data.metrics), keys - set(child.data.metrics)
+        assert curves | selected <= set(child.data.metrics), (curves | selected) - set(child.data.metrics)
+        assert "test/acc" not in child.data.metrics  # the selected model's figures never mix with the curves
+        stage = next(s for s in res.stages if s.name == child.info.run_name)
+        assert child.data.metrics["selected/test/f1_macro"] == pytest.approx(stage.metrics["test/f1_macro"])
         assert "val/loss" in child.data.metrics and "train/loss" in child.data.metrics
         arts = {a.path for a in c.list_artifacts(child.info.run_id, "val")}
         assert {"val/confusion_matrix.json", "val/confusion_matrix.png", "val/confusion_matrix_normalized.png"} <= arts
         assert any(p.startswith("val/hypnogram_") for p in arts)
         assert any(a.path.endswith(".ckpt") for a in c.list_artifacts(child.info.run_id, "checkpoints"))
+    parent = c.get_run(res.parent_run_id)
+    assert parent.data.metrics["test/f1_macro"] == pytest.approx(res.stage("finetune").metrics["test/f1_macro"])
+    assert parent.data.metrics["pretrain/test/kappa"] == pytest.approx(res.stage("pretrain").metrics["test/kappa"], nan_ok=True)
     cm_path = tracking.download_artifacts(res.tracking_uri, children[0].info.run_id, "val/confusion_matrix.json", tmp_path)
     cm = np.array(json.load(open(cm_path))["matrix"])
     assert cm.shape == (5, 5) and cm.sum() > 0

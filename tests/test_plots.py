@@ -131,3 +131,36 @@ def test_training_curves_figure(tmp_path: Path) -> None:
     assert [line.get_label() for line in ax_loss.lines] == ["train/loss", "val/loss"]
     assert [line.get_label() for line in ax_metric.lines] == ["val/f1_macro"]
     _save(fig, tmp_path / "curves.png")
+
+
+def test_hypnodensity_figure() -> None:
+    import io
+
+    from dsn.plots import hypnodensity_figure
+
+    y, _ = _night(seed=3, n=240)  # 2 h, with unscored epochs 100..129
+    rng = np.random.default_rng(3)
+    proba = rng.random((y.size, 5)) + 4.0 * np.eye(5)[np.clip(y, 0, 4)]
+    proba /= proba.sum(axis=1, keepdims=True)
+    fig = hypnodensity_figure(y, proba, epoch_sec=30.0, title="SC4001E0")
+    assert isinstance(fig, Figure) and fig.get_suptitle() == "SC4001E0"
+    ax_hyp, ax_dens = fig.axes[:2]
+    for ax in (ax_hyp, ax_dens):
+        assert ax.get_xlim() == pytest.approx((0.0, 240 * 30 / 3600))
+    assert ax_dens.get_xlabel() == "Time (h)" and ax_dens.get_ylim() == (0.0, 1.0)
+    # Hypnogram as in hypnogram_figure: clinical order, W on top, unscored epochs are gaps.
+    assert [t.get_text() for t in ax_hyp.get_yticklabels()] == ["W", "REM", "N1", "N2", "N3"]
+    ydata = np.asarray(ax_hyp.lines[0].get_ydata(), dtype=float)
+    assert np.isnan(ydata[100:130]).all() and not np.isnan(ydata[:100]).any()
+    # One stacked band per stage; the top band reaches 1 (probabilities sum to 1).
+    assert len(ax_dens.collections) == 5
+    assert [t.get_text() for t in ax_dens.get_legend().get_texts()] == list(STAGES)
+    top = max(c.get_paths()[0].vertices[:, 1].max() for c in ax_dens.collections)
+    assert top == pytest.approx(1.0)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=50)
+    assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n" and len(buf.getvalue()) > 1000
+    # A single epoch renders; mismatched shapes are refused.
+    hypnodensity_figure(np.array([2]), np.eye(5)[[2]]).savefig(io.BytesIO(), format="png", dpi=30)
+    with pytest.raises(ValueError, match="proba"):
+        hypnodensity_figure(np.zeros(3, dtype=int), np.zeros((3, 4)))

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_demo_recipe_scores_held_out_subjects(tmp_path, monkeypatch, tracking_home):
     from dsn.data.synth import write_dataset
-    from dsn.fit import main as fit_main
+    from dsn.workflows.fit import main as fit_main
 
     monkeypatch.chdir(ROOT)
     write_dataset(tmp_path / "demo", subjects=8, hours=8, seed=0, progress=False)

@@ -13,9 +13,11 @@ from dsn.data.sampling import (
     BalancedSampler,
     EpochDataset,
     SequenceDataset,
+    ShardedSampler,
     StreamBatchSampler,
     balanced_indices,
     independent_windows,
+    read_shifted,
     stream_layout,
 )
 from dsn.data.splits import Split, fixed_split, subject_kfold
@@ -143,3 +145,162 @@ def test_independent_windows_never_cross_recordings():
     recs = [_rec("A", 23), _rec("B", 10)]
     w = independent_windows(recs, 5)
     assert w.tolist() == [[0, 0, 5, 1], [0, 5, 5, 1], [0, 10, 5, 1], [0, 15, 5, 1], [1, 0, 5, 1], [1, 5, 5, 1]]
+
+
+# ---------------------------------------------------------------------------------------------- augmentation
+def _ramp(name, n, t=30, subject="SC400"):
+    """A recording whose continuous signal is its sample index: sample s of epoch e holds e * t + s."""
+    x = np.arange(n * t, dtype=np.float32).reshape(n, 1, t)
+    return Recording(name, subject, 1, x, np.arange(n) % 5, 1.0)
+
+
+def test_read_shifted_moves_the_window_in_the_continuous_signal():
+    x = _ramp("A", 6).x
+    np.testing.assert_array_equal(read_shifted(x, 2, 1, 0)[0, 0], np.arange(60, 90))
+    np.testing.assert_array_equal(read_shifted(x, 2, 1, 7)[0, 0], np.arange(67, 97))  # borrows from epoch 3
+    np.testing.assert_array_equal(read_shifted(x, 2, 1, -5)[0, 0], np.arange(55, 85))  # borrows from epoch 1
+    np.testing.assert_array_equal(read_shifted(x, 0, 1, -5)[0, 0], np.arange(0, 30))  # clipped at the start
+    np.testing.assert_array_equal(read_shifted(x, 5, 1, 4)[0, 0], np.arange(150, 180))  # clipped at the end
+    seq = read_shifted(x, 1, 3, 10)  # a sequence moves as one block
+    assert seq.shape == (3, 1, 30)
+    np.testing.assert_array_equal(seq.reshape(-1), np.arange(40, 130))
+
+
+def test_balanced_sampler_shift_keys_move_items_by_the_drawn_offset():
+    recs = [_ramp("A", 20), _ramp("B", 11)]
+    ds = EpochDataset(recs)
+    plain = BalancedSampler(ds.labels, seed=3)
+    shifted = BalancedSampler(ds.labels, seed=3, max_shift=6)
+    keys = list(shifted)
+    assert [k[0] for k in keys] == list(plain)  # same items in the same order: only the windows move
+    offsets = np.array([k[2] for k in keys])
+    assert offsets.min() >= -6 and offsets.max() <= 6 and len(set(offsets.tolist())) > 5
+    for key in keys[:40]:
+        i, _, shift = key
+        x, y = ds[key]
+        rec, e = recs[ds._rec[i]], int(ds._ep[i])
+        start = min(max(e * 30 + shift, 0), (len(rec) - 1) * 30)
+        np.testing.assert_array_equal(x[0].numpy(), np.arange(start, start + 30) + 0.0)
+        assert int(y) == int(rec.y[e])  # labels unchanged
+    assert list(BalancedSampler(ds.labels, seed=3, max_shift=6)) == keys  # reproducible
+    shifted.set_epoch(1)
+    assert [k[2] for k in shifted] != offsets.tolist()  # new draws every epoch
+
+
+def test_stream_sampler_skip_and_shift_keep_streams_contiguous():
+    recs = [_ramp("A", 50), _ramp("B", 37)]
+    s = StreamBatchSampler(recs, batch_size=2, seq_len=5, seed=1, skip_first=3, max_shift=4)
+    plain = StreamBatchSampler(recs, batch_size=2, seq_len=5, seed=1)
+    ds = SequenceDataset(recs, s.windows)
+    seen_skips = set()
+    for epoch in range(4):
+        s.set_epoch(epoch)
+        batches = list(s)
+        assert len(batches) == len(s)  # the same number of batches every epoch
+        by_row: dict[tuple[int, int], list] = {}
+        for batch in batches:
+            for j, key in enumerate(batch):
+                w, skip, shift = key
+                rec, start, length, _ = s.windows[w]
+                seen_skips.add(skip)
+                assert 0 <= skip <= 3 and -4 <= shift <= 4
+                x, y, _ = ds[key]
+                np.testing.assert_array_equal(y.numpy(), recs[rec].y[start + skip : start + skip + length])
+                by_row.setdefault((int(rec), j), []).append(x.numpy().reshape(-1))
+        for chunks in by_row.values():  # one offset per stream: consecutive chunks continue the signal
+            signal = np.concatenate(chunks)
+            np.testing.assert_array_equal(np.diff(signal), np.ones(len(signal) - 1))
+    assert seen_skips == {0, 1, 2, 3}
+    assert len(s) <= len(plain)  # the last skip_first epochs are left out of the layout
+
+
+def test_stream_sampler_set_epoch_reaches_it_through_lightning():
+    """Lightning calls set_epoch on ``loader.batch_sampler.sampler`` only: the stream order must still change."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from torch.utils.data import DataLoader
+
+    recs = [_rec(c, 20) for c in "ABCDE"]
+    s = StreamBatchSampler(recs, batch_size=2, seq_len=5, seed=0)
+    dl = DataLoader(SequenceDataset(recs, s.windows), batch_sampler=s)
+    orders = set()
+    for epoch in range(5):
+        _set_sampler_epoch(dl, epoch)
+        assert s.epoch == epoch
+        orders.add(tuple(s.windows[b[0]][0] for b in s))
+    assert len(orders) > 1
+
+
+def test_sharded_sampler_shift_skip_and_eval_order():
+    s = ShardedSampler(10, shuffle=False, even=False)
+    assert list(s) == list(range(10))  # evaluation: plain indices, in order
+    aug = ShardedSampler(10, seed=2, max_skip=2, max_shift=3)
+    keys = list(aug)
+    assert sorted(k[0] for k in keys) == list(range(10))
+    assert {k[1] for k in keys} <= {0, 1, 2} and all(-3 <= k[2] <= 3 for k in keys)
+    recs = [_ramp("A", 23)]
+    windows = independent_windows(recs, 5, skip_first=2)
+    assert windows[:, 1].tolist() == [0, 5, 10, 15]  # the last window leaves room for a skip of 2
+    ds = SequenceDataset(recs, windows)
+    x, y, _ = ds[(3, 2, -1)]
+    np.testing.assert_array_equal(x.numpy().reshape(-1), np.arange(17 * 30 - 1, 22 * 30 - 1))
+    np.testing.assert_array_equal(y.numpy(), recs[0].y[17:22])
+
+
+# ---------------------------------------------------------------------------------------------- sharding
+@pytest.mark.parametrize("n_replicas", [2, 3])
+def test_balanced_sampler_shards_are_equal_and_cover_the_epoch(n_replicas):
+    y = np.array([0] * 30 + [1] * 7 + [2] * 13)  # 90 oversampled items
+    single = BalancedSampler(y, seed=4, max_shift=2, num_replicas=1, rank=0)
+    single.set_epoch(2)
+    full = list(single)
+    shards = []
+    for rank in range(n_replicas):
+        s = BalancedSampler(y, seed=4, max_shift=2, num_replicas=n_replicas, rank=rank)
+        s.set_epoch(2)
+        shards.append(list(s))
+        assert len(shards[-1]) == len(s) == 90 // n_replicas
+    # 90 divides evenly: the shards are disjoint positions of the single-process list and hold all of it
+    interleaved = [shards[i % n_replicas][i // n_replicas] for i in range(90)]
+    assert interleaved == full
+
+
+def test_shards_pad_by_repetition_when_uneven():
+    shards = [list(ShardedSampler(7, shuffle=False, num_replicas=3, rank=r)) for r in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 3]  # equal steps on every rank
+    flat = sum(shards, [])
+    assert sorted(set(flat)) == list(range(7)) and len(flat) - len(set(flat)) == 2  # only the padding repeats
+    ev = [list(ShardedSampler(7, shuffle=False, even=False, num_replicas=3, rank=r)) for r in range(3)]
+    assert ev == [[0, 1, 2], [3, 4], [5, 6]]  # evaluation: contiguous, every item exactly once
+    with pytest.raises(ValueError, match="2 evaluation items cannot be split over 3 processes"):
+        ShardedSampler(2, shuffle=False, even=False, num_replicas=3, rank=0)
+    with pytest.raises(ValueError, match=r"rank=3: must be an integer in 0..2 \(num_replicas=3\)"):
+        ShardedSampler(7, num_replicas=3, rank=3)
+
+
+def test_stream_sampler_shards_streams_over_ranks():
+    recs = [_rec("A", 60), _rec("B", 40), _rec("C", 30), _rec("D", 50)]
+    kw = {"batch_size": 2, "seq_len": 10, "seed": 5}
+    single = StreamBatchSampler(recs, **kw)
+    single.set_epoch(1)
+    full = [tuple(b) for b in single]  # 3 + 2 + 1 + 2 = 8 batches
+    assert len(full) == 8
+    ranks = []
+    for rank in range(2):
+        s = StreamBatchSampler(recs, num_replicas=2, rank=rank, **kw)
+        s.set_epoch(1)
+        ranks.append([tuple(b) for b in s])
+        assert len(ranks[-1]) == len(s) == 4
+    assert ranks[0] + ranks[1] == full  # contiguous halves of the epoch: disjoint, all of it, streams intact
+    odd = [StreamBatchSampler(recs[:3], num_replicas=2, rank=r, **kw) for r in range(2)]  # 6 batches
+    assert [len(list(s)) for s in odd] == [3, 3]
+    three = [[tuple(b) for b in StreamBatchSampler(recs, num_replicas=3, rank=r, **kw)] for r in range(3)]
+    assert [len(p) for p in three] == [3, 3, 3]  # 8 batches: one repeated from the start
+    assert set(sum(three, [])) == set(full)
+    # evaluation: cut between recordings, every chunk exactly once
+    ev_single = StreamBatchSampler(recs, 1, 10, shuffle=False, keep_tail=True, even=False)
+    ev_full = [tuple(b) for b in ev_single]
+    ev = [[tuple(b) for b in StreamBatchSampler(recs, 1, 10, shuffle=False, keep_tail=True, even=False,
+                                                num_replicas=2, rank=r)] for r in range(2)]
+    assert ev[0] + ev[1] == ev_full
+    rec_of = {r: {int(ev_single.windows[b[0]][0]) for b in ev[r]} for r in range(2)}
+    assert not rec_of[0] & rec_of[1]  # no recording is split between ranks

@@ -102,11 +102,13 @@ def test_state_is_carried_within_a_stream_and_reset_at_new_recordings():
     assert seen[0] is None
     assert all(torch.equal(a, b) for a, b in zip(seen[1], carried))
     assert all((t[:, 1] == 0).all() and (t[:, 0] != 0).any() for t in seen[2])
-    system.carry_state = False
-    system.hparams.carry_state = False
+    no_carry = FinetuneSystem(net, carry_state=False)  # same net (and spy): the state is never passed on
+    no_carry.eval()
     with torch.no_grad():
-        system._shared_step((x, y, torch.tensor([False, False])), "val")
-    assert seen[-1] is None
+        no_carry._shared_step((x, y, torch.tensor([True, True])), "val")
+        no_carry._shared_step((x, y, torch.tensor([False, False])), "val")
+    assert no_carry._state["val"] is not None  # there was a state to carry...
+    assert seen[-2:] == [None, None]  # ...but every chunk started from zeros
 
 
 def test_gradients_clipped_to_global_norm(dm):

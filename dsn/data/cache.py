@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 #: Bump when the preprocessing changes in a way the parameters do not capture.
-CACHE_VERSION = 1
+#: 2: resampling is polyphase (scipy's resample_poly) instead of MNE's FFT resampling.
+CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -53,12 +54,18 @@ def load_entry(folder: Path, mmap: bool = True) -> tuple[np.ndarray, np.ndarray,
     return x, y, meta
 
 
-def write_entry(folder: Path, x: np.ndarray, y: np.ndarray, meta: dict[str, Any]) -> None:
-    """Write a cache entry atomically (temporary folder + rename)."""
+def write_entry(
+    folder: Path, x: np.ndarray, y: np.ndarray, meta: dict[str, Any], rows: np.ndarray | None = None
+) -> None:
+    """Write a cache entry atomically (temporary folder + rename).
+
+    ``rows`` (sorted indices into ``x``'s first axis) writes ``x[rows]`` straight from ``x``, one write per
+    run of consecutive rows, without building the selection in memory; ``y`` is already the selection.
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        np.save(tmp / "x.npy", np.ascontiguousarray(x, dtype=np.float32))
+        _save_rows(tmp / "x.npy", x, rows)
         np.save(tmp / "y.npy", np.asarray(y, dtype=np.int64))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         if folder.exists() and load_entry(folder) is None:  # a broken entry from an older crash
@@ -71,3 +78,18 @@ def write_entry(folder: Path, x: np.ndarray, y: np.ndarray, meta: dict[str, Any]
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_rows(path: Path, x: np.ndarray, rows: np.ndarray | None) -> None:
+    """``np.save(path, x[rows])`` as float32, writing contiguous runs of rows directly from ``x``."""
+    x = np.asarray(x)
+    if rows is None or x.dtype != np.float32 or not x.flags.c_contiguous:
+        np.save(path, np.ascontiguousarray(x if rows is None else x[rows], dtype=np.float32))
+        return
+    rows = np.asarray(rows, dtype=np.int64)
+    header = {"descr": np.lib.format.dtype_to_descr(x.dtype), "fortran_order": False, "shape": (len(rows), *x.shape[1:])}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1):
+            if len(run):
+                f.write(memoryview(x[run[0] : run[-1] + 1]).cast("B"))

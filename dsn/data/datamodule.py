@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,7 @@ from dsn.data.sampling import (
     BalancedSampler,
     EpochDataset,
     SequenceDataset,
+    ShardedSampler,
     StreamBatchSampler,
     independent_windows,
 )
@@ -24,30 +26,122 @@ from dsn.data.splits import Split, fixed_split, subject_kfold
 SPLITS = ("train", "val", "test")
 
 
+def subject_ids(subjects: list[int | str]) -> set[str]:
+    """Subject ids (``SC401``, ``ST701``) named by ``subjects``: a number ``n`` (or a string of digits) is the
+    sleep-cassette subject ``SC4nn``; the telemetry study is selected only by explicit ids (``"ST701"``).
+
+    Raises
+    ------
+    ValueError
+        For anything else, naming the value.
+    """
+    ids = set()
+    for s in subjects:
+        text = str(s).strip()
+        if not isinstance(s, bool) and isinstance(s, int | str) and text.isdigit() and int(text) < 100:
+            ids.add(f"SC4{int(text):02d}")
+        elif isinstance(s, str) and re.fullmatch(r"(SC4|ST7)\d{2}", text):
+            ids.add(text)
+        else:
+            raise ValueError(
+                f"subjects: {s!r} is neither a sleep-cassette subject number (0..99, e.g. 1 for SC401) nor a "
+                "subject id like 'SC401' or 'ST701' (telemetry subjects are selected by id only)"
+            )
+    return ids
+
+
 class SleepEDFDataModule(L.LightningDataModule):
     """Sleep-EDF recordings as single epochs (``mode="pretrain"``) or sequences (``mode="finetune"``).
 
     Parameters
     ----------
-    data_dir : folder with Sleep-EDF ``*-PSG.edf`` / ``*-Hypnogram.edf`` pairs (searched recursively).
-    channel, sfreq, epoch_sec, trim_minutes, unscored, length_mismatch : preprocessing, see
-        :class:`~dsn.data.recording.Preprocessing`.
-    download : fetch ``subjects`` x ``recordings`` from PhysioNet with MNE first (files already in
-        ``data_dir/physionet-sleep-data`` are used as they are).
-    subjects, recordings : what to download, and with ``subjects`` also which subject numbers to use.
-    n_folds, fold, n_val_subjects, split_seed : subject-wise k-fold split (``n_folds = n_subjects`` is
-        leave-one-subject-out).
-    train_subjects, val_subjects, test_subjects : an explicit split instead (subject ids like ``SC400``).
-    mode : ``"pretrain"`` (single epochs, class-balanced oversampling) or ``"finetune"`` (sequences).
-    batch_size : epochs per batch (pretrain) or sequences per batch (finetune).
-    seq_len : epochs per sequence (finetune).
-    oversample, redraw_oversampling : class-balanced oversampling of the pretraining set, redrawn each epoch or not.
-    sequence_sampling : ``"stream"`` (each recording cut into ``batch_size`` parallel streams read in order, so
-        the LSTM state is carried; the official recipe) or ``"shuffle"`` (independent shuffled sequences).
-    cache_dir, use_cache : preprocessed-recording cache (default ``$DSN_CACHE_DIR`` or ``~/.cache/dsn``).
-    num_workers, pin_memory : DataLoader settings.
-    seed : seed of the samplers.
-    progress : show a progress bar while loading recordings.
+    data_dir : str, default "data/demo"
+        Folder with Sleep-EDF ``*-PSG.edf`` / ``*-Hypnogram.edf`` pairs (searched recursively).
+    channel : str, default "EEG Fpz-Cz"
+        EEG channel (preprocessing, see :class:`~dsn.data.recording.Preprocessing`).
+    sfreq : float, default 100.0
+        Sampling rate after resampling, Hz.
+    epoch_sec : float, default 30.0
+        Epoch length, seconds.
+    trim_minutes : float or None, default 30.0
+        Wake kept before the first / after the last sleep epoch (``None``: keep all).
+    unscored : {"drop", "mask"}, default "drop"
+        Unscored / movement epochs removed (official code) or kept as ignored labels.
+    length_mismatch : {"raise", "crop"}, default "raise"
+        What to do when hypnogram and signal lengths disagree.
+    download : bool, default False
+        Fetch the sleep-cassette ``subjects`` x ``recordings`` from PhysioNet with MNE first (files already
+        in ``data_dir/physionet-sleep-data`` are used as they are).
+    subjects : list of int or str, optional
+        Which subjects to use (and, with ``download``, to fetch). A number ``n`` (0..99) names the
+        sleep-cassette subject ``SC4nn``, as MNE's fetcher numbers them: ``[1]`` selects ``SC401`` and never
+        the telemetry subject ``ST701`` that shares the number. Telemetry (or cassette) subjects are named
+        explicitly by id, e.g. ``["ST701", "ST702"]`` or ``[0, "ST701"]``. ``None``: every recording found.
+    recordings : list of int, default [1, 2]
+        Nights to use (and to fetch).
+    n_folds : int, default 5
+        Subject-wise k-fold split (``n_folds = n_subjects`` is leave-one-subject-out).
+    fold : int, default 0
+        Which fold is the test fold (``0 .. n_folds - 1``).
+    n_val_subjects : int, default 1
+        Validation subjects taken from the training subjects of the fold.
+    split_seed : int, default 0
+        Seed of the subject shuffle of the k-fold split.
+    train_subjects : list of str, optional
+        An explicit split instead of the k-fold one: training subject ids (like ``SC400``).
+    val_subjects : list of str, optional
+        Validation subject ids of an explicit split.
+    test_subjects : list of str, optional
+        Test subject ids of an explicit split.
+    mode : {"pretrain", "finetune"}, default "pretrain"
+        Single epochs with class-balanced oversampling, or sequences.
+    batch_size : int, default 100
+        Training epochs per batch (pretrain) or sequences per batch (finetune).
+    eval_batch_size : int, default 500
+        Epochs per evaluation batch in pretrain mode. No effect in finetune mode: evaluation streams
+        each recording whole, one recording at a time (batches of one ``seq_len`` chunk).
+    seq_len : int, default 25
+        Epochs per sequence (finetune).
+    oversample : bool, default True
+        Class-balanced oversampling of the pretraining set (official code).
+    redraw_oversampling : bool, default False
+        Redraw the oversampling top-up every epoch instead of once.
+    sequence_sampling : {"stream", "shuffle"}, default "stream"
+        ``"stream"``: each recording cut into ``batch_size`` parallel streams read in order, so the LSTM
+        state is carried (the official recipe); ``"shuffle"``: independent shuffled sequences.
+    max_shift : float, default 0.0
+        Signal-shift augmentation of the training items (0: off, the paper). Each epoch every training
+        item's window is taken from the recording's continuous signal moved by a random offset of up to
+        ``+/- max_shift`` x the epoch length (neighbouring epochs supply the samples; the window is clipped
+        at the recording's ends; labels unchanged): every single epoch in pretrain mode, every sequence in
+        finetune mode (in ``"stream"`` sampling one offset per stream, shared by its chunks). Must be in
+        [0, 1]; TinySleepNet uses 0.1. With ``unscored: drop`` the neighbours of an epoch next to a removed
+        stretch are not its neighbours in time. Evaluation data is never augmented.
+    skip_first : int, default 0
+        Fine-tuning sequence augmentation (0: off, the paper). With ``"stream"`` sampling, each epoch each
+        training recording's streams start after a random skip of ``0 .. skip_first`` epochs, so chunk
+        boundaries move between epochs (TinySleepNet skips 0..4: ``skip_first: 4``); the last ``skip_first``
+        epochs of a recording are left out of the layout so every epoch has the same number of batches.
+        With ``"shuffle"`` sampling each window moves by its own random ``0 .. skip_first`` epochs. No effect
+        in pretrain mode.
+    cache_dir : str, optional
+        Preprocessed-recording cache (default ``$DSN_CACHE_DIR`` or ``~/.cache/dsn``).
+    use_cache : bool, default True
+        Read and write the cache.
+    num_workers : int, default 0
+        DataLoader worker processes.
+    pin_memory : bool, default False
+        DataLoader ``pin_memory``.
+    seed : int, default 0
+        Seed of the samplers and the augmentation draws (epoch ``e`` draws from ``(seed, e)``).
+    progress : bool, default True
+        Show a progress bar while loading recordings.
+
+    Notes
+    -----
+    Distributed (DDP) training: the loaders' samplers split the data over the processes themselves
+    (training: equal-length shards padded by repetition; evaluation: every epoch scored exactly once), so
+    the Trainer needs ``use_distributed_sampler=False``; the loaders raise ``ValueError`` otherwise.
     """
 
     def __init__(
@@ -60,7 +154,7 @@ class SleepEDFDataModule(L.LightningDataModule):
         unscored: Literal["drop", "mask"] = "drop",
         length_mismatch: Literal["raise", "crop"] = "raise",
         download: bool = False,
-        subjects: list[int] | None = None,
+        subjects: list[int | str] | None = None,
         recordings: list[int] = [1, 2],  # noqa: B006 - jsonargparse needs a visible default
         n_folds: int = 5,
         fold: int = 0,
@@ -76,6 +170,8 @@ class SleepEDFDataModule(L.LightningDataModule):
         oversample: bool = True,
         redraw_oversampling: bool = False,
         sequence_sampling: Literal["stream", "shuffle"] = "stream",
+        max_shift: float = 0.0,
+        skip_first: int = 0,
         cache_dir: str | None = None,
         use_cache: bool = True,
         num_workers: int = 0,
@@ -84,9 +180,15 @@ class SleepEDFDataModule(L.LightningDataModule):
         progress: bool = True,
     ):
         super().__init__()
+        if isinstance(max_shift, bool) or not isinstance(max_shift, int | float) or not 0.0 <= max_shift <= 1.0:
+            raise ValueError(f"max_shift={max_shift!r}: must be a fraction of the epoch length in [0, 1] (0: off)")
+        if isinstance(skip_first, bool) or not isinstance(skip_first, int) or skip_first < 0:
+            raise ValueError(f"skip_first={skip_first!r}: must be an integer number of epochs >= 0 (0: off)")
+        self._subject_ids = None if subjects is None else subject_ids(subjects)
         self.save_hyperparameters()
         self.prep = Preprocessing(channel, sfreq, epoch_sec, trim_minutes, unscored, length_mismatch)
         self.mode = mode
+        self.shift_samples = int(round(max_shift * self.prep.n_times))
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.split: Split | None = None
@@ -112,11 +214,12 @@ class SleepEDFDataModule(L.LightningDataModule):
 
             if not hp.subjects:
                 raise DataError("download=True needs `subjects` (e.g. [0, 1, 2]): which Sleep-EDF subjects to fetch.")
-            data_dir = fetch_sleep_edf(hp.subjects, hp.recordings, path=data_dir)
+            cassette = sorted(int(s[3:]) for s in self._subject_ids if s.startswith("SC4"))
+            if cassette:  # MNE's fetcher covers the sleep-cassette study; telemetry files must be in data_dir
+                data_dir = fetch_sleep_edf(cassette, hp.recordings, path=data_dir)
         files = find_recordings(data_dir)
-        if hp.subjects is not None:
-            wanted = {int(s) for s in hp.subjects}
-            files = [f for f in files if int(f.subject[3:]) in wanted]
+        if self._subject_ids is not None:
+            files = [f for f in files if f.subject in self._subject_ids]
         if hp.recordings is not None:
             files = [f for f in files if f.night in set(hp.recordings)]
         if not files:
@@ -149,6 +252,19 @@ class SleepEDFDataModule(L.LightningDataModule):
         self.recordings = {
             name: [loaded[f.name] for f in wanted if f.subject in by_subject[name]] for name in SPLITS
         }
+
+    def for_stage(self, mode: Literal["pretrain", "finetune"], batch_size: int, seq_len: int | None = None) -> SleepEDFDataModule:
+        """A data module for one training stage: the same settings with ``mode``, ``batch_size`` (and
+        ``seq_len``) replaced, sharing the recordings already loaded (nothing is read twice).
+
+        Each stage gets its own module, so the hyper-parameters Lightning logs for a stage are its own.
+        """
+        kwargs = {**self.hparams, "mode": mode, "batch_size": batch_size}
+        if seq_len is not None:
+            kwargs["seq_len"] = seq_len
+        dm = type(self)(**kwargs)
+        dm._files, dm.split, dm.recordings = self._files, self.split, self.recordings
+        return dm
 
     # ----------------------------------------------------------------- reporting
     def class_counts(self) -> dict[str, dict[str, int]]:
@@ -185,11 +301,23 @@ class SleepEDFDataModule(L.LightningDataModule):
             raise DataError(f"the {split} split has no recordings (subjects: {getattr(self.split, split)}).")
         return recs
 
+    def _check_distributed(self) -> None:
+        trainer = self.trainer
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if trainer is not None and trainer.world_size > 1 and getattr(connector, "use_distributed_sampler", False):
+            raise ValueError(
+                f"use_distributed_sampler=True with {trainer.world_size} processes: SleepEDFDataModule's samplers "
+                "split the data over the processes themselves; create the Trainer with use_distributed_sampler=False"
+            )
+
     def _sequence_loader(self, split: str, train: bool) -> DataLoader:
         recs = self._check(split)
-        if train and self.hparams.sequence_sampling == "shuffle":
-            ds = SequenceDataset(recs, independent_windows(recs, self.seq_len))
-            return self._loader(ds, batch_size=self.batch_size, shuffle=True, drop_last=False)
+        hp = self.hparams
+        shift = self.shift_samples if train else 0
+        if train and hp.sequence_sampling == "shuffle":
+            ds = SequenceDataset(recs, independent_windows(recs, self.seq_len, hp.skip_first))
+            sampler = ShardedSampler(len(ds), shuffle=True, seed=hp.seed, max_skip=hp.skip_first, max_shift=shift)
+            return self._loader(ds, batch_size=self.batch_size, sampler=sampler)
         # evaluation streams each recording whole, one stream, every epoch scored (the official test procedure)
         sampler = StreamBatchSampler(
             recs,
@@ -197,23 +325,32 @@ class SleepEDFDataModule(L.LightningDataModule):
             seq_len=self.seq_len,
             shuffle=train,
             keep_tail=not train,
-            seed=self.hparams.seed,
+            seed=hp.seed,
+            skip_first=hp.skip_first if train else 0,
+            max_shift=shift,
+            even=train,
         )
         return self._loader(SequenceDataset(recs, sampler.windows), batch_sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
+        self._check_distributed()
         if self.mode == "finetune":
             return self._sequence_loader("train", train=True)
+        hp = self.hparams
         ds = EpochDataset(self._check("train"))
-        if self.hparams.oversample:
-            sampler = BalancedSampler(ds.labels, seed=self.hparams.seed, redraw=self.hparams.redraw_oversampling)
-            return self._loader(ds, batch_size=self.batch_size, sampler=sampler)
-        return self._loader(ds, batch_size=self.batch_size, shuffle=True)
+        if hp.oversample:
+            sampler = BalancedSampler(ds.labels, seed=hp.seed, redraw=hp.redraw_oversampling, max_shift=self.shift_samples)
+        else:
+            sampler = ShardedSampler(len(ds), shuffle=True, seed=hp.seed, max_shift=self.shift_samples)
+        return self._loader(ds, batch_size=self.batch_size, sampler=sampler)
 
     def _eval_loader(self, split: str) -> DataLoader:
+        self._check_distributed()
         if self.mode == "finetune":
             return self._sequence_loader(split, train=False)
-        return self._loader(EpochDataset(self._check(split)), batch_size=self.hparams.eval_batch_size, shuffle=False)
+        ds = EpochDataset(self._check(split))
+        sampler = ShardedSampler(len(ds), shuffle=False, even=False)
+        return self._loader(ds, batch_size=self.hparams.eval_batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

@@ -6,6 +6,7 @@ with the file, the value and a hint in the message.
 
 from __future__ import annotations
 
+import mmap
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Literal
 import numpy as np
 
 from dsn.data.labels import IGNORE_INDEX, RK_TO_AASM
+from dsn.errors import DsnError
 
 #: Sleep-EDF file names: SC4ssNE0-PSG.edf / SC4ssNEX-Hypnogram.edf (cassette) and ST7ssNJ0-PSG.edf (telemetry).
 _NAME_RE = re.compile(r"^(?P<study>SC4|ST7)(?P<subject>\d{2})(?P<night>\d)(?P<rest>\w{2})-(?P<kind>PSG|Hypnogram)\.edf$")
@@ -22,7 +24,7 @@ _NAME_RE = re.compile(r"^(?P<study>SC4|ST7)(?P<subject>\d{2})(?P<night>\d)(?P<re
 UNANNOTATED = -2
 
 
-class DataError(ValueError):
+class DataError(DsnError, ValueError):
     """Bad input data: the message names the file or value and says how to fix it."""
 
 
@@ -167,6 +169,13 @@ def read_eeg(
 ) -> tuple[np.ndarray, float]:
     """Read one channel of a PSG file, in microvolts.
 
+    Plain EDF/EDF+C files with 16-bit records (all of Sleep-EDF) are decoded directly from the data
+    records with numpy: only the requested channel's samples are touched, and the values are exactly
+    those :func:`mne.io.read_raw_edf` returns (times 1e6, as float32). Anything unusual (EDF+D,
+    a channel slower than the file's fastest, duplicate names, a zero range, a size that disagrees
+    with the header) is read with MNE. Resampling, when needed, is polyphase
+    (:func:`scipy.signal.resample_poly`) on either path.
+
     Parameters
     ----------
     path : path to a PSG EDF file.
@@ -178,23 +187,190 @@ def read_eeg(
     signal : ndarray, shape (n_samples,), float32, microvolts
     sfreq : float, the rate of ``signal``
     """
+    check_edf_size(path)
+    layout = _edf_layout(Path(path))
+    if layout is not None and channel not in layout.names:
+        raise _channel_not_found(path, channel, layout.names)
+    fast = _read_channel(Path(path), layout, channel) if layout is not None else None
+    signal, file_sfreq = fast if fast is not None else _read_channel_mne(path, channel)
+    if sfreq is not None and abs(file_sfreq - sfreq) > 1e-6:
+        return _resample(signal, file_sfreq, float(sfreq)), float(sfreq)
+    return signal, file_sfreq
+
+
+def _channel_not_found(path: str | Path, channel: str, names: list[str]) -> DataError:
+    return DataError(
+        f"{path}: channel '{channel}' not found. Channels in this file: {', '.join(names)}. "
+        "Set `channel` (data.channel in the config) to one of them."
+    )
+
+
+def _read_channel_mne(path: str | Path, channel: str) -> tuple[np.ndarray, float]:
+    """One channel at the file's rate through MNE (the fallback of :func:`read_eeg`)."""
     import mne
 
-    check_edf_size(path)
     try:
         raw = mne.io.read_raw_edf(path, preload=False, verbose="error")
     except Exception as e:  # MNE raises many types for broken files
         raise DataError(f"{path}: MNE could not read this EDF file ({type(e).__name__}: {e}).") from None
     if channel not in raw.ch_names:
-        raise DataError(
-            f"{path}: channel '{channel}' not found. Channels in this file: {', '.join(raw.ch_names)}. "
-            "Set `channel` (data.channel in the config) to one of them."
-        )
+        raise _channel_not_found(path, channel, raw.ch_names)
     raw.pick([channel]).load_data(verbose="error")
-    if sfreq is not None and abs(raw.info["sfreq"] - sfreq) > 1e-6:
-        raw.resample(sfreq, verbose="error")
     # MNE returns volts; Sleep-EDF tools (and the official DeepSleepNet data) use microvolts.
     return (raw.get_data()[0] * 1e6).astype(np.float32), float(raw.info["sfreq"])
+
+
+def _resample(signal: np.ndarray, sfreq_from: float, sfreq_to: float) -> np.ndarray:
+    """Polyphase resampling to ``sfreq_to``; ``round(n * sfreq_to / sfreq_from)`` samples, float32."""
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    ratio = (Fraction(sfreq_to).limit_denominator(10**6) / Fraction(sfreq_from).limit_denominator(10**6)).limit_denominator(1000)
+    n_out = int(round(len(signal) * sfreq_to / sfreq_from))
+    out = resample_poly(np.asarray(signal, dtype=np.float64), ratio.numerator, ratio.denominator)
+    return out[:n_out].astype(np.float32)
+
+
+#: Physical dimensions MNE reads as microvolts / millivolts (anything else is taken as volts).
+_MICROVOLT_UNITS = ("\u03bcV", "\u00b5V", "\x83\xcaV", "uV")
+_TAL_NAMES = ("EDF Annotations", "BDF Annotations")
+_STIM_NAMES = ("status", "trigger")  # MNE's automatic stim-channel names
+
+
+@dataclass(frozen=True)
+class _EdfLayout:
+    """The header of a plain EDF file, as far as :func:`_read_channel` needs it (MNE's reading of each field)."""
+
+    header_bytes: int
+    n_records: int
+    record_sec: float
+    labels: list[str]  # every signal, annotation channels included
+    names: list[str]  # the channel names MNE lists (annotation channels left out)
+    units: list[str]
+    physical_min: np.ndarray
+    physical_max: np.ndarray
+    digital_min: np.ndarray
+    digital_max: np.ndarray
+    n_samples: np.ndarray  # samples per data record, per signal
+
+
+def _edf_text(field: bytes) -> str:
+    return field.decode("latin-1").split("\x00")[0]
+
+
+def _edf_layout(path: Path) -> _EdfLayout | None:
+    """Parse ``path``'s header; ``None`` unless it is a plain continuous 16-bit EDF the fast reader handles
+    exactly like MNE (then MNE reads it)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+            n = int(_edf_text(head[252:256]))
+            sig = f.read(256 * n)
+        if n < 1 or len(sig) < 256 * n or head[:8].strip() != b"0" or head[192:197] == b"EDF+D":
+            return None
+        starts = np.cumsum([0, 16, 80, 8, 8, 8, 8, 8, 80, 8]) * n
+
+        def field(k: int, width: int) -> list[bytes]:
+            return [sig[starts[k] + width * i : starts[k] + width * (i + 1)] for i in range(n)]
+
+        def numbers(k: int) -> np.ndarray:
+            return np.array([float(_edf_text(b).replace(",", ".")) for b in field(k, 8)])
+
+        labels = [b.strip().decode("latin-1") for b in field(0, 16)]
+        layout = _EdfLayout(
+            header_bytes=int(_edf_text(head[184:192])),
+            n_records=int(_edf_text(head[236:244])),
+            record_sec=float(_edf_text(head[244:252])),
+            labels=labels,
+            names=[name for name in labels if name not in _TAL_NAMES],
+            units=[b.strip().decode("latin-1") for b in field(2, 8)],
+            physical_min=numbers(3),
+            physical_max=numbers(4),
+            digital_min=numbers(5),
+            digital_max=numbers(6),
+            n_samples=np.array([int(_edf_text(b)) for b in field(8, 8)], dtype=np.int64),
+        )
+    except (OSError, ValueError):
+        return None
+    names = layout.names
+    if (
+        layout.header_bytes != 256 * (n + 1)
+        or layout.n_records < 1
+        or not layout.record_sec > 0
+        or (layout.n_samples < 1).any()
+        or not names
+        or len(set(names)) != len(names)  # MNE renames duplicates
+        or any(name.lower() in _STIM_NAMES for name in names)  # MNE treats these as stim channels
+        or path.stat().st_size != layout.header_bytes + 2 * layout.n_records * int(layout.n_samples.sum())
+    ):
+        return None
+    return layout
+
+
+def _read_channel(path: Path, layout: _EdfLayout, channel: str) -> tuple[np.ndarray, float] | None:
+    """Decode one channel's samples from the data records, in microvolts, exactly as MNE would return them
+    (``((d * cal + offset) * unit) * 1e6`` in float64, then float32); ``None`` when MNE must read it."""
+    i = layout.labels.index(channel)
+    fast = [k for k, label in enumerate(layout.labels) if label not in _TAL_NAMES]
+    n_ch, max_samples = int(layout.n_samples[i]), int(layout.n_samples[fast].max())
+    d_range = layout.digital_max[i] - layout.digital_min[i]
+    p_range = layout.physical_max[i] - layout.physical_min[i]
+    if n_ch != max_samples or not np.isfinite(d_range) or d_range == 0 or p_range == 0:
+        return None  # MNE upsamples slower channels to the fastest rate and patches zero ranges
+    cal = p_range / d_range
+    offset = layout.physical_min[i] - layout.digital_min[i] * cal
+    unit = layout.units[i]
+    gain = 1e-6 if unit in _MICROVOLT_UNITS else 1e-3 if unit == "mV" else 1.0
+
+    table, scale, shift, exact_affine = _sample_scaling(cal, offset, gain)
+    record = int(layout.n_samples.sum())
+    first = int(layout.n_samples[:i].sum())
+    out = np.empty((layout.n_records, n_ch), dtype=np.float32)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        _decode(buf, layout.header_bytes, (layout.n_records, record), first, out, table, scale, shift, exact_affine)
+    return out.reshape(-1), float(max_samples / layout.record_sec)
+
+
+def _sample_scaling(cal: float, offset: float, gain: float) -> tuple[np.ndarray, float, float, bool]:
+    """How to turn int16 samples into MNE's microvolts, exactly.
+
+    Returns the value of every possible sample (indexed by the sample's bits as uint16), computed with
+    MNE's operations in MNE's order (``((d * cal + offset) * gain) * 1e6`` in float64, then float32), and
+    one float64 multiply-add ``d * scale + shift`` with a flag saying whether it gives the same float32
+    for all 65536 samples (it nearly always does; when it does not, the table is used).
+    """
+    codes = np.arange(65536, dtype=np.uint16).view(np.int16).astype(np.float64)  # float64 is exact for int16
+    table = codes * cal
+    table += offset
+    table *= gain
+    table = (table * 1e6).astype(np.float32)
+    scale, shift = float(cal * gain * 1e6), float(offset * gain * 1e6)
+    exact_affine = bool(np.array_equal((codes * scale + shift).astype(np.float32), table))
+    return table, scale, shift, exact_affine
+
+
+def _decode(
+    buf: mmap.mmap, offset: int, shape: tuple[int, int], first: int, out: np.ndarray,
+    table: np.ndarray, scale: float, shift: float, exact_affine: bool,
+) -> None:
+    """Decode samples ``first : first + out.shape[1]`` of every record of the int16 records in ``buf`` into ``out``.
+
+    All views of ``buf`` are local, so they are gone when this returns and ``buf`` can be closed.
+    """
+    n_records, n_ch = out.shape
+    samples = np.frombuffer(buf, dtype="<i2", count=shape[0] * shape[1], offset=offset).reshape(shape)
+    samples = samples[:, first : first + n_ch]
+    rows = max(1, 2**16 // n_ch)  # work in cache-sized blocks of records
+    tmp = np.empty((min(rows, n_records), n_ch))
+    for r in range(0, n_records, rows):
+        block = samples[r : r + rows]
+        if exact_affine:
+            t = tmp[: len(block)]
+            np.multiply(block, scale, out=t, dtype=np.float64)
+            np.add(t, shift, out=out[r : r + rows])
+        else:
+            np.take(table, block.view(np.uint16), out=out[r : r + rows])
 
 
 def read_hypnogram(path: str | Path, label_map: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:

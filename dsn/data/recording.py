@@ -80,6 +80,12 @@ def preprocess(files: RecordingFiles, prep: Preprocessing) -> tuple[np.ndarray, 
     x : ndarray (n_epochs, 1, n_times) float32 microvolts
     y : ndarray (n_epochs,) int64
     """
+    epochs, keep, y = _prepare(files, prep)
+    return np.ascontiguousarray(epochs[keep]), y
+
+
+def _prepare(files: RecordingFiles, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The recording's epochs (all of them: a view of the signal), the indices of those to keep, and their labels."""
     signal, sfreq = read_eeg(files.psg, prep.channel, prep.sfreq)
     n_times = prep.n_times
     n_epochs = len(signal) // n_times
@@ -88,16 +94,19 @@ def preprocess(files: RecordingFiles, prep: Preprocessing) -> tuple[np.ndarray, 
         onsets, durations, labels, n_epochs, prep.epoch_sec, RK_TO_AASM, prep.length_mismatch, str(files.hypnogram)
     )
     keep = trim_and_clean(y, prep.trim_minutes, prep.epoch_sec, prep.unscored, source=str(files.hypnogram))
-    x = signal[: n_epochs * n_times].reshape(n_epochs, 1, n_times)[keep]
     y = y[keep]
     y[y == UNANNOTATED] = IGNORE_INDEX
-    return np.ascontiguousarray(x), y
+    return signal[: n_epochs * n_times].reshape(n_epochs, 1, n_times), keep, y
 
 
 def load_recording(
     files: RecordingFiles, prep: Preprocessing, cache_dir: str | Path | None = None, use_cache: bool = True
 ) -> Recording:
-    """Load a recording, from the cache when present, else from EDF (then written to the cache)."""
+    """Load a recording, from the cache when present, else from EDF (then written to the cache).
+
+    A cache entry is written straight from the decoded signal (the kept epochs are never copied in memory)
+    and returned memory-mapped.
+    """
     params = {k: getattr(prep, k) for k in prep.__dataclass_fields__}
     folder = None
     if use_cache:
@@ -107,11 +116,12 @@ def load_recording(
         if entry is not None:
             x, y, meta = entry
             return Recording(files.name, files.subject, files.night, x, y, prep.sfreq, meta)
-    x, y = preprocess(files, prep)
+    epochs, keep, y = _prepare(files, prep)
     meta = {"psg": str(files.psg), "hypnogram": str(files.hypnogram), "params": params}
     if folder is not None:
-        cache.write_entry(folder, x, y, meta)
+        cache.write_entry(folder, epochs, y, meta, rows=keep)
         entry = cache.load_entry(folder)
         if entry is not None:
             x, y, meta = entry
-    return Recording(files.name, files.subject, files.night, x, y, prep.sfreq, meta)
+            return Recording(files.name, files.subject, files.night, x, y, prep.sfreq, meta)
+    return Recording(files.name, files.subject, files.night, np.ascontiguousarray(epochs[keep]), y, prep.sfreq, meta)

@@ -422,31 +422,38 @@ def generate_hypnogram(n_epochs: int, rng: np.random.Generator, subject: Subject
 
 
 def hypnogram_annotations(
-    stages: Sequence[str], rng: np.random.Generator | None = None, tail_epochs: int | None = None
+    stages: Sequence[str],
+    rng: np.random.Generator | None = None,
+    tail_epochs: int | None = None,
+    epoch_sec: float = EPOCH_SEC,
 ) -> list[tuple[float, float, str]]:
     """Merge per-epoch labels into Sleep-EDF-style annotations.
 
     Parameters
     ----------
     stages : sequence of str
-        R&K description per 30-s epoch.
+        R&K description (or AASM name: ``W``, ``N1``, ``N2``, ``N3``, ``REM``, ``?``) per epoch.
     rng : numpy.random.Generator, optional
         Draws the length of the trailing ``Sleep stage ?`` annotation when ``tail_epochs`` is
         not given.
     tail_epochs : int, optional
         Length, in epochs, of the final ``Sleep stage ?`` annotation that starts where the PSG
-        ends and extends beyond it (as in the real files).
+        ends and extends beyond it (as in the real files). ``0`` writes no such annotation.
+    epoch_sec : float, default 30.0
+        Epoch length in seconds.
 
     Returns
     -------
     list of (onset, duration, description)
-        Onsets and durations in seconds, both multiples of 30 s.
+        Onsets and durations in seconds, both multiples of ``epoch_sec``; runs of equal labels
+        are merged into one annotation.
     """
     codes = _stage_codes(stages)
-    out = [(s * EPOCH_SEC, ln * EPOCH_SEC, RK_LABELS[c]) for c, s, ln in _runs(codes)]
+    out = [(s * epoch_sec, ln * epoch_sec, RK_LABELS[c]) for c, s, ln in _runs(codes)]
     if tail_epochs is None:
         tail_epochs = int((rng or np.random.default_rng(0)).integers(2, 240))
-    out.append((len(codes) * EPOCH_SEC, max(1, int(tail_epochs)) * EPOCH_SEC, RK_LABELS[_UNK]))
+    if tail_epochs != 0:
+        out.append((len(codes) * epoch_sec, max(1, int(tail_epochs)) * epoch_sec, RK_LABELS[_UNK]))
     return out
 
 

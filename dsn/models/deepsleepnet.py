@@ -55,7 +55,8 @@ disagree and a choice had to be made:
    256 Hz: 128/16, 1024/128), and all of them can be given explicitly.
 10. **Strict input checks.** The feature net is built for a fixed ``n_times`` (its feature size
     depends on it) and rejects other lengths, and inputs shorter than a first-conv kernel are
-    rejected at construction, where TF's ``"SAME"`` padding would silently pad with zeros.
+    rejected at construction, where TF's ``"SAME"`` padding would silently pad with zeros; so are
+    strides that leave a pooling layer fewer samples than its window (``ValueError`` naming the stride).
 11. **Outputs are logits.** No softmax is applied; the loss (e.g. ``cross_entropy``) does it.
 """
 
@@ -374,6 +375,19 @@ class DeepFeatureNet(nn.Module):
                     f"n_times={n_times} is shorter than the {branch} branch's first conv kernel "
                     f"{branch}_kernel={kernel}; use longer epochs (30 s = {_round_half_up(30 * sfreq)} samples "
                     f"at sfreq={sfreq}) or pass a smaller {branch}_kernel"
+                )
+
+        for branch, stride, pool, pool_last in (
+            ("small", small_stride, small_pool, small_pool_last), ("large", large_stride, large_pool, large_pool_last)
+        ):  # fmt: skip
+            n1 = same_output_length(n_times, stride)
+            n2 = same_output_length(n1, pool)
+            if n1 < pool or n2 < pool_last:
+                raise ValueError(
+                    f"{branch}_stride={stride} leaves too few samples for the {branch} branch's pooling layers "
+                    f"({n_times} samples -> {n1} after the first conv, {n2} after the first pooling; "
+                    f"{branch}_pool={pool} and {branch}_pool_last={pool_last} need at least that many): "
+                    f"use a smaller {branch}_stride or smaller pools"
                 )
 
         self.n_chans = n_chans

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from dsn.models import DeepFeatureNet, DeepSleepNet
-from dsn.systems.base import L2Layers, SleepSystem
+from dsn.systems.base import L2Layers, LRSchedule, SleepSystem, check_adam, check_number
 
 
 def load_pretrained(feature_net: DeepFeatureNet, source: str | Path | nn.Module) -> DeepFeatureNet:
@@ -65,17 +65,41 @@ class FinetuneSystem(SleepSystem):
 
     Parameters
     ----------
-    net : the sequence net; its ``feature_net`` normally holds pretrained weights.
-    pretrained : where to load the feature net's pretrained weights from (see :func:`load_pretrained`);
+    net : DeepSleepNet
+        The sequence net; its ``feature_net`` normally holds pretrained weights.
+    pretrained : str, optional
+        Where to load the feature net's pretrained weights from (see :func:`load_pretrained`);
         ``None`` keeps the weights ``net`` already has.
-    lr_pretrained : Adam learning rate of the pretrained CNN (paper: 1e-6).
-    lr_new : learning rate of the new parts: shortcut, LSTMs, head (paper: 1e-4).
-    betas, eps : Adam.
-    weight_decay, l2_layers : L2 on the CNN's first conv layer(s), as in pretraining.
-    grad_clip_norm : gradients clipped to this global norm (paper: 10); ``None`` disables.
-    carry_state : carry the LSTM state between consecutive chunks of a recording (reset where a batch row
-        starts a new stream); needs ``sequence_sampling: stream`` in the data module to mean anything.
+    lr_pretrained : float, default 1e-6
+        Adam learning rate of the pretrained CNN (paper: 1e-6).
+    lr_new : float, default 1e-4
+        Learning rate of the new parts: shortcut, LSTMs, head (paper: 1e-4).
+    betas : tuple of float, default (0.9, 0.999)
+        Adam betas, each in [0, 1).
+    eps : float, default 1e-8
+        Adam epsilon.
+    weight_decay : float, default 1e-3
+        L2 on the CNN's first conv layer(s), as in pretraining.
+    l2_layers : {"small", "both", "none"}, default "small"
+        Which first convs get L2: the small branch's (official code), both (paper), none.
+    grad_clip_norm : float or None, default 10.0
+        Gradients clipped to this global norm (paper: 10); ``None`` (or 0) disables.
+    carry_state : bool, default True
+        Carry the LSTM state between consecutive chunks of a recording (reset where a batch row starts a
+        new stream); needs ``sequence_sampling: stream`` in the data module to mean anything.
+    class_weights : list of float, optional
+        Weighted cross-entropy, one weight > 0 per class (e.g. ``[1, 1.5, 1, 1, 1]``, TinySleepNet's N1);
+        ``None`` (the paper): unweighted. See :class:`~dsn.systems.base.SleepSystem`.
+    label_smoothing : float, default 0.0
+        Label smoothing in [0, 1) (0: the paper).
+    lr_schedule : {"constant", "cosine"}, default "constant"
+        Learning rate after the warm-up: constant (the paper) or cosine decay to 0 at the end of training.
+        Both learning rates (``lr_pretrained`` and ``lr_new``) follow it, keeping their ratio.
+    warmup_epochs : int, default 0
+        Epochs of linear learning-rate warm-up (0: none).
 
+    Notes
+    -----
     Batches are ``(x, y, first)`` with ``x`` (batch, seq_len, n_chans, n_times), ``y`` (batch, seq_len)
     and ``first`` (batch,) bool: the row starts a new stream (state reset).
     """
@@ -92,8 +116,15 @@ class FinetuneSystem(SleepSystem):
         l2_layers: L2Layers = "small",
         grad_clip_norm: float | None = 10.0,
         carry_state: bool = True,
+        class_weights: list[float] | None = None,
+        label_smoothing: float = 0.0,
+        lr_schedule: LRSchedule = "constant",
+        warmup_epochs: int = 0,
     ):
-        super().__init__(net.n_outputs)
+        check_adam({"lr_pretrained": lr_pretrained, "lr_new": lr_new}, betas, eps, weight_decay)
+        if grad_clip_norm is not None:
+            check_number("grad_clip_norm", grad_clip_norm, 0.0)
+        super().__init__(net.n_outputs, class_weights, label_smoothing, lr_schedule, warmup_epochs)
         self.save_hyperparameters(ignore=["net"])
         self.net = net
         if pretrained is not None:
@@ -137,7 +168,7 @@ class FinetuneSystem(SleepSystem):
         decayed = self.feature_net.first_conv_weights(hp.l2_layers)
         groups = self.l2_groups(decayed, self.net.pretrained_parameters(), hp.lr_pretrained, hp.weight_decay)
         groups += self.l2_groups([], self.net.new_parameters(), hp.lr_new, 0.0)
-        return torch.optim.Adam(groups, lr=hp.lr_new, betas=tuple(hp.betas), eps=hp.eps)
+        return self.with_schedule(torch.optim.Adam(groups, lr=hp.lr_new, betas=tuple(hp.betas), eps=hp.eps))
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.grad_clip_norm

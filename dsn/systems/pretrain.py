@@ -7,7 +7,7 @@ from torch import Tensor
 
 from dsn.data.labels import N_CLASSES
 from dsn.models import DeepFeatureNet, FeatureClassifierNet
-from dsn.systems.base import L2Layers, SleepSystem
+from dsn.systems.base import L2Layers, LRSchedule, SleepSystem, check_adam
 
 
 class PretrainSystem(SleepSystem):
@@ -15,12 +15,33 @@ class PretrainSystem(SleepSystem):
 
     Parameters
     ----------
-    net : the feature net to train (its weights later initialise fine-tuning).
-    n_outputs : number of classes.
-    lr, betas, eps : Adam (paper: 1e-4, (0.9, 0.999), 1e-8).
-    weight_decay : L2 coefficient on the first conv layer(s) (1e-3).
-    l2_layers : which first convs get L2: ``"small"`` (official code, default), ``"both"`` (paper), ``"none"``.
+    net : DeepFeatureNet
+        The feature net to train (its weights later initialise fine-tuning).
+    n_outputs : int, default 5
+        Number of classes.
+    lr : float, default 1e-4
+        Adam learning rate (paper: 1e-4).
+    betas : tuple of float, default (0.9, 0.999)
+        Adam betas, each in [0, 1).
+    eps : float, default 1e-8
+        Adam epsilon.
+    weight_decay : float, default 1e-3
+        L2 coefficient on the first conv layer(s) (coupled Adam ``weight_decay``, the official
+        ``wd * sum(w**2) / 2`` loss term).
+    l2_layers : {"small", "both", "none"}, default "small"
+        Which first convs get L2: the small branch's (official code), both (paper), none.
+    class_weights : list of float, optional
+        Weighted cross-entropy, one weight > 0 per class (e.g. ``[1, 1.5, 1, 1, 1]``, TinySleepNet's N1);
+        ``None`` (the paper): unweighted. See :class:`~dsn.systems.base.SleepSystem`.
+    label_smoothing : float, default 0.0
+        Label smoothing in [0, 1) (0: the paper).
+    lr_schedule : {"constant", "cosine"}, default "constant"
+        Learning rate after the warm-up: constant (the paper) or cosine decay to 0 at the end of training.
+    warmup_epochs : int, default 0
+        Epochs of linear learning-rate warm-up (0: none).
 
+    Notes
+    -----
     Batches are ``(x, y)`` with ``x`` (batch, n_chans, n_times) and ``y`` (batch,).
     """
 
@@ -33,8 +54,13 @@ class PretrainSystem(SleepSystem):
         eps: float = 1e-8,
         weight_decay: float = 1e-3,
         l2_layers: L2Layers = "small",
+        class_weights: list[float] | None = None,
+        label_smoothing: float = 0.0,
+        lr_schedule: LRSchedule = "constant",
+        warmup_epochs: int = 0,
     ):
-        super().__init__(n_outputs)
+        check_adam({"lr": lr}, betas, eps, weight_decay)
+        super().__init__(n_outputs, class_weights, label_smoothing, lr_schedule, warmup_epochs)
         self.save_hyperparameters(ignore=["net"])
         self.model = FeatureClassifierNet(net, n_outputs)
 
@@ -60,4 +86,4 @@ class PretrainSystem(SleepSystem):
         groups = self.l2_groups(
             self.feature_net.first_conv_weights(hp.l2_layers), list(self.parameters()), hp.lr, hp.weight_decay
         )
-        return torch.optim.Adam(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        return self.with_schedule(torch.optim.Adam(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps))

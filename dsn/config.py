@@ -1,0 +1,249 @@
+"""One configuration system for every command (``dsn fit``, ``dsn sweep``, ``dsn cv``).
+
+LightningCLI-style YAML parsed by jsonargparse from the signatures of the classes it configures:
+``--config`` files stack (later overrides earlier), any key can be set in dotted form
+(``--pretrain.trainer.max_epochs 5``), and ``--print_config`` shows the resolved configuration.
+``data.sfreq`` is linked to ``net.sfreq`` (the network is always built for the data's rate).
+
+Library functions never exit: a bad value raises :class:`~dsn.errors.ConfigError` naming the dotted
+key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from dsn.errors import ConfigError
+
+TRAINER_SKIP = {"logger", "callbacks", "enable_checkpointing", "default_root_dir", "plugins", "profiler", "use_distributed_sampler"}
+STAGES = ("pretrain", "finetune")
+#: Keys of a fit config that do not change what is trained (ignored when a resumed run is compared).
+NON_TRAINING_KEYS = ("config", "__path__", "resume", "allow_config_change", "print_config")
+
+
+def add_training_arguments(p) -> None:
+    """Add every key of a two-stage training config to a jsonargparse parser."""
+    from lightning import Trainer
+
+    from dsn.data.datamodule import SleepEDFDataModule
+    from dsn.models import DeepFeatureNet, DeepSleepNet
+    from dsn.systems.finetune import FinetuneSystem
+    from dsn.systems.pretrain import PretrainSystem
+
+    p.add_argument("--seed_everything", type=int, default=0, help="Seed of torch, numpy and python (reproducible runs).")
+    p.add_argument("--stages", type=list[Literal["pretrain", "finetune"]], default=list(STAGES), help="Stages to run, in order.")
+    p.add_argument("--selection", type=Literal["best", "last"], default="best",
+                   help="Model kept from each stage: best validation macro-F1, or the last epoch (the paper).")
+    p.add_argument("--test", type=bool, default=True, help="Evaluate the selected model on the test subjects.")
+    add_tracking_arguments(p)
+    p.add_argument("--tracking.run_name", type=str | None, default=None, help="Name of the top-level run.")
+    p.add_argument("--tracking.log_model", type=bool, default=True, help="Log each stage's final model as an MLflow model.")
+    p.add_argument("--tracking.register", type=str | None, default=None,
+                   help="Register the final model under this registered-model name (e.g. deepsleepnet); null: do not.")
+    p.add_class_arguments(SleepEDFDataModule, "data", skip={"mode", "batch_size", "seq_len"})
+    p.add_class_arguments(DeepFeatureNet, "net")
+    p.link_arguments("data.sfreq", "net.sfreq")
+    p.add_class_arguments(PretrainSystem, "pretrain.system", skip={"net"})
+    p.add_argument("--pretrain.batch_size", type=int, default=100, help="Epochs per batch.")
+    _add_stage_extras(p, "pretrain")
+    p.add_class_arguments(Trainer, "pretrain.trainer", skip=TRAINER_SKIP)
+    p.add_class_arguments(DeepSleepNet, "finetune.net", skip={"feature_net"})
+    p.add_class_arguments(FinetuneSystem, "finetune.system", skip={"net"})
+    p.add_argument("--finetune.batch_size", type=int, default=10, help="Sequences (parallel streams) per batch.")
+    p.add_argument("--finetune.seq_len", type=int, default=25, help="Epochs per sequence.")
+    _add_stage_extras(p, "finetune")
+    p.add_class_arguments(Trainer, "finetune.trainer", skip=TRAINER_SKIP)
+
+
+def _add_stage_extras(p, stage: str) -> None:
+    p.add_argument(f"--{stage}.early_stopping_patience", type=int | None, default=None,
+                   help="Stop when validation macro-F1 has not improved for this many epochs (null: never; the paper).")
+    p.add_argument(f"--{stage}.ema_decay", type=float | None, default=None,
+                   help="Exponential moving average of the weights used for evaluation and selection (null: off; the paper).")
+
+
+def add_tracking_arguments(p) -> None:
+    """``--tracking.uri``, ``--tracking.home``, ``--tracking.experiment``: spelt the same by every command."""
+    p.add_argument("--tracking.uri", type=str | None, default=None,
+                   help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<home>/mlflow.db).")
+    p.add_argument("--tracking.home", type=str, default="mlruns", help="Local tracking home (database, artifacts, checkpoints).")
+    p.add_argument("--tracking.experiment", type=str, default="dsn", help="MLflow experiment name.")
+
+
+def build_parser(prog: str = "dsn fit", description: str | None = None, fit_flags: bool = True):
+    """The training-config parser (jsonargparse; raises instead of exiting when used from the library).
+
+    ``fit_flags`` adds ``dsn fit``'s own flags (``--resume``, ``--allow_config_change``).
+    """
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    p = ArgumentParser(prog=prog, description=description or "Train DeepSleepNet: pretraining then sequence fine-tuning.",
+                       exit_on_error=False)
+    p.add_argument("--config", action=ActionConfigFile, help="YAML config; repeat to stack overlays.")
+    add_training_arguments(p)
+    if fit_flags:
+        p.add_argument("--resume", type=str | None, default=None,
+                       help="Continue an interrupted fit: 'last' (most recent fit run) or a run id.")
+        p.add_argument("--allow_config_change", type=bool, default=False,
+                       help="With --resume: continue even if the config differs from the interrupted run's.")
+    return p
+
+
+def fix_resume_flag(argv: Sequence[str]) -> list[str]:
+    """Allow a bare ``--resume`` (meaning ``--resume last``)."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a == "--resume" and (i + 1 == len(out) or out[i + 1].startswith("--")):
+            out.insert(i + 1, "last")
+            break
+    return out
+
+
+_PARSER_CACHE: dict[str, Any] = {}
+
+
+def default_parser():
+    """A shared training-config parser (building one takes about a second)."""
+    if "p" not in _PARSER_CACHE:
+        _PARSER_CACHE["p"] = build_parser()
+    return _PARSER_CACHE["p"]
+
+
+def parse(argv: Sequence[str], parser=None):
+    """Parse command-line style arguments into a validated config (``ConfigError`` on a bad value)."""
+    parser = parser or default_parser()
+    try:
+        cfg = parser.parse_args(list(argv))
+    except SystemExit:  # --help / --print_config: only reached from the command line
+        raise
+    except Exception as e:
+        raise ConfigError(_short(e)) from None
+    check(cfg)
+    return cfg
+
+
+def load_config(configs: Sequence[str], overrides: Mapping[str, Any] | None = None, parser=None):
+    """Resolve stacked config files plus ``{dotted key: value}`` overrides (validated)."""
+    argv: list[str] = []
+    for c in configs:
+        argv += ["--config", str(c)]
+    cfg = parse(argv, parser)
+    return set_keys(cfg, overrides, parser) if overrides else cfg
+
+
+def set_key(cfg, key: str, value: Any, parser=None):
+    """A copy of ``cfg`` with the dotted ``key`` set to ``value``, re-validated (links re-applied).
+
+    Raises
+    ------
+    ConfigError
+        If ``key`` is not a config key or ``value`` is not valid for it.
+    """
+    return set_keys(cfg, {key: value}, parser)
+
+
+def set_keys(cfg, values: Mapping[str, Any], parser=None):
+    """A copy of ``cfg`` with every dotted ``key: value`` of ``values`` set, re-validated once."""
+    parser = parser or default_parser()
+    d = to_dict(cfg)
+    for key, value in values.items():
+        check_key(key, parser)
+        node = d
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    d.get("net", {}).pop("sfreq", None)
+    shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+    try:
+        new = parser.parse_object(d)
+    except Exception as e:
+        raise ConfigError(f"{shown}: {_short(e)}") from None
+    check(new)
+    return new
+
+
+def config_keys(parser=None) -> set[str]:
+    """Every dotted key a training config accepts."""
+    parser = parser or default_parser()
+    return {a.dest for a in parser._actions if a.dest not in ("help", "config")}
+
+
+def check_key(key: str, parser=None) -> None:
+    """Raise ``ConfigError`` (with close matches) when ``key`` is not a config key."""
+    known = config_keys(parser)
+    if key == "net.sfreq":
+        raise ConfigError("net.sfreq follows data.sfreq: set data.sfreq instead.")
+    if key in known or any(k.startswith(key + ".") for k in known):
+        return
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+    raise ConfigError(f"{key}: not a config key" + (f" (did you mean {', '.join(close)}?)" if close else "") +
+                      ". `dsn fit --help` lists them all.")
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    """The config as a plain nested dict (without ``config``/``__path__`` entries)."""
+    d = cfg.as_dict() if hasattr(cfg, "as_dict") else dict(cfg)
+    for k in ("config", "__path__"):
+        d.pop(k, None)
+    return d
+
+
+def dump(cfg, parser=None) -> str:
+    """The resolved config as YAML (what ``--print_config`` shows)."""
+    return (parser or default_parser()).dump(cfg)
+
+
+def training_items(cfg) -> dict[str, Any]:
+    """Flattened ``{dotted key: value}`` of what determines training (for comparing two configs)."""
+    from dsn.tracking import flatten
+
+    return {k: v for k, v in flatten(to_dict(cfg)).items() if k.split(".")[0] not in NON_TRAINING_KEYS}
+
+
+def _short(e: Exception) -> str:
+    msg = str(e).strip().splitlines()
+    return " ".join(line.strip() for line in msg[:3])[:400] if msg else type(e).__name__
+
+
+def check(cfg) -> None:
+    """Build the networks and systems a config describes, so that every bad value is reported now,
+    as ``ConfigError("<section>.<key> ...")``, before any data is read or run opened."""
+    from dsn.models import DeepFeatureNet, DeepSleepNet
+    from dsn.systems.finetune import FinetuneSystem
+    from dsn.systems.pretrain import PretrainSystem
+
+    def build(section: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, TypeError) as e:
+            msg = str(e)
+            m = re.match(r"^(\w+)\b", msg)
+            if m and m.group(1) in kwargs:
+                raise ConfigError(f"{section}.{msg}") from None
+            raise ConfigError(f"{section}: {msg}") from None
+
+    d = to_dict(cfg)
+    fnet = build("net", DeepFeatureNet, **d["net"])
+    if "pretrain" in d["stages"]:
+        build("pretrain.system", PretrainSystem, fnet, **d["pretrain"]["system"])
+    if "finetune" in d["stages"]:
+        ft = dict(d["finetune"]["system"], pretrained=None)
+        net = build("finetune.net", DeepSleepNet, fnet, **d["finetune"]["net"])
+        build("finetune.system", FinetuneSystem, net, **ft)
+    for stage in STAGES:
+        s = d[stage]
+        if s["batch_size"] < 1:
+            raise ConfigError(f"{stage}.batch_size={s['batch_size']}: must be at least 1.")
+        if s.get("ema_decay") is not None and not 0.0 < s["ema_decay"] < 1.0:
+            raise ConfigError(f"{stage}.ema_decay={s['ema_decay']}: must be in (0, 1), e.g. 0.999.")
+        if s.get("early_stopping_patience") is not None and s["early_stopping_patience"] < 1:
+            raise ConfigError(f"{stage}.early_stopping_patience={s['early_stopping_patience']}: must be at least 1.")
+    if d["finetune"]["seq_len"] < 1:
+        raise ConfigError(f"finetune.seq_len={d['finetune']['seq_len']}: must be at least 1.")
+    if not d["stages"]:
+        raise ConfigError("stages is empty: give at least one of [pretrain, finetune].")

@@ -1,0 +1,242 @@
+"""``dsn cv``: subject-wise k-fold cross-validation, the paper's evaluation, with pooled figures.
+
+Each fold is :func:`dsn.workflows.fit.run_fit` (both stages; validation subjects drawn from the
+training side of the fold) nested under one cv parent run. The test predictions of all folds are
+pooled into one confusion matrix, from which accuracy, macro-F1, Cohen's kappa and per-class
+precision / recall / F1 are computed, for the CNN-only stage and for the full model, beside the
+per-fold spread (mean ± sd of the fold figures) and the paper's published row.
+
+Resumable fold by fold: running the same command again finds the cv run by its config, skips the
+finished folds (their predictions are read back from disk) and resumes an interrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsn.errors import ConfigError
+
+#: DeepSleepNet, Sleep-EDF-20 Fpz-Cz, 20-fold CV (Supratak et al. 2017, Table III/IV).
+PAPER_ROW = {"acc": 0.820, "f1_macro": 0.769, "kappa": 0.76, "f1_W": 0.847, "f1_N1": 0.466, "f1_N2": 0.859,
+             "f1_N3": 0.848, "f1_REM": 0.824}
+CV_KEYS = ("folds", "out", "resume_cv", "register_fold")
+
+
+def build_parser():
+    """``dsn cv``: the training config plus the cv flags."""
+    from dsn import config
+
+    p = config.build_parser(prog="dsn cv", description="Subject-wise k-fold cross-validation with pooled test figures.",
+                            fit_flags=False)
+    p.add_argument("--folds", type=int | None, default=None, help="Number of folds (default: data.n_folds).")
+    p.add_argument("--out", type=str | None, default=None, help="Also write cv_summary.json (and the pooled figures) here.")
+    p.add_argument("--resume_cv", type=bool, default=True,
+                   help="Continue the cv run of the same config if there is one (finished folds are skipped); false: start anew.")
+    p.add_argument("--register_fold", type=int | None, default=None,
+                   help="Register this fold's final model under tracking.register (default name deepsleepnet).")
+    return p
+
+
+def stage_figures(preds_by_fold: Sequence[Sequence[Any]], class_names: Sequence[str]) -> dict[str, Any]:
+    """Pooled and per-fold figures of one stage from its per-fold test predictions.
+
+    Returns a dict with ``pooled`` (acc, f1_macro, kappa, f1_/precision_/recall_<class>), ``confusion``
+    (pooled counts, rows true), ``n_epochs``, ``per_fold`` (the same figures per fold), ``mean`` and ``sd``.
+    """
+    from dsn.systems.metrics import metrics_from_confusion
+    from dsn.workflows.fit import confusion_of
+
+    def figures(cm: np.ndarray) -> dict[str, float]:
+        m = metrics_from_confusion(cm, class_names)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            prec = np.diag(cm) / cm.sum(0)
+            rec = np.diag(cm) / cm.sum(1)
+        for i, c in enumerate(class_names):
+            m[f"precision_{c}"] = float(prec[i])
+            m[f"recall_{c}"] = float(rec[i])
+        return m
+
+    cms = [confusion_of(p, len(class_names)) for p in preds_by_fold]
+    pooled_cm = np.sum(cms, axis=0) if cms else np.zeros((len(class_names),) * 2, dtype=np.int64)
+    per_fold = [figures(cm) for cm in cms]
+    keys = list(per_fold[0]) if per_fold else []
+    mean = {k: float(np.nanmean([f[k] for f in per_fold])) for k in keys}
+    sd = {k: float(np.nanstd([f[k] for f in per_fold], ddof=1)) if len(per_fold) > 1 else 0.0 for k in keys}
+    return {"pooled": figures(pooled_cm), "confusion": pooled_cm.tolist(), "n_epochs": int(pooled_cm.sum()),
+            "per_fold": per_fold, "mean": mean, "sd": sd}
+
+
+def summarise(folds: list[dict[str, Any]], stages: Sequence[str], class_names: Sequence[str]) -> dict[str, Any]:
+    """``cv_summary.json``: per stage figures; the final stage's also at the top level (``pooled.f1_macro``)."""
+    out: dict[str, Any] = {"n_folds": len(folds), "class_names": list(class_names), "paper_sleep_edf20_fpzcz": PAPER_ROW,
+                           "folds": [{k: v for k, v in f.items() if k != "predictions"} for f in folds], "stages": {}}
+    for stage in stages:
+        out["stages"][stage] = stage_figures([f["predictions"][stage] for f in folds], class_names)
+    final = out["stages"][stages[-1]]
+    out.update({k: final[k] for k in ("pooled", "confusion", "n_epochs", "mean", "sd")})
+    out["final_stage"] = stages[-1]
+    return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The paper-style table: pooled figures of each stage, the fold spread, and the paper's row."""
+    names = summary["class_names"]
+    cols = ["acc", "f1_macro", "kappa", *[f"f1_{c}" for c in names]]
+    head = f"{'':<34}" + "".join(f"{c.replace('f1_macro', 'MF1').replace('f1_', 'F1 '):>9}" for c in cols)
+    lines = [f"Cross-validation, {summary['n_folds']} folds, {summary['n_epochs']} test epochs pooled", head, "-" * len(head)]
+
+    def row(label: str, values: dict[str, float]) -> str:
+        cells = []
+        for c in cols:
+            v = values.get(c, float("nan"))
+            cells.append(f"{'n/a':>9}" if v is None or math.isnan(v) else (f"{v:>9.3f}" if c == "kappa" else f"{100 * v:>9.1f}"))
+        return f"{label:<34}" + "".join(cells)
+
+    for stage, fig in summary["stages"].items():
+        label = "CNN only (pretrain)" if stage == "pretrain" else "full model (finetune)"
+        lines.append(row(f"dsn {label}, pooled", fig["pooled"]))
+        spread = "".join(
+            f"{'':>9}" if math.isnan(fig['mean'].get(c, float('nan'))) else
+            (f"{fig['mean'][c]:>5.2f}±{fig['sd'][c]:<3.2f}"[:9].rjust(9) if c == "kappa" else
+             f"{100 * fig['mean'][c]:>5.1f}±{100 * fig['sd'][c]:<3.1f}"[:9].rjust(9))
+            for c in cols
+        )  # fmt: skip
+        lines.append(f"{'  per fold, mean±sd':<34}" + spread)
+    lines.append(row("paper: Sleep-EDF-20 Fpz-Cz (2017)", summary["paper_sleep_edf20_fpzcz"]))
+    lines.append("(acc, MF1, F1 in %; kappa as a fraction)")
+    return "\n".join(lines)
+
+
+def _cv_key(cfg, folds: int) -> str:
+    """What identifies a cv run: the training config without the fold, and the number of folds."""
+    from dsn import config
+
+    items = {k: v for k, v in config.training_items(cfg).items() if k not in ("data.fold", "data.n_folds", "tracking.run_name")}
+    items["folds"] = folds
+    return hashlib.sha1(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_cv(cfg, folds: int | None = None, out: str | None = None, resume: bool = True,
+           register_fold: int | None = None, verbose: bool = True) -> dict[str, Any]:
+    """Run (or continue) a k-fold cross-validation; returns the cv summary (see :func:`summarise`)."""
+    from dsn import config, plots, tracking
+    from dsn.data.labels import STAGES
+    from dsn.workflows.fit import load_predictions, run_fit
+
+    folds = folds or cfg.data.n_folds
+    if folds < 2:
+        raise ConfigError(f"--folds {folds}: cross-validation needs at least 2 folds.")
+    if register_fold is not None and not 0 <= register_fold < folds:
+        raise ConfigError(f"--register_fold {register_fold}: must be in 0..{folds - 1}.")
+    if register_fold is not None and not cfg.tracking.log_model:
+        raise ConfigError("--register_fold needs tracking.log_model: true (the registry stores the logged model).")
+    register_name = cfg.tracking.register or "deepsleepnet"
+    base = config.set_keys(cfg, {"data.n_folds": folds, "tracking.register": None})
+    fold_cfgs = [config.set_key(base, "data.fold", k) for k in range(folds)]
+    home = Path(cfg.tracking.home)
+    uri = tracking.tracking_uri(cfg.tracking.uri, home)
+    tracking.check_tracking(uri)
+    exp_id = tracking.experiment_id(uri, cfg.tracking.experiment, home)
+    key = _cv_key(base, folds)
+    existing = tracking.find_runs(uri, exp_id, {"dsn.kind": "cv", "dsn.cv_key": key}) if resume else []
+    if existing:
+        parent = existing[0].info.run_id
+        tracking.reopen_run(uri, parent)
+        if verbose:
+            print(f"Continuing cv run {parent} (same config; finished folds are skipped)")
+    else:
+        name = cfg.tracking.run_name or "-".join(["cv", *(Path(str(c)).stem for c in (cfg.get("config") or []))])
+        parent = tracking.start_run(uri, exp_id, name, tags={"dsn.kind": "cv", "dsn.cv_key": key, "dsn.folds": str(folds),
+                                                             **tracking.environment_tags()})
+        tracking.log_text(uri, parent, config.dump(base), "config.yaml")
+        tracking.log_params(uri, parent, {**config.training_items(base), "cv.folds": folds})
+    results: list[dict[str, Any]] = []
+    with tracking.run_guard(uri, [parent]):
+        for k, fcfg in enumerate(fold_cfgs):
+            done = tracking.find_runs(uri, exp_id, {"dsn.kind": "fold", "dsn.fold": str(k)}, parent=parent)
+            finished = [r for r in done if r.info.status == "FINISHED"]
+            ckpt_root = home / "checkpoints"
+            if finished and all((ckpt_root / finished[0].info.run_id / s / "predictions_test.npz").is_file() for s in fcfg.stages):
+                run = finished[0]
+                if verbose:
+                    print(f"\n=== fold {k + 1}/{folds}: finished earlier (run {run.info.run_id}), skipped")
+                preds = {s: load_predictions(ckpt_root / run.info.run_id / s / "predictions_test.npz") for s in fcfg.stages}
+                metrics = {s: {m[len(s) + 1:]: v for m, v in run.data.metrics.items() if m.startswith(f"{s}/")} for s in fcfg.stages}
+                run_id, model_uri = run.info.run_id, run.data.tags.get("dsn.model_uri")
+            else:
+                if verbose:
+                    print(f"\n=== fold {k + 1}/{folds}" + (" (resuming)" if done else ""))
+                res = run_fit(fcfg, parent_run_id=parent, tags={"dsn.fold": str(k)}, run_name=f"fold-{k}", kind="fold",
+                              resume=done[0].info.run_id if done else None, allow_config_change=False, verbose=verbose)
+                preds = {s.name: s.predictions.get("test", []) for s in res.stages}
+                metrics = {s.name: s.metrics for s in res.stages}
+                run_id, model_uri = res.run_id, res.final.model_uri
+                if model_uri:
+                    tracking.set_tags(uri, run_id, {"dsn.model_uri": model_uri})
+            subjects = sorted({p.subject for p in preds[fcfg.stages[-1]]})
+            results.append({"fold": k, "run_id": run_id, "test_subjects": subjects, "metrics": metrics,
+                            "model_uri": model_uri, "predictions": preds})
+            if register_fold == k and model_uri:
+                version = tracking.register_model(uri, model_uri, register_name, {
+                    "dataset": Path(str(cfg.data.data_dir)).name, "channel": cfg.data.channel, "sfreq": str(cfg.data.sfreq),
+                    "fold": f"{k}/{folds}", "cv_run_id": parent, "run_id": run_id,
+                    **{f"test/{m}": f"{v:.4f}" for m, v in metrics[fcfg.stages[-1]].items() if m.startswith("test/") and m[5:] in ("f1_macro", "kappa", "acc")}})  # fmt: skip
+                if verbose:
+                    print(f"Registered fold {k}'s model as '{register_name}' version {version}")
+
+        summary = summarise(results, list(base.stages), STAGES)
+        summary["cv_run_id"] = parent
+        tracking.log_dict(uri, parent, summary, "cv_summary.json")
+        flat = {f"pooled/{m}": v for m, v in summary["pooled"].items()}
+        for stage, fig in summary["stages"].items():
+            flat.update({f"{stage}/pooled/{m}": v for m, v in fig["pooled"].items()})
+            flat.update({f"{stage}/mean/{m}": v for m, v in fig["mean"].items() if m in ("acc", "f1_macro", "kappa")})
+            flat.update({f"{stage}/sd/{m}": v for m, v in fig["sd"].items() if m in ("acc", "f1_macro", "kappa")})
+            cm = np.array(fig["confusion"])
+            for norm in (False, True):
+                title = f"{stage}: pooled test confusion ({folds} folds)" + (", row-normalised" if norm else "")
+                tracking.log_figure(uri, parent, plots.confusion_matrix_figure(cm, normalize=norm, title=title),
+                                    f"pooled/{stage}_confusion{'_normalized' if norm else ''}.png")
+        tracking.log_metrics(uri, parent, {k: v for k, v in flat.items() if not (isinstance(v, float) and math.isnan(v))})
+        if out:
+            _write_out(Path(out), summary)
+    if verbose:
+        print("\n" + format_summary(summary))
+        if out:
+            print(f"\nwrote {Path(out) / 'cv_summary.json'}")
+    return summary
+
+
+def _write_out(folder: Path, summary: dict[str, Any]) -> None:
+    from dsn import plots
+    from dsn.hypnogram import atomic_write
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_write(folder / "cv_summary.json") as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=2, default=float))
+    for stage, fig in summary["stages"].items():
+        f = plots.confusion_matrix_figure(np.array(fig["confusion"]), normalize=True, title=f"{stage}: pooled test confusion")
+        f.savefig(folder / f"confusion_{stage}.png", dpi=120)
+
+
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    """``dsn cv`` from the command line."""
+    from dsn import config
+
+    p = build_parser()
+    cfg = config.parse(argv, p)
+    extra = {k: cfg.get(k) for k in CV_KEYS}
+    d = config.to_dict(cfg)
+    for k in CV_KEYS:
+        d.pop(k, None)
+    d["net"].pop("sfreq", None)  # linked to data.sfreq
+    fit_cfg = config.default_parser().parse_object(d)
+    fit_cfg.config = cfg.get("config")  # the config file names name the cv run
+    return run_cv(fit_cfg, folds=extra["folds"], out=extra["out"], resume=extra["resume_cv"], register_fold=extra["register_fold"])

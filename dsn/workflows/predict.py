@@ -1,0 +1,125 @@
+"""``dsn predict``: score whole nights of PSG recordings that have no hypnogram.
+
+For each recording: read the model's channel (resampled when the file's rate is higher), cut 30-s
+epochs, stream the sequence model over the night with its LSTM state carried from chunk to chunk, and
+write, next to each other in ``--out``:
+
+- ``<name>_hypnogram.csv``: epoch onset (s), stage, one probability column per class;
+- ``<name>_hypnogram.edf``: an EDF+ hypnogram with Sleep-EDF-style annotations (``Sleep stage W/1/2/3/R``);
+- ``<name>_hypnogram.png``: the hypnogram with the hypnodensity (class probabilities) beneath it;
+- ``<name>_summary.json``: night statistics (YASA definitions), the model, timings, and with an expert
+  hypnogram the agreement (per-class F1, kappa, confusion matrix).
+
+The output names never end in ``-Hypnogram.edf``, so they are never mistaken for expert hypnograms by
+``dsn fit``'s file discovery.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsn.errors import ConfigError
+
+
+def expert_labels(path: str | Path, n_epochs: int, epoch_sec: float = 30.0) -> np.ndarray:
+    """``(n_epochs,)`` AASM labels of an expert hypnogram on the recording's epoch grid (``-1`` unscored)."""
+    from dsn.data.edf import UNANNOTATED, epoch_labels, read_hypnogram
+    from dsn.data.labels import IGNORE_INDEX, RK_TO_AASM
+
+    onsets, durations, labels = read_hypnogram(path, RK_TO_AASM)
+    y = epoch_labels(onsets, durations, labels, n_epochs, epoch_sec, RK_TO_AASM, "crop", str(path))
+    y[y == UNANNOTATED] = IGNORE_INDEX
+    return y
+
+
+def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str | None = None,
+                    hypnogram: str | Path | None = None, model_ref: str = "") -> dict[str, Any]:
+    """Score one recording and write its four outputs; returns the summary (also written as JSON)."""
+    from dsn import plots
+    from dsn.data.psg import read_epochs
+    from dsn.hypnogram import agreement, atomic_write, sleep_statistics, write_csv, write_edf_hypnogram
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    prep = scorer.preprocessing
+    epoch_sec = float(prep.get("epoch_sec", 30.0))
+    inp = read_epochs(path, channel or prep["channel"], scorer.sfreq, epoch_sec)
+    timings["read_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if inp.x.shape[-1] != scorer.n_times:
+        raise ConfigError(f"{path}: epochs of {inp.x.shape[-1]} samples, but the model expects {scorer.n_times}.")
+    proba = scorer.predict_proba(inp.x)
+    stages = proba.argmax(-1)
+    timings["model_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    out = Path(out_dir)
+    files = {"csv": out / f"{inp.name}_hypnogram.csv", "edf": out / f"{inp.name}_hypnogram.edf",
+             "png": out / f"{inp.name}_hypnogram.png", "summary": out / f"{inp.name}_summary.json"}
+    write_csv(files["csv"], inp.onsets, stages, proba, scorer.class_names)
+    write_edf_hypnogram(files["edf"], stages, epoch_sec, start=inp.start)
+    fig = plots.hypnodensity_figure(stages, proba, epoch_sec, title=f"{inp.name}: dsn hypnogram and hypnodensity")
+    with atomic_write(files["png"]) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    summary: dict[str, Any] = {
+        "recording": str(path), "name": inp.name, "channel": inp.channel, "source_sfreq": inp.source_sfreq,
+        "sfreq": inp.sfreq, "n_epochs": int(len(stages)), "model": model_ref, "model_kind": scorer.kind,
+        "statistics": sleep_statistics(stages, epoch_sec), "files": {k: str(v) for k, v in files.items()},
+    }  # fmt: skip
+    if hypnogram is not None:
+        y_true = expert_labels(hypnogram, len(stages), epoch_sec)
+        ag = agreement(y_true, stages, scorer.class_names)
+        summary["agreement"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ag.items()}
+        summary["expert_hypnogram"] = str(hypnogram)
+    timings["write_s"] = time.perf_counter() - t
+    summary["timings"] = timings
+    with atomic_write(files["summary"]) as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def format_agreement(ag: dict[str, Any], class_names: Sequence[str]) -> str:
+    lines = [f"{'stage':<6} {'prec':>6} {'recall':>6} {'F1':>6}"]
+    for c in class_names:
+        lines.append(f"{c:<6} " + " ".join(f"{ag.get(f'{m}_{c}', float('nan')):>6.3f}" for m in ("precision", "recall", "f1")))
+    lines.append(f"macro-F1 {ag['f1_macro']:.3f}  accuracy {ag['acc']:.3f}  kappa {ag['kappa']:.3f}  "
+                 f"({ag['n_epochs']} epochs scored by both)")
+    return "\n".join(lines)
+
+
+def main(a) -> list[dict[str, Any]]:
+    """``dsn predict`` (arguments parsed by :mod:`dsn.cli`)."""
+    from dsn import tracking
+    from dsn.hypnogram import format_sleep_statistics
+    from dsn.workflows.registry import load_scorer
+
+    if a.hypnogram and len(a.hypnogram) != len(a.recordings):
+        raise ConfigError(f"--hypnogram given {len(a.hypnogram)} time(s) for {len(a.recordings)} recording(s): "
+                          "give one expert hypnogram per recording, in the same order, or none.")
+    uri = tracking.tracking_uri(a.tracking_uri, a.tracking_home)
+    t = time.perf_counter()
+    scorer = load_scorer(a.model, uri)
+    load_s = time.perf_counter() - t
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"model {a.model}: {scorer.kind} model, channel {scorer.preprocessing['channel']}, {scorer.sfreq:g} Hz "
+          f"(loaded in {load_s:.2f} s)")
+    results = []
+    for i, rec in enumerate(a.recordings):
+        hyp = a.hypnogram[i] if a.hypnogram else None
+        s = score_recording(scorer, rec, out, a.channel, hyp, a.model)
+        results.append(s)
+        tm = s["timings"]
+        print(f"\n{s['name']}: {s['n_epochs']} epochs scored in {sum(tm.values()):.2f} s "
+              f"(read {tm['read_s']:.2f}, model {tm['model_s']:.2f}, write {tm['write_s']:.2f})")
+        print(format_sleep_statistics(s["statistics"]))
+        if "agreement" in s:
+            print(f"\nagreement with {hyp}:")
+            print(format_agreement(s["agreement"], scorer.class_names))
+        print("wrote " + ", ".join(Path(p).name for p in s["files"].values()) + f" to {out}")
+    return results

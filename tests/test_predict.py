@@ -1,0 +1,129 @@
+"""Registry + `dsn predict`: a fitted model is registered, promoted, and scores a night with no hypnogram."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dsn.cli import main as cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _project_root(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture(scope="module")
+def fitted(synth_dir, _tracking_template, tmp_path_factory):
+    """One tiny two-stage fit that logs and registers its model (shared by this module's tests)."""
+    from dsn import config
+    from dsn.workflows.fit import run_fit
+
+    tmp = tmp_path_factory.mktemp("predict")
+    home = tmp / "mlruns"
+    home.mkdir()
+    shutil.copy(_tracking_template, home / "mlflow.db")
+    cfg = config.load_config(["conf/demo.yaml", "conf/debug.yaml"], {
+        "data.data_dir": str(synth_dir), "data.cache_dir": str(tmp / "cache"), "data.n_folds": 3, "data.progress": False,
+        "net.small_kernel": 50, "finetune.net.hidden_size": 16, "finetune.net.shortcut_size": 32,
+        "finetune.batch_size": 2, "finetune.seq_len": 5, "pretrain.trainer.enable_progress_bar": False,
+        "finetune.trainer.enable_progress_bar": False, "tracking.home": str(home), "tracking.log_model": True,
+        "tracking.register": "deepsleepnet"})  # fmt: skip
+    res = run_fit(cfg, verbose=False)
+    return res, home, tmp
+
+
+def test_fit_registers_promote_and_predict(fitted, synth_dir, tmp_path, capsys):
+    from dsn.hypnogram import read_csv
+    from dsn.workflows.predict import expert_labels
+
+    res, home, _ = fitted
+    assert res.registered == ("deepsleepnet", "1")
+    assert cli(["registry", "promote", "deepsleepnet", "1", "--alias", "champion", "--tracking.home", str(home)]) == 0
+    assert cli(["registry", "list", "--tracking.home", str(home)]) == 0
+    listing = capsys.readouterr().out
+    assert "deepsleepnet" in listing and "champion" in listing and "finetune" in listing
+    # a night whose hypnogram is not beside it
+    night = tmp_path / "night"
+    night.mkdir()
+    psg = sorted(Path(synth_dir).glob("*-PSG.edf"))[0]
+    shutil.copy(psg, night / psg.name)
+    hyp = next(Path(synth_dir).glob(psg.name[:7] + "*-Hypnogram.edf"))
+    out = tmp_path / "out"
+    rc = cli(["predict", str(night / psg.name), "--model", "models:/deepsleepnet@champion", "--out", str(out),
+              "--hypnogram", str(hyp), "--tracking.home", str(home)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    name = psg.name[: -len("-PSG.edf")]
+    table = read_csv(out / f"{name}_hypnogram.csv")
+    summary = json.loads((out / f"{name}_summary.json").read_text())
+    n = summary["n_epochs"]
+    assert len(table.stages) == n and table.proba.shape == (n, 5)
+    np.testing.assert_allclose(table.proba.sum(1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(table.proba.argmax(1), table.stages)
+    np.testing.assert_array_equal(expert_labels(out / f"{name}_hypnogram.edf", n), table.stages)  # EDF+ reads back
+    assert (out / f"{name}_hypnogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stats = summary["statistics"]
+    assert stats["TIB"] == pytest.approx(n * 0.5)
+    assert summary["agreement"]["n_epochs"] > 0 and "kappa" in summary["agreement"]
+    assert "TST" in printed and "kappa" in printed
+    # same probabilities from the registry reference, the run reference and the checkpoint path
+    from dsn.data.psg import read_epochs
+    from dsn.workflows.registry import load_scorer
+
+    x = read_epochs(night / psg.name).x
+    ckpt = home / "checkpoints" / res.run_id / "finetune" / "selected.ckpt"
+    refs = ["models:/deepsleepnet@champion", "models:/deepsleepnet/1", f"runs:/{res.stage('finetune').run_id}/model", str(ckpt)]
+    probas = [load_scorer(r, f"sqlite:///{home.resolve()}/mlflow.db").predict_proba(x) for r in refs]
+    for p in probas[1:]:
+        np.testing.assert_allclose(p, probas[0], atol=1e-6)
+    np.testing.assert_allclose(probas[0], table.proba, atol=2e-6)
+
+
+def test_streaming_equals_chunks_fed_one_by_one(fitted):
+    import torch
+
+    res, _, _ = fitted
+    scorer = res.stage("finetune").scorer.eval()
+    x = np.random.default_rng(0).standard_normal((23, 1, 3000)).astype(np.float32)
+    proba = scorer.predict_proba(x, batch_size=7)
+    state, outs = None, []
+    with torch.no_grad():
+        for i in range(0, 23, scorer.seq_len):
+            logits, state = scorer.net(torch.from_numpy(x[None, i : i + scorer.seq_len]), state, return_state=True)
+            outs.append(torch.softmax(logits[0], -1))
+    np.testing.assert_allclose(proba, torch.cat(outs).numpy(), atol=1e-5)
+
+
+def test_predict_errors_are_one_line(fitted, synth_dir, tmp_path, capsys):
+    res, home, _ = fitted
+    ckpt = str(home / "checkpoints" / res.run_id / "finetune" / "selected.ckpt")
+    psg = str(sorted(Path(synth_dir).glob("*-PSG.edf"))[0])
+    cases = [
+        (["predict", psg, "--model", ckpt, "--out", str(tmp_path), "--channel", "EEG C3"], ["EEG C3", "EEG Fpz-Cz", "--channel"]),
+        (["predict", str(tmp_path / "x.edf"), "--model", ckpt, "--out", str(tmp_path)], ["x.edf"]),
+        (["predict", psg, "--model", "models:/nosuchmodel@champion", "--out", str(tmp_path), "--tracking.home", str(home)],
+         ["models:/nosuchmodel@champion", "dsn registry list"]),
+        (["predict", psg, "--model", str(tmp_path / "none.ckpt"), "--out", str(tmp_path)], ["none.ckpt", "not found"]),
+    ]
+    (tmp_path / "x.edf").write_text("this is not an EDF file\n" * 20)
+    for argv, words in cases:
+        assert cli(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("dsn predict: error:") and "\n" not in err, err
+        assert all(w in err for w in words), (words, err)
+
+
+def test_registry_show(fitted, capsys):
+    res, home, _ = fitted
+    assert cli(["registry", "show", "models:/deepsleepnet/1", "--tracking.home", str(home)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["version"] == "1" and info["scorer"]["kind"] == "sequence"
+    assert info["scorer"]["preprocessing"]["channel"] == "EEG Fpz-Cz" and info["scorer"]["class_names"][1] == "N1"
+    assert info["tags"]["channel"] == "EEG Fpz-Cz" and "git_commit" in info["tags"] or "dataset" in info["tags"]

@@ -1,0 +1,158 @@
+"""`dsn sweep`: spec checks, trials nested in MLflow, resumed studies, pruning, failures, two workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+
+from dsn import config, tracking
+from dsn.errors import ConfigError, Pruned
+from dsn.workflows import sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_SET = ["--set", "data.n_folds=3", "--set", "data.progress=false", "--set", "pretrain.trainer.enable_progress_bar=false",
+            "--set", "net.small_kernel=50"]
+
+
+@pytest.fixture(autouse=True)
+def _project_root(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+def _argv(synth_dir, home, tmp_path, *extra):
+    return ["sweep", "sweeps/tiny.yaml", *DATA_SET, "--set", f"data.data_dir={synth_dir}",
+            "--set", f"data.cache_dir={tmp_path / 'cache'}", "--tracking.home", str(home), *extra]
+
+
+def _trial_runs(home, study):
+    c = mlflow.MlflowClient(tracking.tracking_uri(None, home))
+    exp = c.get_experiment_by_name("dsn-sweeps")
+    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`dsn.study` = '{study}'")
+    parents = [r for r in runs if r.data.tags.get("dsn.kind") == "sweep"]
+    trials = [r for r in runs if r.data.tags.get("dsn.kind") == "trial"]
+    return parents, trials
+
+
+def test_spec_errors_name_the_file_and_entry(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: [conf/demo.yaml]\nspace:\n  net.drop_prob: {type: uniform, low: 0, high: 1}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: space.net.drop_prob: type='uniform'"):
+        sweep.load_spec(bad)
+    bad.write_text("base: [conf/demo.yaml]\nspcae: {}\n")
+    with pytest.raises(ConfigError, match="unknown entries"):
+        sweep.load_spec(bad)
+    with pytest.raises(ConfigError, match="sweep file not found"):
+        sweep.load_spec(tmp_path / "nope.yaml")
+
+
+def test_invalid_values_are_rejected_before_any_trial(tmp_path):
+    spec = sweep.load_spec("sweeps/tiny.yaml")
+    base = config.load_config(spec.base)
+    sweep.check_space(spec, base)  # the shipped space: every value is valid in some combination
+    spec.space["net.large_stride"] = {"type": "categorical", "choices": [50, 3000]}
+    with pytest.raises(ConfigError, match=r"space.net.large_stride: the value 3000 is invalid"):
+        sweep.check_space(spec, base)
+    spec.space = {"net.dropprob": {"type": "float", "low": 0.1, "high": 0.2}}
+    with pytest.raises(ConfigError, match="did you mean net.drop_prob"):
+        sweep.check_space(spec, base)
+
+
+def test_shipped_sweeps_are_valid():
+    for path in sorted((ROOT / "sweeps").glob("*.yaml")):
+        spec = sweep.load_spec(path)
+        sweep.check_space(spec, config.load_config(spec.base, spec.set))
+
+
+def test_pruning_callback_reports_and_prunes():
+    class FakeTrial:
+        def __init__(self, prune_at):
+            self.reports, self.prune_at = [], prune_at
+
+        def report(self, value, step):
+            self.reports.append((step, value))
+
+        def should_prune(self):
+            return len(self.reports) >= self.prune_at
+
+    class FakeTrainer:
+        sanity_checking = False
+        current_epoch = 1
+        callback_metrics = {"val/f1_macro": 0.25}
+
+    trial = FakeTrial(prune_at=2)
+    cb = sweep.pruning_callback(trial, "val/f1_macro", offset=sweep.STEP_OFFSET)
+    cb.on_validation_end(FakeTrainer(), None)
+    assert trial.reports == [(sweep.STEP_OFFSET + 1, 0.25)]
+    with pytest.raises(Pruned, match="val/f1_macro=0.2500"):
+        cb.on_validation_end(FakeTrainer(), None)
+
+
+def test_sweep_twice_continues_the_study(synth_dir, tracking_home, tmp_path, capsys):
+    from dsn.cli import main
+
+    export = tmp_path / "best.yaml"
+    assert main(_argv(synth_dir, tracking_home, tmp_path, "--n-trials", "2", "--study", "s")) == 0
+    assert main(_argv(synth_dir, tracking_home, tmp_path, "--n-trials", "2", "--study", "s", "--export", str(export))) == 0
+    out = capsys.readouterr().out
+    parents, trials = _trial_runs(tracking_home, "s")
+    assert len(parents) == 1 and len(trials) == 4
+    assert sorted(int(r.data.tags["dsn.trial"]) for r in trials) == [0, 1, 2, 3]
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in trials)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tracking_home.resolve() / 'optuna.db'}")
+    states = {t.number: t.state.name for t in study.trials}
+    assert len(states) == 4 and "PRUNED" in states.values() and "COMPLETE" in states.values()
+    for r in trials:  # the MLflow state matches Optuna's; pruned is not a plain failure
+        state = states[int(r.data.tags["dsn.trial"])]
+        assert r.data.tags["dsn.trial_state"] == state
+        assert r.info.status == ("FINISHED" if state == "COMPLETE" else "KILLED")
+        if state == "PRUNED":
+            assert "too few samples" in r.data.tags["dsn.pruned_reason"]
+    complete = [r for r in trials if r.data.tags["dsn.trial_state"] == "COMPLETE"]
+    assert all("val/f1_macro" in r.data.metrics and "net.drop_prob" in r.data.params for r in complete)
+    c = mlflow.MlflowClient(tracking.tracking_uri(None, tracking_home))
+    arts = {a.path for a in c.list_artifacts(parents[0].info.run_id, "study")}
+    assert {"study/optimization_history.png", "study/parallel_coordinate.png"} <= arts
+    assert "best.trial" in c.get_run(parents[0].info.run_id).data.tags
+    assert "state" in out and "COMPLETE" in out  # the printed table of trials
+    # --export writes an overlay that stacks on the base configs
+    overlay = yaml.safe_load(export.read_text())
+    assert overlay["net"]["drop_prob"] == pytest.approx(study.best_trial.params["net.drop_prob"])
+    cfg = config.load_config(["conf/demo.yaml", "conf/debug.yaml", str(export)])
+    assert cfg.pretrain.system.lr == pytest.approx(study.best_trial.params["pretrain.system.lr"])
+
+
+def test_failed_trial_is_recorded_and_the_study_goes_on(synth_dir, tracking_home, tmp_path, monkeypatch):
+    import torch
+
+    from dsn.systems.pretrain import PretrainSystem
+
+    orig = PretrainSystem.training_step
+    monkeypatch.setattr(PretrainSystem, "training_step", lambda self, b, i: orig(self, b, i) * torch.tensor(float("nan")))
+    spec = sweep.load_spec("sweeps/tiny.yaml")
+    spec.space.pop("net.large_pool")  # no invalid points: every trial trains (and diverges)
+    res = sweep.run_sweep(spec, n_trials=2, study_name="f", tracking_home=str(tracking_home), verbose=False,
+                          overrides={"data.data_dir": str(synth_dir), "data.cache_dir": str(tmp_path / "c"),
+                                     "data.n_folds": 3, "data.progress": False, "net.small_kernel": 50})
+    assert [r["state"] for r in res.trials] == ["FAIL", "FAIL"]
+    assert all("training diverged" in r["note"] for r in res.trials)
+    _, trials = _trial_runs(tracking_home, "f")
+    assert len(trials) == 2 and all(r.data.tags["dsn.trial_state"] == "FAILED" and r.info.status == "FAILED" for r in trials)
+
+
+def test_two_workers_share_one_study(synth_dir, tracking_home, tmp_path):
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    cmd = [sys.executable, "-m", "dsn", *_argv(synth_dir, tracking_home, tmp_path, "--n-trials", "3", "--study", "w", "--workers", "2")]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    study = optuna.load_study(study_name="w", storage=f"sqlite:///{tracking_home.resolve() / 'optuna.db'}")
+    assert sorted(t.number for t in study.trials) == [0, 1, 2]
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    parents, trials = _trial_runs(tracking_home, "w")
+    assert len(parents) == 1 and sorted(int(r.data.tags["dsn.trial"]) for r in trials) == [0, 1, 2]
