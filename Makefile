@@ -24,7 +24,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(DSN) synth $(DEMO_DATA) --subjects 8 --hours 8 --seed 0
-	$(DSN) fit --config conf/demo.yaml
+	$(DSN) fit --config conf/demo.yaml --tracking.register deepsleepnet --tracking.register_alias champion
+	@echo
+	@echo "Score a night with the registered model:"
+	@echo "  $(DSN) predict $(DEMO_DATA)/SC4001E0-PSG.edf --model models:/deepsleepnet@champion --out predictions/"
 	@echo
 	@echo "Results are in the MLflow tracking home mlruns/ (sqlite:///mlruns/mlflow.db)."
 	@echo "Open them with:  $(DSN) ui"

@@ -42,6 +42,8 @@ def add_training_arguments(p) -> None:
     p.add_argument("--tracking.log_model", type=bool, default=True, help="Log each stage's final model as an MLflow model.")
     p.add_argument("--tracking.register", type=str | None, default=None,
                    help="Register the final model under this registered-model name (e.g. deepsleepnet); null: do not.")
+    p.add_argument("--tracking.register_alias", type=str | None, default=None,
+                   help="Also point this alias (e.g. champion) at the newly registered version.")
     p.add_class_arguments(SleepEDFDataModule, "data", skip={"mode", "batch_size", "seq_len"})
     p.add_class_arguments(DeepFeatureNet, "net")
     p.link_arguments("data.sfreq", "net.sfreq")

@@ -246,10 +246,9 @@ def log_dict(uri: str, run_id: str, data: Any, artifact_file: str) -> None:
 
 
 def log_figure(uri: str, run_id: str, figure, artifact_file: str) -> None:
-    import matplotlib.pyplot as plt
-
+    """Log a matplotlib figure (made without pyplot, as :mod:`dsn.plots` does: nothing to close)."""
     client(uri).log_figure(run_id, figure, artifact_file)
-    plt.close(figure)
+    figure.clear()
 
 
 def log_file(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:

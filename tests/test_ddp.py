@@ -95,3 +95,80 @@ def test_ddp_validation_metrics_equal_the_metrics_of_all_ranks_predictions(tmp_p
         for name, value in recomputed.items():
             assert logged[f"val/{name}"] == pytest.approx(value, rel=1e-6, nan_ok=True), name
     assert ranks[0]["logged"]["val/loss"] == ranks[1]["logged"]["val/loss"]  # synchronised over the ranks
+
+
+# ----------------------------------------------------------------------------- `dsn fit` under DDP, end to end
+DDP_FLAGS = [f"--{stage}.trainer.{k}" if i % 2 == 0 else v
+             for stage in ("pretrain", "finetune")
+             for k, v in (("strategy", "ddp"), ("devices", "2"), ("accelerator", "cpu"))
+             for i in (0, 1)]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_ddp_fit_makes_one_run_tree_and_logs_the_metrics_of_all_ranks(synth_dir, tracking_home, tmp_path):
+    """`dsn fit` with Lightning's ddp launcher (it runs the command again as rank 1): one MLflow run tree,
+    written by rank 0 only, and per-epoch validation figures pooled over both ranks' predictions.
+
+    Two validation subjects, so that each rank streams one whole recording (the fine-tuning evaluation cuts
+    between recordings) and the pooled figures equal the single-process figures of the same model."""
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from dsn import config, tracking
+    from dsn.workflows.fit import confusion_of
+    from dsn.workflows.registry import load_scorer
+
+    root = Path(__file__).resolve().parents[1]
+    overrides = {
+        "data.n_folds": 3, "data.n_val_subjects": 2, "data.progress": False, "net.small_kernel": 50,
+        "finetune.net.hidden_size": 16, "finetune.net.shortcut_size": 32, "finetune.batch_size": 2, "finetune.seq_len": 5,
+        "pretrain.trainer.limit_train_batches": 8, "pretrain.trainer.limit_val_batches": 1.0,
+        "finetune.trainer.limit_val_batches": 1.0, "pretrain.system.lr": 3e-3,
+        "pretrain.trainer.enable_progress_bar": False, "finetune.trainer.enable_progress_bar": False,
+        "data.data_dir": str(synth_dir), "data.cache_dir": str(tmp_path / "cache"), "tracking.home": str(tracking_home),
+    }  # fmt: skip
+    flags = [x for k, v in overrides.items() for x in (f"--{k}", str(v).lower() if isinstance(v, bool) else str(v))]
+    cmd = [sys.executable, "-m", "dsn", "fit", "--config", "conf/demo.yaml", "--config", "conf/debug.yaml", *flags, *DDP_FLAGS]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    res = subprocess.run(cmd, cwd=root, env={**env, "MLFLOW_DISABLE_TELEMETRY": "true"}, capture_output=True, text=True, timeout=360)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "MEMBER: 2/2" in out  # rank 1 really joined (Lightning prints it from every rank)
+
+    c = mlflow.MlflowClient(tracking.tracking_uri(None, tracking_home))
+    exp = c.get_experiment_by_name("dsn-debug")
+    runs = c.search_runs([exp.experiment_id])
+    fits = [r for r in runs if r.data.tags.get("dsn.kind") == "fit"]
+    assert len(fits) == 1 and len(runs) == 3, [(r.info.run_name, r.data.tags.get("dsn.kind")) for r in runs]
+    fit = fits[0].info.run_id
+    stages = {r.data.tags["dsn.stage"]: r for r in runs if "dsn.stage" in r.data.tags}
+    assert set(stages) == {"pretrain", "finetune"}
+    assert all(r.data.tags["mlflow.parentRunId"] == fit and r.info.status == "FINISHED" for r in stages.values())
+    assert [p.name for p in (tracking_home / "checkpoints").iterdir()] == [fit]  # one folder, rank 0's
+
+    cfg = config.load_config(["conf/demo.yaml", "conf/debug.yaml"], overrides)
+    from dsn.data.datamodule import SleepEDFDataModule
+
+    dm = SleepEDFDataModule(**config.to_dict(cfg)["data"])
+    dm.setup()
+    assert len(dm.recordings["val"]) == 2
+    for name, run in stages.items():
+        # the last epoch's per-epoch curve value, as the DDP ranks logged it (pooled over both ranks)
+        logged = {k: c.get_metric_history(run.info.run_id, k)[-1].value for k in run.data.metrics if k.startswith("val/")}
+        assert {"val/f1_macro", "val/kappa", "val/acc", "val/f1_N3"} <= set(logged)
+        # one process, the same (only, so selected) epoch's checkpoint, the same validation recordings
+        scorer = load_scorer(str(tracking_home / "checkpoints" / fit / name / "selected.ckpt"))
+        from dsn.workflows.fit import Prediction
+
+        preds = [Prediction(r.name, r.subject, np.asarray(r.y), scorer.predict_proba(r.x)) for r in dm.recordings["val"]]
+        cm = confusion_of(preds)
+        assert cm.sum() == sum(len(r.y) for r in dm.recordings["val"])
+        assert len(np.unique(np.concatenate([p.y_pred for p in preds]))) > 1, f"{name}: a constant model proves little"
+        recomputed = metrics_from_confusion(cm)
+        for k, v in recomputed.items():
+            assert logged[f"val/{k}"] == pytest.approx(v, abs=1e-6, nan_ok=True), (name, k)
+        assert run.data.metrics["selected/val/f1_macro"] == pytest.approx(recomputed["f1_macro"], abs=1e-6)

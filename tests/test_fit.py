@@ -82,7 +82,9 @@ def test_fit_logs_parent_and_child_runs(synth_dir, tracking_home, tmp_path):
     from dsn.systems.finetune import load_pretrained
 
     pre = next(s for s in res.stages if s.name == "pretrain")
-    fnet = load_pretrained(DeepFeatureNet(bn_momentum=0.1), pre.model_uri).eval()
+    from dsn.workflows.registry import load_scorer
+
+    fnet = load_pretrained(DeepFeatureNet(bn_momentum=0.1), load_scorer(pre.model_uri, res.tracking_uri)).eval()
     logged = tracking.load_model(pre.model_uri, res.tracking_uri).eval()
     with torch.no_grad():
         torch.testing.assert_close(fnet(x[0]), logged.feature_net(x[0]), rtol=0, atol=0)

@@ -195,3 +195,21 @@ def test_nan_loss_fails_with_clear_error(synth_dir, tracking_home, tmp_path, mon
         run_fit(tiny_cfg(synth_dir, tracking_home, tmp_path, stages=["pretrain"]), verbose=False)
     runs = _runs(tracking_home)
     assert runs and all(r.info.status == "FAILED" for r in runs)
+
+
+def test_finetune_only_from_a_model_reference(synth_dir, tracking_home, tmp_path):
+    """`finetune.system.pretrained` takes any model reference, resolved in the fit's own tracking store."""
+    import torch
+
+    pre = run_fit(tiny_cfg(synth_dir, tracking_home, tmp_path, stages=["pretrain"], **{"tracking.log_model": True}),
+                  verbose=False)
+    ref = pre.stage("pretrain").model_uri
+    cfg = tiny_cfg(synth_dir, tracking_home, tmp_path, stages=["finetune"], **{
+        "finetune.system.pretrained": ref, "finetune.system.lr_pretrained": 1e-12, "finetune.trainer.max_epochs": 1})
+    ft = run_fit(cfg, verbose=False)
+    w_pre = pre.stage("pretrain").scorer.feature_net.small_branch.conv1.conv.weight
+    w_ft = ft.stage("finetune").scorer.feature_net.small_branch.conv1.conv.weight
+    torch.testing.assert_close(w_ft, w_pre, atol=1e-8, rtol=0)  # started from the pretrained weights
+    bad = tiny_cfg(synth_dir, tracking_home, tmp_path, stages=["finetune"], **{"finetune.system.pretrained": "runs:/nope/model"})
+    with pytest.raises(DsnError, match="runs:/nope/model"):
+        run_fit(bad, verbose=False)

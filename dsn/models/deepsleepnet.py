@@ -11,7 +11,8 @@ This module knows nothing about training: no Lightning, no MLflow, no optimiser.
 
 Reference: Supratak, Dong, Wu, Guo (2017), "DeepSleepNet: a model for automatic sleep stage scoring
 based on raw single-channel EEG", IEEE TNSRE 25(11). The official code is the authors' TensorFlow
-repository; facts about it used here are collected in ``docs/deepsleepnet-notes.md``.
+repository (github.com/akaraspt/deepsleepnet, ``deepsleep/nn.py`` and ``deepsleep/model.py``); the
+details taken from it (padding, batch norm, weight decay, LSTM structure) are listed below.
 
 Implementation Differences
 --------------------------

@@ -87,7 +87,7 @@ class SleepScorer(nn.Module):
     def forward(self, x: Tensor, *args, **kwargs):
         return self.net(x, *args, **kwargs)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_proba(self, x: np.ndarray | Tensor, batch_size: int = 256) -> np.ndarray:
         """Class probabilities of every epoch of a night.
 

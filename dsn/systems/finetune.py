@@ -15,8 +15,9 @@ def load_pretrained(feature_net: DeepFeatureNet, source: str | Path | nn.Module)
     """Copy pretrained weights into ``feature_net`` (in place) and return it.
 
     ``source`` is a PretrainSystem/FinetuneSystem Lightning checkpoint (``.ckpt``), a saved
-    ``state_dict`` of a feature net (``.pt``), an MLflow model URI (``runs:/<id>/model``,
-    ``models:/<name>/<version>``), or a module that has a ``feature_net`` (or is one).
+    ``state_dict`` of a feature net (``.pt``), or a module that has a ``feature_net`` (or is one), e.g. a
+    model loaded from a registry reference with :func:`dsn.workflows.registry.load_scorer` (systems never
+    talk to MLflow themselves).
 
     Raises
     ------
@@ -28,12 +29,11 @@ def load_pretrained(feature_net: DeepFeatureNet, source: str | Path | nn.Module)
         module = getattr(source, "feature_net", source)
         state = module.state_dict()
         where = type(source).__name__
-    elif "://" in str(source) or str(source).startswith(("runs:/", "models:/")):
-        from dsn.tracking import load_model
-
-        module = load_model(str(source))  # tracking store: $MLFLOW_TRACKING_URI, else mlruns/
-        state = getattr(module, "feature_net", module).state_dict()
-        where = str(source)
+    elif ":/" in str(source):
+        raise ValueError(
+            f"{source}: a model reference, not a file. Resolve it first (dsn.workflows.registry.load_scorer) "
+            "and pass the loaded model; `dsn fit` does this for finetune.system.pretrained."
+        )
     else:
         path = Path(source)
         if not path.is_file():

@@ -14,11 +14,21 @@ MLflow layout of one fit::
     +-- pretrain              per-epoch curves train/loss, val/loss, val/f1_macro, ...; the selected
     +-- finetune              model's selected/{split}/{metric}, confusion matrices, a hypnogram,
                               predictions/{split}.npz, checkpoints, the model (a SleepScorer)
+
+Distributed training (``trainer.strategy: ddp``, ``devices: N``, ``num_nodes``): Lightning's launcher runs
+the same command again in every other process. Every rank loads the same data, builds the same systems
+and calls ``trainer.fit`` with the same settings (the samplers shard the data themselves); only global
+rank 0 (:func:`is_global_zero`) opens MLflow runs, logs, evaluates the selected model, saves
+``selected.ckpt``, logs the model and registers it. The other ranks train without a logger and learn the
+run's checkpoint folder from rank 0 once the process group exists (:func:`_shared_checkpoint_dir`); their
+:class:`FitResult` has empty run ids and no metrics.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +78,7 @@ class StageResult:
     selected_checkpoint: str | None = None
     model_uri: str | None = None
     scorer: Any = field(default=None, repr=False)  # the selected model (a SleepScorer), in memory
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: train (trainer.fit), evaluate, log
 
 
 @dataclass
@@ -79,6 +90,7 @@ class FitResult:
     tracking_uri: str
     stages: list[StageResult]
     registered: tuple[str, str] | None = None  # (registered-model name, version)
+    wall_seconds: float = 0.0  # the whole run_fit call, from config check to the last log
 
     @property
     def parent_run_id(self) -> str:  # the fit's own top-level run
@@ -125,6 +137,45 @@ def confusion_of(preds: Sequence[Prediction], n_classes: int = 5) -> np.ndarray:
         keep = p.y_true >= 0
         np.add.at(cm, (p.y_true[keep], p.y_pred[keep]), 1)
     return cm
+
+
+# ----------------------------------------------------------------------------- distributed
+def is_global_zero() -> bool:
+    """Whether this process is global rank 0 (or not distributed at all), known before any process group exists.
+
+    Read from what the launchers set: ``RANK`` (torchrun), Lightning's own launcher (``LOCAL_RANK`` and
+    ``NODE_RANK``, set in the processes it starts), then ``SLURM_PROCID`` / ``JSM_NAMESPACE_RANK`` (SLURM, LSF).
+    Lightning's launcher starts the other ranks at the first ``trainer.fit`` by running the same command
+    again, so whatever a command does outside ``trainer.fit`` that writes (MLflow runs, files, the registry)
+    must be guarded by this.
+    """
+    env = os.environ
+    if env.get("RANK", "").strip():
+        return int(env["RANK"]) == 0
+    if any(env.get(k, "").strip() for k in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK")):
+        node = env.get("NODE_RANK", "").strip() or env.get("GROUP_RANK", "").strip() or "0"
+        return int(env.get("LOCAL_RANK", "").strip() or 0) == 0 and int(node) == 0
+    for key in ("SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if env.get(key, "").strip():
+            return int(env[key]) == 0
+    return True
+
+
+def _shared_checkpoint_dir(ctx, checkpoint, interrupted):
+    """A callback that, once the process group exists, gives every rank rank 0's run id and checkpoint folder
+    (the other ranks cannot know the MLflow run that rank 0 opened before it started them)."""
+    import lightning as L
+
+    class SharedCheckpointDir(L.Callback):
+        def setup(self, trainer, pl_module, stage: str) -> None:
+            if trainer.world_size <= 1:
+                return
+            run_id, root, dirpath = trainer.strategy.broadcast((ctx.run_id, str(ctx.ckpt_root), str(checkpoint.dirpath)), src=0)
+            ctx.run_id, ctx.ckpt_root = run_id, Path(root)
+            checkpoint.dirpath = dirpath
+            interrupted.path = Path(dirpath) / "last.ckpt"
+
+    return SharedCheckpointDir()
 
 
 # ----------------------------------------------------------------------------- the workflow
@@ -186,13 +237,17 @@ def run_fit(
     from dsn import config, tracking
     from dsn.data.datamodule import SleepEDFDataModule
 
+    t_start = time.perf_counter()
+    zero = is_global_zero()  # under DDP the other ranks run this too: they train and write nothing
+    verbose = verbose and zero
     _quiet_libraries(verbose)
     config.check(cfg)
     L.seed_everything(cfg.seed_everything, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
     home = Path(cfg.tracking.home)
     uri = tracking.tracking_uri(cfg.tracking.uri, home)
-    tracking.check_tracking(uri)  # before anything slow
+    if zero or resume:
+        tracking.check_tracking(uri)  # before anything slow
 
     d = config.to_dict(cfg)
     dm = SleepEDFDataModule(**d["data"], mode="pretrain", batch_size=cfg.pretrain.batch_size, seq_len=cfg.finetune.seq_len)
@@ -202,6 +257,8 @@ def run_fit(
     if verbose:
         _print_summary(summary)
 
+    if not zero:
+        return _run_fit_other_rank(cfg, d, dm, uri, home, kind, resume, parent_run_id, allow_config_change, callbacks)
     exp_id = tracking.experiment_id(uri, cfg.tracking.experiment, home)
     changed: list[str] = []
     if resume:
@@ -247,13 +304,45 @@ def run_fit(
                 raise ConfigError("tracking.register needs tracking.log_model: true (the registry stores the logged model).")
             version = tracking.register_model(uri, final.model_uri, cfg.tracking.register, _registry_tags(ctx, final, tags))
             registered = (cfg.tracking.register, version)
+            if cfg.tracking.register_alias:
+                tracking.set_alias(uri, cfg.tracking.register, version, cfg.tracking.register_alias)
             if verbose:
-                print(f"\nRegistered model '{cfg.tracking.register}' version {version} (models:/{cfg.tracking.register}/{version})")
+                alias = f", alias @{cfg.tracking.register_alias}" if cfg.tracking.register_alias else ""
+                print(f"\nRegistered model '{cfg.tracking.register}' version {version}{alias} (models:/{cfg.tracking.register}/{version})")
 
     if verbose and parent_run_id is None:
         url = f"run `dsn ui` and open {tracking.ui_url(5000, exp_id)}"
         print(f"\nMLflow: experiment '{cfg.tracking.experiment}' (id {exp_id}), run {run_id}\n  tracking URI {uri}\n  {url}")
-    return FitResult(run_id, exp_id, uri, results, registered)
+    return FitResult(run_id, exp_id, uri, results, registered, time.perf_counter() - t_start)
+
+
+def _run_fit_other_rank(cfg, d, dm, uri, home, kind, resume, parent_run_id, allow_config_change, callbacks) -> FitResult:
+    """A DDP rank other than 0: the same stages and ``trainer.fit`` calls as rank 0, no MLflow writes.
+
+    With ``resume`` the run is looked up (read only) as rank 0 does, so that both skip the same finished
+    stages and restart from the same ``last.ckpt``; otherwise the run id and checkpoint folder come from
+    rank 0 at the first ``trainer.fit``.
+    """
+    from dsn import tracking
+
+    exp_id, run_id, changed = "", "", []
+    if resume:
+        exp = tracking.client(uri).get_experiment_by_name(cfg.tracking.experiment)
+        if exp is None:
+            raise ConfigError(f"--resume {resume}: experiment '{cfg.tracking.experiment}' does not exist in {uri}.")
+        exp_id = exp.experiment_id
+        run_id, changed = _resume_run(uri, exp_id, cfg, resume, kind, parent_run_id, allow_config_change, reopen=False)
+    root = home / "checkpoints" / (run_id or "pending-rank0")  # replaced by rank 0's folder at the first trainer.fit
+    ctx = _Context(cfg, d, uri, exp_id, run_id, root, bool(resume), callbacks, False, bool(changed), zero=False)
+    results: list[StageResult] = []
+    feature_net = _feature_net(ctx)
+    for stage in cfg.stages:
+        system, make_scorer = (_pretrain_system if stage == "pretrain" else _finetune_system)(ctx, feature_net)
+        stage_dm = (dm.for_stage("pretrain", cfg.pretrain.batch_size) if stage == "pretrain"
+                    else dm.for_stage("finetune", cfg.finetune.batch_size, cfg.finetune.seq_len))
+        results.append(_run_stage(ctx, stage, system, stage_dm, make_scorer, []))
+        feature_net = system.feature_net
+    return FitResult("", exp_id, uri, results)
 
 
 @dataclass
@@ -268,9 +357,10 @@ class _Context:
     callbacks: StageCallbacks | None
     verbose: bool
     config_changed: bool = False
+    zero: bool = True  # global rank 0: the only rank that writes to MLflow, the registry and the checkpoint folder
 
 
-def _resume_run(uri, exp_id, cfg, resume, kind, parent_run_id, allow_change) -> str:
+def _resume_run(uri, exp_id, cfg, resume, kind, parent_run_id, allow_change, reopen: bool = True) -> str:
     from dsn import config, tracking
 
     if resume == "last":
@@ -296,7 +386,8 @@ def _resume_run(uri, exp_id, cfg, resume, kind, parent_run_id, allow_change) -> 
                 f"--resume {resume}: the config differs from run {rid}'s ({shown}{' ...' if len(diff) > 5 else ''}). "
                 "Resume with the same config files and flags, or add `--allow_config_change true`."
             )
-    tracking.reopen_run(uri, rid)
+    if reopen:
+        tracking.reopen_run(uri, rid)
     return rid, diff
 
 
@@ -334,10 +425,15 @@ def _finetune_system(ctx: _Context, feature_net):
         source = None  # the weights are already in feature_net
     elif source is None:
         print("warning: fine-tuning without pretrained weights (finetune.system.pretrained is not set).")
-    if source is not None:
+    if source is not None and ":/" in str(source):  # a model reference, resolved in this fit's tracking store
         from dsn.workflows.registry import load_scorer
 
-        load_pretrained(feature_net, load_scorer(source, ctx.uri))
+        source = load_scorer(source, ctx.uri)
+    if source is not None:
+        try:
+            load_pretrained(feature_net, source)
+        except ValueError as e:
+            raise ConfigError(f"finetune.system.pretrained: {e}") from None
     system = FinetuneSystem(DeepSleepNet(feature_net, **ctx.d["finetune"]["net"]), **ft)
     carry = bool(ft.get("carry_state", True))
     return system, lambda s: SleepScorer(s.net, _preprocessing(ctx), _scorer_config(ctx), seq_len=ctx.cfg.finetune.seq_len, carry_state=carry)
@@ -397,9 +493,12 @@ def _run_stage(ctx: _Context, name: str, system, dm, make_scorer, run_ids: list[
         return StageResult(name, child.info.run_id, metrics, {s: confusion_of(p) for s, p in preds.items()}, preds,
                            selected_checkpoint=str(ckpt_dir / "selected.ckpt"), scorer=make_scorer(system))
     if child is not None and ctx.config_changed:  # its params (immutable) no longer hold: continue in a new run
-        tracking.set_tags(uri, child.info.run_id, {"dsn.superseded": "config changed on resume"})
+        if ctx.zero:
+            tracking.set_tags(uri, child.info.run_id, {"dsn.superseded": "config changed on resume"})
         child = None
-    if child is not None:
+    if not ctx.zero:  # another DDP rank: trains only, rank 0 owns the stage run
+        stage_run = ""
+    elif child is not None:
         stage_run = child.info.run_id
         tracking.reopen_run(uri, stage_run)
     else:
@@ -408,7 +507,8 @@ def _run_stage(ctx: _Context, name: str, system, dm, make_scorer, run_ids: list[
             "stage": name, "selection": cfg.selection, "seed_everything": cfg.seed_everything,
             **{f"{name}.{k}": v for k, v in stage_cfg.items()}, "net": ctx.d["net"], "data": ctx.d["data"],
         })  # fmt: skip
-    run_ids.append(stage_run)
+    if ctx.zero:
+        run_ids.append(stage_run)
 
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor="val/f1_macro", mode="max",
@@ -417,8 +517,8 @@ def _run_stage(ctx: _Context, name: str, system, dm, make_scorer, run_ids: list[
     interrupted = _InterruptFlag(ckpt_dir / "last.ckpt")
     trainer = L.Trainer(
         **{k: v for k, v in stage_cfg["trainer"].items()},
-        logger=tracking.lightning_logger(uri, stage_run),
-        callbacks=[*_stage_callbacks(ctx, name, checkpoint), interrupted],
+        logger=tracking.lightning_logger(uri, stage_run) if ctx.zero else False,  # other DDP ranks: no run, no logger
+        callbacks=[_shared_checkpoint_dir(ctx, checkpoint, interrupted), *_stage_callbacks(ctx, name, checkpoint), interrupted],
         default_root_dir=str(ckpt_dir),
         enable_checkpointing=True,
         use_distributed_sampler=False,  # dsn's samplers shard across ranks themselves (streams stay contiguous)
@@ -427,6 +527,7 @@ def _run_stage(ctx: _Context, name: str, system, dm, make_scorer, run_ids: list[
     ckpt_path = str(last) if ctx.resume and last.is_file() else None
     if ctx.verbose:
         print(f"\n[{name}] training (MLflow run {stage_run})" + (f", resuming from {last}" if ckpt_path else ""))
+    t_fit = time.perf_counter()
     try:
         trainer.fit(system, datamodule=dm, ckpt_path=ckpt_path)
     except SystemExit:
@@ -437,10 +538,13 @@ def _run_stage(ctx: _Context, name: str, system, dm, make_scorer, run_ids: list[
         raise
     if interrupted.seen:
         raise KeyboardInterrupt
+    timings = {"train": time.perf_counter() - t_fit}
+    t_eval = time.perf_counter()
 
+    ckpt_dir = Path(checkpoint.dirpath)  # under DDP: rank 0's folder, on every rank
     best = checkpoint.best_model_path or None
     selected_epoch = trainer.current_epoch - 1
-    if cfg.selection == "best" and best:
+    if cfg.selection == "best" and best and (ctx.zero or Path(best).is_file()):  # (DDP gives rank 0's weights anyway)
         ck = torch.load(best, map_location="cpu", weights_only=False)
         system.load_state_dict(ck["state_dict"])
         selected_epoch = int(ck.get("epoch", selected_epoch))
@@ -448,8 +552,12 @@ def _run_stage(ctx: _Context, name: str, system, dm, make_scorer, run_ids: list[
             print(f"[{name}] selected the best epoch by val/f1_macro ({checkpoint.best_model_score:.4f}): {Path(best).name}")
     elif ctx.verbose:
         print(f"[{name}] selected the last epoch")
-    scorer = make_scorer(system)
     selected = ckpt_dir / "selected.ckpt"
+    if not ctx.zero:  # another DDP rank: take part in the checkpoint's barrier; rank 0 evaluates and logs
+        _save_selected(trainer, selected, {})
+        return StageResult(name, "", selected_epoch=selected_epoch, best_checkpoint=best,
+                           selected_checkpoint=str(selected), timings=timings)
+    scorer = make_scorer(system)
     _save_selected(trainer, selected, scorer.spec())
 
     # the selected model over whole recordings (whatever limit_*_batches said), outside the per-epoch curves
@@ -476,6 +584,8 @@ def _run_stage(ctx: _Context, name: str, system, dm, make_scorer, run_ids: list[
             print(f"\n[{name}] {split} subjects {', '.join(getattr(dm.split, split))}")
             print(format_report(split_metrics, split))
     scorer.cpu()
+    timings["evaluate"] = time.perf_counter() - t_eval
+    t_log = time.perf_counter()
     tracking.log_metrics(uri, stage_run, {"selected/epoch": selected_epoch})
     if best:
         tracking.log_file(uri, stage_run, best, "checkpoints")
@@ -486,18 +596,25 @@ def _run_stage(ctx: _Context, name: str, system, dm, make_scorer, run_ids: list[
         x = dm.recordings["val"][0].x
         example = x[:2] if scorer.kind == "epoch" else x[None, : min(len(x), cfg.finetune.seq_len)]
         model_uri = tracking.log_model(uri, stage_run, scorer, example.astype("float32").copy(), metadata=scorer.spec())
+    timings["log"] = time.perf_counter() - t_log
+    tracking.log_metrics(uri, stage_run, {f"time/{k}_s": v for k, v in timings.items()})
     trainer.logger.finalize("success")
     tracking.set_terminated(uri, stage_run)
     run_ids.remove(stage_run)
-    return StageResult(name, stage_run, metrics, confusion, predictions, selected_epoch, best, str(selected), model_uri, scorer)
+    return StageResult(name, stage_run, metrics, confusion, predictions, selected_epoch, best, str(selected), model_uri,
+                       scorer, timings)
 
 
 def _save_selected(trainer, path: Path, spec: dict) -> None:
-    """The selected model's Lightning checkpoint, plus the scorer spec (so the file alone can score)."""
+    """The selected model's Lightning checkpoint, plus the scorer spec (so the file alone can score).
+
+    Every DDP rank must call it (``trainer.save_checkpoint`` ends with a barrier); only rank 0 writes."""
     import torch
 
     tmp = path.with_suffix(".tmp")
     trainer.save_checkpoint(tmp)
+    if not trainer.is_global_zero:
+        return
     ckpt = torch.load(tmp, map_location="cpu", weights_only=False)
     ckpt["dsn_scorer"] = spec
     torch.save(ckpt, tmp)
@@ -593,13 +710,16 @@ class _InterruptFlag:
                 if isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "Terminated":
                     self.seen = isinstance(exception, KeyboardInterrupt)
                     try:  # written to a temporary name first: a failure never corrupts the last checkpoint
-                        tmp = path.with_suffix(".tmp")
+                        tmp = self.path.with_suffix(".tmp")
                         trainer.save_checkpoint(tmp)
-                        tmp.replace(path)
+                        if trainer.is_global_zero:  # under DDP only rank 0 writes
+                            tmp.replace(self.path)
                     except Exception as e:  # the run is being stopped anyway: report, do not mask the interrupt
-                        print(f"could not save the interrupted state to {path}: {e}")
+                        print(f"could not save the interrupted state to {self.path}: {e}")
 
-        return Flag()
+        flag = Flag()
+        flag.path = Path(path)  # a DDP rank other than 0 learns rank 0's folder at setup
+        return flag
 
 
 def main(argv: Sequence[str]) -> FitResult:

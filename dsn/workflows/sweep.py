@@ -501,6 +501,9 @@ def _log_study_plots(study, uri: str, parent: str) -> None:
             fig.set_size_inches(9, 5)
             fig.tight_layout()
             tracking.log_figure(uri, parent, fig, f"study/{name}.png")
+            import matplotlib.pyplot as plt  # Optuna draws with pyplot: release its figure
+
+            plt.close(fig)
         except Exception as e:  # a plot Optuna cannot draw (e.g. one distinct value) is skipped, not fatal
             print(f"note: could not draw {name} ({type(e).__name__}: {e})")
 

@@ -1,0 +1,94 @@
+"""Inference: one 22-hour recording from EDF file to written hypnogram with `dsn predict`'s code path.
+
+    python benchmarks/bench_predict.py              # one 22-h synthetic night, the paper-size network
+    python benchmarks/bench_predict.py --hours 8
+
+Breaks the time into read (EDF -> epochs, resampling included), model (the sequence model streamed over the
+night with its LSTM state carried, chunks of seq_len epochs) and write (CSV, EDF+, PNG, summary JSON), and
+compares the model part with a bare forward pass of the same network over the same night (one call, the
+whole night as one sequence, no chunking) measured in the same run. The weights are random: timing does not
+depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_lines, print_table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hours", type=float, default=22.0, help="recording length (default 22 h, Sleep-EDF's)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repetitions (best and median shown)")
+    ap.add_argument("--config", default="conf/paper.yaml", help="network config (default conf/paper.yaml)")
+    a = ap.parse_args()
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.chdir(ROOT)
+    import numpy as np
+    import torch
+
+    from dsn import config
+    from dsn.data.synth import write_dataset
+    from dsn.models import DeepFeatureNet, DeepSleepNet
+    from dsn.models.scoring import SleepScorer
+    from dsn.workflows.predict import score_recording
+
+    for line in machine_lines():
+        print(line)
+    tmp = Path(tempfile.mkdtemp(prefix="dsn-bench-predict-"))
+    t = time.perf_counter()
+    write_dataset(tmp / "data", subjects=1, hours=a.hours, seed=0, progress=False)
+    print(f"wrote a {a.hours:g}-h synthetic recording in {time.perf_counter() - t:.1f} s")
+    psg = next((tmp / "data").glob("*-PSG.edf"))
+    (next((tmp / "data").glob("*-Hypnogram.edf"))).unlink()  # a night with no hypnogram, as users have
+
+    d = config.to_dict(config.load_config([a.config]))
+    net = DeepSleepNet(DeepFeatureNet(**d["net"]), **d["finetune"]["net"])
+    prep = {k: d["data"][k] for k in ("channel", "sfreq", "epoch_sec", "trim_minutes", "unscored")}
+    scorer = SleepScorer(net, prep, {"net": d["net"], "finetune_net": d["finetune"]["net"]}, seq_len=d["finetune"]["seq_len"]).eval()
+
+    runs = []
+    for i in range(a.repeats):
+        out = tmp / f"out{i}"
+        out.mkdir()
+        s = score_recording(scorer, psg, out)
+        runs.append(s["timings"])
+    n_epochs = s["n_epochs"]
+    from dsn.data.psg import read_epochs
+
+    x = torch.from_numpy(np.array(read_epochs(psg).x))
+    bare = []
+    for _ in range(a.repeats):
+        t = time.perf_counter()
+        with torch.inference_mode():
+            torch.softmax(net(x[None]), -1)
+        bare.append(time.perf_counter() - t)
+
+    def stat(key):
+        v = sorted(r[key] for r in runs)
+        return v[0], v[len(v) // 2]
+
+    rows = []
+    total = [sum(r.values()) for r in runs]
+    for key, label in (("read_s", "read (EDF -> epochs)"), ("model_s", "model (streamed, state carried)"), ("write_s", "write (CSV, EDF+, PNG, JSON)")):
+        b, m = stat(key)
+        rows.append([label, f"{b:.3f}", f"{m:.3f}"])
+    rows.append(["total", f"{min(total):.3f}", f"{sorted(total)[len(total) // 2]:.3f}"])
+    rows.append(["bare forward pass (one call)", f"{min(bare):.3f}", f"{sorted(bare)[len(bare) // 2]:.3f}"])
+    print_table(["step", "best s", "median s"], rows,
+                title=f"dsn predict, {a.hours:g}-h recording ({n_epochs} epochs), {a.config} network, torch threads {torch.get_num_threads()}")
+    print(f"\nmodel part / bare forward pass: {stat('model_s')[0] / min(bare):.2f}x (target <= 1.2x)")
+    print(f"epochs per second end to end: {n_epochs / min(total):.0f}")
+
+
+if __name__ == "__main__":
+    main()
