@@ -35,8 +35,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# DDP on 2 CPU processes, a real MLflow server, a real PostgreSQL (skipped without its binaries), learning quality
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m slow --durations=10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dsn tests

@@ -321,6 +321,47 @@ def pip_requirements() -> list[str]:
     return out
 
 
+@contextlib.contextmanager
+def preserve_global_uri() -> Iterator[None]:
+    """Restore MLflow's global tracking URI and ``MLFLOW_TRACKING_URI`` after the block.
+
+    Lightning's ``MLFlowLogger`` calls ``mlflow.set_tracking_uri``, which in MLflow 3 also sets the
+    environment variable; without this, a fit would redirect every later command of the same process
+    (a Python session, a test run) to its own store."""
+    import mlflow
+
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    prev = mlflow.get_tracking_uri() if env_before is None else env_before
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(prev)
+        if env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
+
+
+@contextlib.contextmanager
+def _global_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's global (fluent) API at ``uri`` for a block, then restore it *and* the
+    ``MLFLOW_TRACKING_URI`` variable, which ``mlflow.set_tracking_uri`` also sets: left behind, it would
+    silently redirect every later command of this process (a sweep, a cv) to another store."""
+    import mlflow
+
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    prev = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(prev)
+        if env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
+
+
 def log_model(uri: str, run_id: str, model, input_example: np.ndarray, name: str = "model",
               metadata: dict[str, Any] | None = None) -> str:
     """Log a network as an MLflow PyTorch model (pickle format, loads back as the same class).
@@ -332,12 +373,10 @@ def log_model(uri: str, run_id: str, model, input_example: np.ndarray, name: str
 
     import mlflow
 
-    prev = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings(), mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        with _global_uri(uri), warnings.catch_warnings(), mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
             warnings.simplefilter("ignore")  # MLflow warns about pickle; the class is importable from dsn
             info = mlflow.pytorch.log_model(
                 model,
@@ -349,7 +388,6 @@ def log_model(uri: str, run_id: str, model, input_example: np.ndarray, name: str
             )
     finally:
         model.train(was_training)
-        mlflow.set_tracking_uri(prev)
     return info.model_uri
 
 
@@ -359,14 +397,9 @@ def load_model(model_uri: str, tracking: str | None = None):
 
     import mlflow
 
-    prev = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri(tracking))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return mlflow.pytorch.load_model(model_uri, map_location="cpu")
-    finally:
-        mlflow.set_tracking_uri(prev)
+    with _global_uri(tracking_uri(tracking)), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mlflow.pytorch.load_model(model_uri, map_location="cpu")
 
 
 def download_artifacts(uri: str, run_id: str, path: str, dst: str | Path | None = None) -> str:
@@ -384,11 +417,14 @@ def register_model(uri: str, model_uri: str, name: str, tags: Mapping[str, Any] 
     c = client(uri)
     with contextlib.suppress(Exception):
         c.create_registered_model(name, description="DeepSleepNet sleep-stage scorers logged by dsn")
-    run_id = None
+    run_id = model_id = None
     if model_uri.startswith("runs:/"):
         run_id = model_uri.split("/")[1]
+    elif model_uri.startswith("models:/m-"):  # a logged model: a tracking server requires its id with the source
+        model_id = model_uri[len("models:/"):].split("/")[0]
     logging.getLogger("mlflow.store.model_registry").setLevel(logging.ERROR)
-    mv = c.create_model_version(name, model_uri, run_id=run_id, tags={k: str(v) for k, v in (tags or {}).items()})
+    mv = c.create_model_version(name, model_uri, run_id=run_id, tags={k: str(v) for k, v in (tags or {}).items()},
+                                model_id=model_id)
     return str(mv.version)
 
 

@@ -128,6 +128,7 @@ def test_ddp_fit_makes_one_run_tree_and_logs_the_metrics_of_all_ranks(synth_dir,
         "finetune.net.hidden_size": 16, "finetune.net.shortcut_size": 32, "finetune.batch_size": 2, "finetune.seq_len": 5,
         "pretrain.trainer.limit_train_batches": 8, "pretrain.trainer.limit_val_batches": 1.0,
         "finetune.trainer.limit_val_batches": 1.0, "pretrain.system.lr": 3e-3,
+        "net.bn_momentum": 0.5, "finetune.net.bn_momentum": 0.5,  # settled BN statistics: a model that predicts several stages
         "pretrain.trainer.enable_progress_bar": False, "finetune.trainer.enable_progress_bar": False,
         "data.data_dir": str(synth_dir), "data.cache_dir": str(tmp_path / "cache"), "tracking.home": str(tracking_home),
     }  # fmt: skip

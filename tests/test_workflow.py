@@ -40,7 +40,11 @@ def _runs(home, experiment="dsn-debug"):
 
 
 def test_result_carries_predictions_confusion_and_metrics(synth_dir, tracking_home, tmp_path):
+    import os
+
     res = run_fit(tiny_cfg(synth_dir, tracking_home, tmp_path), verbose=False)
+    # regression: Lightning's MLflow logger left MLFLOW_TRACKING_URI set, redirecting later commands
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     assert [s.name for s in res.stages] == ["pretrain", "finetune"]
     for st in res.stages:
         for split in ("val", "test"):

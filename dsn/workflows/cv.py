@@ -12,6 +12,7 @@ finished folds (their predictions are read back from disk) and resumes an interr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -128,7 +129,7 @@ def run_cv(cfg, folds: int | None = None, out: str | None = None, resume: bool =
     """Run (or continue) a k-fold cross-validation; returns the cv summary (see :func:`summarise`)."""
     from dsn import config, plots, tracking
     from dsn.data.labels import STAGES
-    from dsn.workflows.fit import load_predictions, run_fit
+    from dsn.workflows.fit import is_global_zero, load_predictions, run_fit
 
     folds = folds or cfg.data.n_folds
     if folds < 2:
@@ -145,8 +146,13 @@ def run_cv(cfg, folds: int | None = None, out: str | None = None, resume: bool =
     tracking.check_tracking(uri)
     exp_id = tracking.experiment_id(uri, cfg.tracking.experiment, home)
     key = _cv_key(base, folds)
-    existing = tracking.find_runs(uri, exp_id, {"dsn.kind": "cv", "dsn.cv_key": key}) if resume else []
-    if existing:
+    zero = is_global_zero()  # under DDP, the other ranks re-run this command: they train, and write nothing
+    existing = tracking.find_runs(uri, exp_id, {"dsn.kind": "cv", "dsn.cv_key": key}) if resume or not zero else []
+    if not zero:
+        if not existing:
+            raise ConfigError("dsn cv (rank > 0): the cv run of rank 0 was not found in the tracking store.")
+        parent = existing[0].info.run_id
+    elif existing:
         parent = existing[0].info.run_id
         tracking.reopen_run(uri, parent)
         if verbose:
@@ -158,7 +164,7 @@ def run_cv(cfg, folds: int | None = None, out: str | None = None, resume: bool =
         tracking.log_text(uri, parent, config.dump(base), "config.yaml")
         tracking.log_params(uri, parent, {**config.training_items(base), "cv.folds": folds})
     results: list[dict[str, Any]] = []
-    with tracking.run_guard(uri, [parent]):
+    with tracking.run_guard(uri, [parent]) if zero else contextlib.nullcontext():
         for k, fcfg in enumerate(fold_cfgs):
             done = tracking.find_runs(uri, exp_id, {"dsn.kind": "fold", "dsn.fold": str(k)}, parent=parent)
             finished = [r for r in done if r.info.status == "FINISHED"]
@@ -178,8 +184,10 @@ def run_cv(cfg, folds: int | None = None, out: str | None = None, resume: bool =
                 preds = {s.name: s.predictions.get("test", []) for s in res.stages}
                 metrics = {s.name: s.metrics for s in res.stages}
                 run_id, model_uri = res.run_id, res.final.model_uri
-                if model_uri:
+                if model_uri and zero:
                     tracking.set_tags(uri, run_id, {"dsn.model_uri": model_uri})
+            if not zero:
+                continue
             subjects = sorted({p.subject for p in preds[fcfg.stages[-1]]})
             results.append({"fold": k, "run_id": run_id, "test_subjects": subjects, "metrics": metrics,
                             "model_uri": model_uri, "predictions": preds})
@@ -191,6 +199,8 @@ def run_cv(cfg, folds: int | None = None, out: str | None = None, resume: bool =
                 if verbose:
                     print(f"Registered fold {k}'s model as '{register_name}' version {version}")
 
+        if not zero:
+            return {}
         summary = summarise(results, list(base.stages), STAGES)
         summary["cv_run_id"] = parent
         tracking.log_dict(uri, parent, summary, "cv_summary.json")

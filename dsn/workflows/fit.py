@@ -26,6 +26,7 @@ run's checkpoint folder from rank 0 once the process group exists (:func:`_share
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -184,7 +185,7 @@ StageCallbacks = Callable[[str], Sequence[Any]]
 _QUIET = {"done": False}
 
 
-def run_fit(
+def _run_fit(
     cfg,
     *,
     parent_run_id: str | None = None,
@@ -345,6 +346,14 @@ def _run_fit_other_rank(cfg, d, dm, uri, home, kind, resume, parent_run_id, allo
     return FitResult("", exp_id, uri, results)
 
 
+@functools.wraps(_run_fit)
+def run_fit(cfg, **kwargs) -> FitResult:
+    from dsn import tracking
+
+    with tracking.preserve_global_uri():  # Lightning's MLflow logger changes the process-wide URI
+        return _run_fit(cfg, **kwargs)
+
+
 @dataclass
 class _Context:
     cfg: Any
@@ -423,7 +432,7 @@ def _finetune_system(ctx: _Context, feature_net):
     source = ft.pop("pretrained", None)
     if "pretrain" in ctx.cfg.stages:
         source = None  # the weights are already in feature_net
-    elif source is None:
+    elif source is None and ctx.zero:
         print("warning: fine-tuning without pretrained weights (finetune.system.pretrained is not set).")
     if source is not None and ":/" in str(source):  # a model reference, resolved in this fit's tracking store
         from dsn.workflows.registry import load_scorer
@@ -657,6 +666,13 @@ def _quiet_libraries(verbose: bool = True) -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.INFO if verbose else logging.WARNING)
     if _QUIET["done"]:
         return
+    for name in ("lightning.pytorch", "pytorch_lightning"):
+        # Lightning prints through the root logger when one is configured first (MLflow's import does):
+        # give it its own plain handler, as it has when imported first
+        lg = logging.getLogger(name)
+        if not lg.handlers:
+            lg.addHandler(_StderrHandler())
+            lg.propagate = False
     _QUIET["done"] = True
     import logging
     import warnings
@@ -674,6 +690,26 @@ def _quiet_libraries(verbose: bool = True) -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips())
     logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").addFilter(_NoTips())
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+
+
+class _StderrHandler:
+    """A logging handler writing to whatever ``sys.stderr`` is at the time (not the stream of the moment it
+    was made, which a test harness or a redirect may have closed since)."""
+
+    def __new__(cls):
+        import logging
+        import sys
+
+        class Handler(logging.StreamHandler):
+            @property
+            def stream(self):
+                return sys.stderr
+
+            @stream.setter
+            def stream(self, value):
+                pass
+
+        return Handler()
 
 
 def _summary_params(summary: dict) -> dict[str, Any]:

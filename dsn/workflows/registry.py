@@ -101,8 +101,9 @@ def promote(uri: str, name: str, version: str, alias: str = "champion") -> None:
 
     try:
         tracking.model_version(uri, name, version)
-    except Exception:
-        raise ModelError(f"model '{name}' has no version {version}: `dsn registry list` shows what exists.") from None
+    except Exception as e:
+        raise ModelError(f"model '{name}' has no version {version} in {uri} ({str(e).splitlines()[0][:160]}): "
+                         "`dsn registry list` shows what exists.") from None
     tracking.set_alias(uri, name, version, alias)
 
 
