@@ -1,7 +1,7 @@
 """Peak memory of a two-stage `dsn fit` with the paper's batch sizes, against the number of recordings.
 
-    python benchmarks/bench_memory.py                 # 4 and 8 recordings of 22 h (a few minutes)
-    python benchmarks/bench_memory.py --full          # 8 and all 39 recordings (the Sleep-EDF-20 shape)
+    python benchmarks/bench_memory.py                 # 6 and 12 recordings of 22 h (a few minutes)
+    python benchmarks/bench_memory.py --full          # 12 and all 39 recordings (the Sleep-EDF-20 shape)
 
 Each fit runs in its own process (`python -m dsn fit --config conf/paper.yaml ...`, both stages with the
 paper's batch sizes: 100 epochs per pretraining batch, 10 x 25-epoch sequences per fine-tuning batch),
@@ -30,7 +30,7 @@ def fit_peak_rss(data_dir: Path, n_subjects: int, cache: Path, home: Path, batch
     """(peak RSS in MB, wall seconds) of one short two-stage fit in a child process."""
     import time
 
-    folds = max(2, min(n_subjects, 4))
+    folds = n_subjects  # leave one subject out: 1 test, 1 validation, the rest train
     cmd = [sys.executable, "-m", "dsn", "fit", "--config", "conf/paper.yaml", "--data.data_dir", str(data_dir),
            "--data.cache_dir", str(cache), "--data.n_folds", str(folds), "--data.n_val_subjects", "1", "--data.num_workers", "0",
            "--data.progress", "false", "--tracking.home", str(home), "--tracking.log_model", "false", "--tracking.experiment", "bench-memory",
@@ -53,14 +53,14 @@ def fit_peak_rss(data_dir: Path, n_subjects: int, cache: Path, home: Path, batch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--full", action="store_true", help="8 and 39 recordings (the Sleep-EDF-20 shape)")
+    ap.add_argument("--full", action="store_true", help="12 and 39 recordings (the Sleep-EDF-20 shape)")
     ap.add_argument("--hours", type=float, default=22.0)
     ap.add_argument("--batches", type=int, default=5, help="training batches per stage (default 5)")
     ap.add_argument("--data", type=Path, default=None, help="data folder (default: a shared benchmark folder)")
     a = ap.parse_args()
     for line in machine_lines():
         print(line)
-    sizes = [8, 39] if a.full else [4, 8]
+    sizes = [12, 39] if a.full else [6, 12]
     folder = a.data or default_data_dir(f"sleep-edf20-{a.hours:g}h")
     folder.mkdir(parents=True, exist_ok=True)
     ensure_dataset(folder, max(sizes), a.hours)

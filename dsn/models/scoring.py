@@ -128,15 +128,35 @@ class SleepScorer(nn.Module):
             net: DeepSleepNet = self.net
             feats = torch.cat([net.feature_net(batch(i)) for i in range(0, n, batch_size)])
             shortcut = net.shortcut(feats)
-            state = None
-            seq_out = []
-            for i in range(0, n, self.seq_len):
-                out, state = net.run_lstm(feats[None, i : i + self.seq_len], state if self.carry_state else None)
-                seq_out.append(out[0])
-            logits = net.classifier(net.dropout(shortcut + torch.cat(seq_out)))
+            if self.carry_state and net.bidirectional_mode == "official":
+                seq = self._official_stream(net, feats)
+            else:
+                state = None
+                seq_out = []
+                for i in range(0, n, self.seq_len):
+                    out, state = net.run_lstm(feats[None, i : i + self.seq_len], state if self.carry_state else None)
+                    seq_out.append(out[0])
+                seq = torch.cat(seq_out)
+            logits = net.classifier(net.dropout(shortcut + seq))
             return torch.softmax(logits, -1).float().cpu().numpy()
         finally:
             self.train(was_training)
+
+    def _official_stream(self, net: DeepSleepNet, feats: Tensor) -> Tensor:
+        """The official bidirectional LSTM streamed over a night in ``seq_len`` chunks with carried state.
+
+        The forward stack's state carried from chunk to chunk is the same as one pass over the whole
+        night, so it runs as one call; only the backward stack, which reads each chunk reversed starting
+        from the previous chunk's final state, runs chunk by chunk. ``(n_epochs, n_features)`` in,
+        ``(n_epochs, 2 * hidden_size)`` out; equal to :meth:`DeepSleepNet.run_lstm` fed chunk by chunk.
+        """
+        h0, c0, hb, cb = net.init_state(1, device=feats.device, dtype=feats.dtype)
+        out_f, _, _ = net._run_stack(net.fwd_layers, feats[None], h0, c0)
+        outs = []
+        for i in range(0, feats.shape[0], self.seq_len):
+            out_b, hb, cb = net._run_stack(net.bwd_layers, feats[None, i : i + self.seq_len].flip(1), hb, cb)
+            outs.append(out_b.flip(1))
+        return torch.cat([out_f, torch.cat(outs, 1)], dim=2)[0]
 
     def predict(self, x: np.ndarray | Tensor) -> np.ndarray:
         """``(n_epochs,)`` int64 class indices (argmax of :meth:`predict_proba`)."""

@@ -90,23 +90,23 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The paper-style table: pooled figures of each stage, the fold spread, and the paper's row."""
     names = summary["class_names"]
     cols = ["acc", "f1_macro", "kappa", *[f"f1_{c}" for c in names]]
-    head = f"{'':<34}" + "".join(f"{c.replace('f1_macro', 'MF1').replace('f1_', 'F1 '):>9}" for c in cols)
+    head = f"{'':<34}" + "".join(f"{c.replace('f1_macro', 'MF1').replace('f1_', 'F1 '):>11}" for c in cols)
     lines = [f"Cross-validation, {summary['n_folds']} folds, {summary['n_epochs']} test epochs pooled", head, "-" * len(head)]
 
     def row(label: str, values: dict[str, float]) -> str:
         cells = []
         for c in cols:
             v = values.get(c, float("nan"))
-            cells.append(f"{'n/a':>9}" if v is None or math.isnan(v) else (f"{v:>9.3f}" if c == "kappa" else f"{100 * v:>9.1f}"))
+            cells.append(f"{'n/a':>11}" if v is None or math.isnan(v) else (f"{v:>11.3f}" if c == "kappa" else f"{100 * v:>11.1f}"))
         return f"{label:<34}" + "".join(cells)
 
     for stage, fig in summary["stages"].items():
         label = "CNN only (pretrain)" if stage == "pretrain" else "full model (finetune)"
         lines.append(row(f"dsn {label}, pooled", fig["pooled"]))
         spread = "".join(
-            f"{'':>9}" if math.isnan(fig['mean'].get(c, float('nan'))) else
-            (f"{fig['mean'][c]:>5.2f}±{fig['sd'][c]:<3.2f}"[:9].rjust(9) if c == "kappa" else
-             f"{100 * fig['mean'][c]:>5.1f}±{100 * fig['sd'][c]:<3.1f}"[:9].rjust(9))
+            f"{'':>11}" if math.isnan(fig['mean'].get(c, float('nan'))) else
+            (f"{fig['mean'][c]:.2f}±{fig['sd'][c]:.2f}".rjust(11) if c == "kappa" else
+             f"{100 * fig['mean'][c]:.1f}±{100 * fig['sd'][c]:.1f}".rjust(11))
             for c in cols
         )  # fmt: skip
         lines.append(f"{'  per fold, mean±sd':<34}" + spread)

@@ -662,21 +662,13 @@ def _quiet_libraries(verbose: bool = True) -> None:
     pickle notes). Installed once per process (a sweep runs many fits); ``verbose=False`` also hides
     Lightning's start-up lines (GPU available, ...)."""
     import logging
-
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.INFO if verbose else logging.WARNING)
-    if _QUIET["done"]:
-        return
-    for name in ("lightning.pytorch", "pytorch_lightning"):
-        # Lightning prints through the root logger when one is configured first (MLflow's import does):
-        # give it its own plain handler, as it has when imported first
-        lg = logging.getLogger(name)
-        if not lg.handlers:
-            lg.addHandler(_StderrHandler())
-            lg.propagate = False
-    _QUIET["done"] = True
-    import logging
     import warnings
 
+    for prefix in ("lightning.pytorch", "pytorch_lightning"):
+        logging.getLogger(f"{prefix}.utilities.rank_zero").setLevel(logging.INFO if verbose else logging.WARNING)
+    if _QUIET["done"]:
+        return
+    _QUIET["done"] = True
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*weights_only.*")
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
@@ -687,8 +679,17 @@ def _quiet_libraries(verbose: bool = True) -> None:
             msg = record.getMessage()
             return "litlogger" not in msg and "`weights_only` was not set" not in msg
 
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips())
-    logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").addFilter(_NoTips())
+    for prefix in ("lightning.pytorch", "pytorch_lightning"):
+        for name in ("utilities.rank_zero", "trainer.connectors.checkpoint_connector"):
+            logging.getLogger(f"{prefix}.{name}").addFilter(_NoTips())
+        # Lightning prints through the root logger when one is configured first (MLflow's import does):
+        # give it its own plain handler, as it has when imported first
+        lg = logging.getLogger(prefix)
+        if not lg.handlers:
+            handler = _StderrHandler()
+            handler.addFilter(_NoTips())
+            lg.addHandler(handler)
+            lg.propagate = False
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 
 
