@@ -344,22 +344,12 @@ def preserve_global_uri() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _global_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's global (fluent) API at ``uri`` for a block, then restore it *and* the
-    ``MLFLOW_TRACKING_URI`` variable, which ``mlflow.set_tracking_uri`` also sets: left behind, it would
-    silently redirect every later command of this process (a sweep, a cv) to another store."""
+    """Point MLflow's global (fluent) API at ``uri`` for a block, then restore it (see :func:`preserve_global_uri`)."""
     import mlflow
 
-    env_before = os.environ.get("MLFLOW_TRACKING_URI")
-    prev = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with preserve_global_uri():
+        mlflow.set_tracking_uri(uri)
         yield
-    finally:
-        mlflow.set_tracking_uri(prev)
-        if env_before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = env_before
 
 
 def log_model(uri: str, run_id: str, model, input_example: np.ndarray, name: str = "model",
