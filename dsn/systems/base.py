@@ -159,7 +159,9 @@ class SleepSystem(L.LightningModule):
         return (per_epoch * weights).sum() / scored.sum().clamp(min=1)
 
     def _step_end(self, split: str, loss: Tensor, logits: Tensor, y: Tensor) -> None:
-        batch = int((y != IGNORE_INDEX).sum())
+        # the number of scored epochs weighs this batch's loss in the epoch mean; counting them forces a
+        # host-device sync, so training (every step, on GPU) weighs by the batch size instead
+        batch = y.numel() if split == "train" else int((y != IGNORE_INDEX).sum())
         self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, batch_size=max(batch, 1), prog_bar=split == "train",
                  sync_dist=True)
         preds = logits.argmax(-1)

@@ -141,9 +141,9 @@ class FinetuneSystem(SleepSystem):
     def _shared_step(self, batch, split: str) -> Tensor:
         x, y, first = batch
         state = self._state.get(split)
-        if not self.hparams.carry_state or state is None or state[0].shape[1] != x.shape[0] or bool(first.all()):
+        if not self.hparams.carry_state or state is None or state[0].shape[1] != x.shape[0]:
             state = None
-        else:
+        else:  # rows starting a new stream get a zero state (no `first.all()` test: it would sync a GPU)
             state = self.net.mask_state(state, ~first)
         logits, new_state = self.net(x, state, return_state=True)
         self._state[split] = self.net.detach_state(new_state)
