@@ -67,7 +67,52 @@ def test_invalid_values_are_rejected_before_any_trial(tmp_path):
 def test_shipped_sweeps_are_valid():
     for path in sorted((ROOT / "sweeps").glob("*.yaml")):
         spec = sweep.load_spec(path)
-        sweep.check_space(spec, config.load_config(spec.base, spec.set))
+        base = config.load_config(spec.base, spec.set)
+        sweep.check_space(spec, base)
+        if spec.baseline:  # its base config lies inside its space
+            sweep.baseline_params(spec, base)
+
+
+def test_baseline_params_are_the_base_config_values():
+    spec = sweep.load_spec("sweeps/recipe.yaml")
+    base = config.load_config(spec.base, spec.set)
+    params = sweep.baseline_params(spec, base)
+    assert set(params) == set(spec.space)
+    # a string choice that spells the config's list is matched, and given back as the choice
+    assert base.finetune.system.class_weights == [1.0, 1.5, 1.0, 1.0, 1.0]
+    assert params["finetune.system.class_weights"] == "[1.0, 1.5, 1.0, 1.0, 1.0]"
+    assert params["pretrain.system.class_weights"] is None
+    assert params["pretrain.system.lr"] == pytest.approx(base.pretrain.system.lr)
+    assert params["finetune.trainer.max_epochs"] == base.finetune.trainer.max_epochs
+    # the derived keys of the baseline reproduce the base config
+    cfg = config.set_keys(base, sweep.derive(spec, params))
+    assert config.to_dict(cfg) == config.to_dict(base)
+    spec.space["net.bn_momentum"] = {"type": "categorical", "choices": [0.01, 0.3]}
+    with pytest.raises(ConfigError, match=r"baseline: the base config's net.bn_momentum=0.1 is not one of"):
+        sweep.baseline_params(spec, base)
+    spec.space["net.bn_momentum"] = {"type": "float", "low": 0.2, "high": 0.5}
+    with pytest.raises(ConfigError, match=r"net.bn_momentum=0.1 is outside \[0.2, 0.5\]"):
+        sweep.baseline_params(spec, base)
+
+
+def test_baseline_is_the_first_trial_of_a_new_study(synth_dir, tracking_home, tmp_path):
+    spec = sweep.load_spec("sweeps/tiny.yaml")
+    spec.baseline = True
+    spec.space.pop("net.large_pool")
+    overrides = {"data.data_dir": str(synth_dir), "data.cache_dir": str(tmp_path / "c"), "data.n_folds": 3,
+                 "data.progress": False, "net.small_kernel": 50, "net.drop_prob": 0.35, "net.large_stride": 50}
+    kw = dict(study_name="b", tracking_home=str(tracking_home), verbose=False, overrides=overrides)
+    sweep.run_sweep(spec, n_trials=1, **kw)
+    sweep.run_sweep(spec, n_trials=1, **kw)  # a continued study is not given a second baseline
+    study = optuna.load_study(study_name="b", storage=f"sqlite:///{tracking_home.resolve() / 'optuna.db'}")
+    first, second = study.trials
+    assert first.user_attrs.get("baseline") and not second.user_attrs.get("baseline")
+    assert first.params["net.drop_prob"] == pytest.approx(0.35) and first.params["net.large_stride"] == 50
+    assert second.params["net.drop_prob"] != pytest.approx(0.35)
+    _, trials = _trial_runs(tracking_home, "b")
+    tagged = [r for r in trials if r.data.tags.get("dsn.baseline") == "true"]
+    assert [r.data.tags["dsn.trial"] for r in tagged] == ["0"]
+    assert float(tagged[0].data.params["net.drop_prob"]) == pytest.approx(0.35)
 
 
 def test_pruning_callback_reports_and_prunes():

@@ -17,12 +17,15 @@ A sweep file (``sweeps/<name>.yaml``)::
       finetune.net.hidden_size: {type: int, low: 64, high: 512, step: 64}
     derived:                               # keys computed from sampled ones (optional)
       finetune.net.shortcut_size: {from: finetune.net.hidden_size, scale: 2}
+    baseline: true                         # trial 0 of a new study = the base config itself (optional)
 
 Every trial is :func:`dsn.workflows.fit.run_fit` nested under one MLflow parent run per study, with a
 pruning callback reporting the per-epoch validation metric to Optuna. A point of the space that no
 combination can make valid is rejected before any trial runs; a combination that is invalid is pruned
 with its reason recorded; a trial that fails (NaN loss, out of memory, ...) is recorded as failed with
-its error, and the study goes on.
+its error, and the study goes on. With ``baseline: true`` a new study's first trial is the base config's
+own values of the space keys (each must be one of the space's values), so every trial is compared with
+the starting point under the same fold, seed and budget.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class SweepSpec:
     n_trials: int = 10
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": 0})
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
+    baseline: bool = False
     path: str | None = None
 
 
@@ -165,6 +169,47 @@ def check_space(spec: SweepSpec, base_cfg, parser=None, max_combinations: int = 
         k, v = bad[0]
         raise ConfigError(f"{spec.path}: space.{k}: the value {v!r} is invalid with every other setting tried "
                           f"({reason[(k, v)]}). Remove it or narrow the range.")
+
+
+def _same(choice: Any, value: Any) -> bool:
+    """A categorical choice equals a config value; string choices such as "[1.0, 1.5]" are read as YAML."""
+    import yaml
+
+    if isinstance(choice, str) and not isinstance(value, str):
+        try:
+            choice = yaml.safe_load(choice)
+        except yaml.YAMLError:
+            return False
+    if isinstance(choice, (list, tuple)) and isinstance(value, (list, tuple)):
+        return len(choice) == len(value) and all(_same(c, v) for c, v in zip(choice, value))
+    if isinstance(choice, (int, float)) and isinstance(value, (int, float)) and not isinstance(choice, bool):
+        return math.isclose(float(choice), float(value), rel_tol=1e-9, abs_tol=0.0)
+    return choice == value
+
+
+def baseline_params(spec: SweepSpec, base_cfg) -> dict[str, Any]:
+    """The base config's values of the space keys, as Optuna params (categorical: the matching choice).
+
+    Raises
+    ------
+    ConfigError
+        When a base value lies outside the space (naming the key, the value and the space).
+    """
+    out = {}
+    for key, p in spec.space.items():
+        value = base_cfg[key]
+        if p["type"] == "categorical":
+            match = [c for c in p["choices"] if _same(c, value)]
+            if not match:
+                raise ConfigError(f"{spec.path}: baseline: the base config's {key}={value!r} is not one of the choices "
+                                  f"{list(p['choices'])}; add it to space.{key} or drop `baseline`.")
+            out[key] = match[0]
+        else:
+            if value is None or not p["low"] <= value <= p["high"]:
+                raise ConfigError(f"{spec.path}: baseline: the base config's {key}={value!r} is outside "
+                                  f"[{p['low']}, {p['high']}]; widen space.{key} or drop `baseline`.")
+            out[key] = int(value) if p["type"] == "int" else float(value)
+    return out
 
 
 def sample(trial, spec: SweepSpec) -> dict[str, Any]:
@@ -293,6 +338,7 @@ def run_sweep(
         raise ConfigError(f"{spec.path}: metric={spec.metric!r}: trials are selected on validation subjects only; "
                           "use a val/ metric (val/f1_macro, val/kappa, val/acc, val/f1_N1, ...).")
     check_space(spec, base)
+    baseline = baseline_params(spec, base) if spec.baseline else None
     n_trials = spec.n_trials if n_trials is None else n_trials
     study_name = study_name or spec.name
     home = Path(base.tracking.home)
@@ -307,6 +353,8 @@ def run_sweep(
         raise ConfigError(f"Optuna storage {storage}: cannot open study '{study_name}' ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:200]}). Check the URL (and that the database server runs).") from None
     study.set_user_attr("spec", spec.path)
+    if baseline is not None and not is_worker and not study.trials:
+        study.enqueue_trial(baseline, user_attrs={"baseline": True})
     worker_index = int(os.environ.get("DSN_SWEEP_WORKER") or 0)
     study.sampler = make_sampler(spec, seed_offset=len(study.trials) + 100_003 * worker_index)
     exp_id = tracking.experiment_id(uri, base.tracking.experiment, home)
@@ -371,6 +419,8 @@ def _objective(spec: SweepSpec, base, study_name: str, parent: str, uri: str, ex
     def objective(trial) -> float:
         params = sample(trial, spec)
         tags = {"dsn.study": study_name, "dsn.trial": str(trial.number)}
+        if trial.user_attrs.get("baseline"):
+            tags["dsn.baseline"] = "true"
         try:
             cfg = config.set_keys(base, derive(spec, params))
         except ConfigError as e:
@@ -434,7 +484,8 @@ def trials_table(study, spec: SweepSpec, top: int | None = None) -> list[dict[st
     for t in complete + rest:
         row = {"trial": t.number, "state": t.state.name, spec.metric: "" if t.value is None else f"{t.value:.4f}"}
         row.update({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in t.params.items()})
-        row["note"] = (t.user_attrs.get("pruned_reason") or t.user_attrs.get("error") or "")[:60]
+        note = t.user_attrs.get("pruned_reason") or t.user_attrs.get("error") or ""
+        row["note"] = ("baseline (the base config) " if t.user_attrs.get("baseline") else "") + note[:60]
         rows.append(row)
     return rows[:top] if top else rows
 
