@@ -55,6 +55,10 @@ def add_training_arguments(p) -> None:
     p.add_class_arguments(FinetuneSystem, "finetune.system", skip={"net"})
     p.add_argument("--finetune.batch_size", type=int, default=10, help="Sequences (parallel streams) per batch.")
     p.add_argument("--finetune.seq_len", type=int, default=25, help="Epochs per sequence.")
+    p.add_argument("--finetune.n_offsets", type=int, default=1,
+                   help="Chunk-offset averaging when the selected model scores a night: stream it this many times with "
+                        "the chunk boundaries shifted by seq_len / n_offsets and average the probabilities "
+                        "(1: one streaming, the official test procedure).")
     _add_stage_extras(p, "finetune")
     p.add_class_arguments(Trainer, "finetune.trainer", skip=TRAINER_SKIP)
 
@@ -247,5 +251,8 @@ def check(cfg) -> None:
             raise ConfigError(f"{stage}.early_stopping_patience={s['early_stopping_patience']}: must be at least 1.")
     if d["finetune"]["seq_len"] < 1:
         raise ConfigError(f"finetune.seq_len={d['finetune']['seq_len']}: must be at least 1.")
+    if not 1 <= d["finetune"]["n_offsets"] <= d["finetune"]["seq_len"]:
+        raise ConfigError(f"finetune.n_offsets={d['finetune']['n_offsets']}: must be between 1 and "
+                          f"finetune.seq_len={d['finetune']['seq_len']} (1: no averaging).")
     if not d["stages"]:
         raise ConfigError("stages is empty: give at least one of [pretrain, finetune].")

@@ -82,8 +82,9 @@ def test_baseline_params_are_the_base_config_values():
     assert base.finetune.system.class_weights == [1.0, 1.5, 1.0, 1.0, 1.0]
     assert params["finetune.system.class_weights"] == "[1.0, 1.5, 1.0, 1.0, 1.0]"
     assert params["pretrain.system.class_weights"] is None
-    assert params["pretrain.system.lr"] == pytest.approx(base.pretrain.system.lr)
-    assert params["finetune.trainer.max_epochs"] == base.finetune.trainer.max_epochs
+    assert params["finetune.system.lr_pretrained"] == pytest.approx(base.finetune.system.lr_pretrained)
+    assert params["finetune.seq_len"] == base.finetune.seq_len
+    assert params["data.normalize"] == base.data.normalize
     # the derived keys of the baseline reproduce the base config
     cfg = config.set_keys(base, sweep.derive(spec, params))
     assert config.to_dict(cfg) == config.to_dict(base)
@@ -113,6 +114,43 @@ def test_baseline_is_the_first_trial_of_a_new_study(synth_dir, tracking_home, tm
     tagged = [r for r in trials if r.data.tags.get("dsn.baseline") == "true"]
     assert [r.data.tags["dsn.trial"] for r in tagged] == ["0"]
     assert float(tagged[0].data.params["net.drop_prob"]) == pytest.approx(0.35)
+
+
+def test_probes_are_the_baseline_with_one_change_each():
+    spec = sweep.load_spec("sweeps/recipe.yaml")
+    base = config.load_config(spec.base, spec.set)
+    baseline = sweep.baseline_params(spec, base)
+    probes = sweep.probe_params(spec, baseline)
+    assert len(probes) == len(spec.probes) >= 1
+    for probe, params in zip(spec.probes, probes):
+        changed = {k for k in params if params[k] != baseline[k]}
+        assert changed == set(probe) and all(params[k] == v for k, v in probe.items())
+    spec.probes = [{"data.normalize": "minmax"}]
+    with pytest.raises(ConfigError, match=r"probes\[0\]: data.normalize='minmax' is not one of"):
+        sweep.probe_params(spec, baseline)
+    spec.probes = [{"net.drop_prob": 0.3}]
+    with pytest.raises(ConfigError, match=r"probes\[0\]: net.drop_prob is not a key of `space`"):
+        sweep.probe_params(spec, baseline)
+
+
+def test_probes_follow_the_baseline_in_a_new_study(synth_dir, tracking_home, tmp_path):
+    spec = sweep.load_spec("sweeps/tiny.yaml")
+    spec.baseline = True
+    spec.space.pop("net.large_pool")
+    spec.probes = [{"net.large_stride": 400}]
+    overrides = {"data.data_dir": str(synth_dir), "data.cache_dir": str(tmp_path / "c"), "data.n_folds": 3,
+                 "data.progress": False, "net.small_kernel": 50, "net.drop_prob": 0.35, "net.large_stride": 50}
+    sweep.run_sweep(spec, n_trials=2, study_name="p", tracking_home=str(tracking_home), verbose=False, overrides=overrides)
+    study = optuna.load_study(study_name="p", storage=f"sqlite:///{tracking_home.resolve() / 'optuna.db'}")
+    first, second = study.trials
+    assert first.params["net.large_stride"] == 50 and second.params["net.large_stride"] == 400
+    assert second.params["net.drop_prob"] == pytest.approx(0.35)  # everything else as the baseline
+    assert second.user_attrs["probe"] == "net.large_stride=400"
+    _, trials = _trial_runs(tracking_home, "p")
+    assert {r.data.tags["dsn.trial"]: r.data.tags.get("dsn.probe") for r in trials} == {"0": None, "1": "net.large_stride=400"}
+    spec.baseline = False
+    with pytest.raises(ConfigError, match="probes .* need `baseline: true`"):
+        sweep.run_sweep(spec, n_trials=1, study_name="q", tracking_home=str(tracking_home), verbose=False, overrides=overrides)
 
 
 def test_pruning_callback_reports_and_prunes():

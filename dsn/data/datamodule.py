@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from dsn.data.edf import DataError, RecordingFiles, find_recordings
 from dsn.data.labels import STAGES, class_counts
+from dsn.data.normalize import NORMALIZE_METHODS, NormalizeMethod, normalize
 from dsn.data.recording import Preprocessing, Recording, load_recording
 from dsn.data.sampling import (
     BalancedSampler,
@@ -124,6 +125,13 @@ class SleepEDFDataModule(L.LightningDataModule):
         epochs of a recording are left out of the layout so every epoch has the same number of batches.
         With ``"shuffle"`` sampling each window moves by its own random ``0 .. skip_first`` epochs. No effect
         in pretrain mode.
+    normalize : {"none", "zscore", "robust"}, default "none"
+        Per-recording amplitude normalisation (``"none"``: raw microvolts, the paper). ``"zscore"`` divides
+        each recording by the standard deviation of its kept epochs (after subtracting their mean),
+        ``"robust"`` by its IQR / 1.349 (after subtracting the median); see :mod:`dsn.data.normalize`.
+        Removes the between-subject amplitude differences while keeping the relations inside a night. The
+        cache keeps the raw signal, so switching it re-reads nothing; normalised recordings are held in
+        memory (4 bytes per sample).
     cache_dir : str, optional
         Preprocessed-recording cache (default ``$DSN_CACHE_DIR`` or ``~/.cache/dsn``).
     use_cache : bool, default True
@@ -172,6 +180,7 @@ class SleepEDFDataModule(L.LightningDataModule):
         sequence_sampling: Literal["stream", "shuffle"] = "stream",
         max_shift: float = 0.0,
         skip_first: int = 0,
+        normalize: NormalizeMethod = "none",
         cache_dir: str | None = None,
         use_cache: bool = True,
         num_workers: int = 0,
@@ -184,6 +193,8 @@ class SleepEDFDataModule(L.LightningDataModule):
             raise ValueError(f"max_shift={max_shift!r}: must be a fraction of the epoch length in [0, 1] (0: off)")
         if isinstance(skip_first, bool) or not isinstance(skip_first, int) or skip_first < 0:
             raise ValueError(f"skip_first={skip_first!r}: must be an integer number of epochs >= 0 (0: off)")
+        if normalize not in NORMALIZE_METHODS:
+            raise ValueError(f"normalize={normalize!r}: must be one of {list(NORMALIZE_METHODS)}")
         self._subject_ids = None if subjects is None else subject_ids(subjects)
         self.save_hyperparameters()
         self.prep = Preprocessing(channel, sfreq, epoch_sec, trim_minutes, unscored, length_mismatch)
@@ -248,7 +259,13 @@ class SleepEDFDataModule(L.LightningDataModule):
 
             it = tqdm(wanted, desc="Loading recordings", unit="rec", leave=False)
         for f in it:
-            loaded[f.name] = load_recording(f, self.prep, self.hparams.cache_dir, self.hparams.use_cache)
+            rec = load_recording(f, self.prep, self.hparams.cache_dir, self.hparams.use_cache)
+            if self.hparams.normalize != "none":
+                try:
+                    rec.x = normalize(rec.x, self.hparams.normalize)
+                except ValueError as e:
+                    raise DataError(f"{f.psg} ({self.prep.channel}): {e}") from None
+            loaded[f.name] = rec
         self.recordings = {
             name: [loaded[f.name] for f in wanted if f.subject in by_subject[name]] for name in SPLITS
         }

@@ -29,7 +29,9 @@ class SleepScorer(nn.Module):
         The trained network: the CNN with its softmax head (``kind="epoch"``, the pretraining stage) or
         the sequence model (``kind="sequence"``, the fine-tuning stage).
     preprocessing : dict
-        ``channel``, ``sfreq``, ``epoch_sec``, ``trim_minutes``, ``unscored`` of the training data.
+        ``channel``, ``sfreq``, ``epoch_sec``, ``trim_minutes``, ``unscored`` and ``normalize`` (absent in
+        models saved before that option: ``"none"``) of the training data. :meth:`predict_proba` takes
+        epochs already normalised; :func:`dsn.workflows.predict.score_recording` applies it.
     config : dict
         ``{"net": {...}, "finetune_net": {...}}``: the keyword arguments the networks were built with
         (:func:`build_scorer` rebuilds the same networks from it).
@@ -39,6 +41,14 @@ class SleepScorer(nn.Module):
         Epochs per chunk when a night is streamed through the sequence model.
     carry_state : bool, default True
         Carry the LSTM state from one chunk to the next (the official test procedure); False resets it.
+    n_offsets : int, default 1
+        Chunk-offset averaging of the sequence model: the night is streamed ``n_offsets`` times, the k-th
+        time with its chunk boundaries moved by ``round(k * seq_len / n_offsets)`` epochs (a shorter first
+        chunk), and the class probabilities are averaged. Inside a chunk the backward LSTM sees only the
+        epochs up to the chunk's end, so an epoch near a boundary has almost no future context in one
+        streaming; moving the boundaries gives every epoch several amounts of it. 1 (the official test
+        procedure): one streaming with boundaries at multiples of ``seq_len``. No effect on ``"epoch"``
+        models.
 
     Shapes: :meth:`forward` is the network's own (``(batch, n_chans, n_times)`` for ``"epoch"``,
     ``(batch, seq_len, n_chans, n_times)`` for ``"sequence"``; logits out). :meth:`predict_proba` takes
@@ -53,6 +63,7 @@ class SleepScorer(nn.Module):
         class_names: list[str] | tuple[str, ...] = STAGES,
         seq_len: int = 25,
         carry_state: bool = True,
+        n_offsets: int = 1,
     ) -> None:
         super().__init__()
         if not isinstance(net, (FeatureClassifierNet, DeepSleepNet)):
@@ -64,6 +75,9 @@ class SleepScorer(nn.Module):
         self.class_names = list(class_names)
         self.seq_len = int(seq_len)
         self.carry_state = bool(carry_state)
+        if isinstance(n_offsets, bool) or not isinstance(n_offsets, int) or not 1 <= n_offsets <= max(1, self.seq_len):
+            raise ValueError(f"n_offsets={n_offsets!r}: must be an integer in [1, seq_len={self.seq_len}]")
+        self.n_offsets = int(n_offsets)
 
     @property
     def feature_net(self) -> DeepFeatureNet:
@@ -82,6 +96,7 @@ class SleepScorer(nn.Module):
         return {
             "kind": self.kind, "preprocessing": self.preprocessing, "config": self.config,
             "class_names": self.class_names, "seq_len": self.seq_len, "carry_state": self.carry_state,
+            "n_offsets": self.n_offsets,
         }  # fmt: skip
 
     def forward(self, x: Tensor, *args, **kwargs):
@@ -108,7 +123,8 @@ class SleepScorer(nn.Module):
         The sequence model runs its CNN over all epochs in batches, then streams the LSTM over the
         night in chunks of ``seq_len`` epochs, carrying its state from chunk to chunk when
         ``carry_state`` (the official code's test procedure), so the result is the same as feeding
-        the chunks one after the other.
+        the chunks one after the other. With ``n_offsets > 1`` this is repeated with shifted chunk
+        boundaries (the CNN and the shortcut run once) and the probabilities are averaged.
         """
         was_training = self.training
         self.eval()
@@ -128,35 +144,49 @@ class SleepScorer(nn.Module):
             net: DeepSleepNet = self.net
             feats = torch.cat([net.feature_net(batch(i)) for i in range(0, n, batch_size)])
             shortcut = net.shortcut(feats)
-            if self.carry_state and net.bidirectional_mode == "official":
-                seq = self._official_stream(net, feats)
-            else:
-                state = None
-                seq_out = []
-                for i in range(0, n, self.seq_len):
-                    out, state = net.run_lstm(feats[None, i : i + self.seq_len], state if self.carry_state else None)
-                    seq_out.append(out[0])
-                seq = torch.cat(seq_out)
-            logits = net.classifier(net.dropout(shortcut + seq))
-            return torch.softmax(logits, -1).float().cpu().numpy()
+            fwd = None
+            proba = 0.0
+            for k in range(self.n_offsets):
+                bounds = self.chunk_bounds(n, round(k * self.seq_len / self.n_offsets))
+                if self.carry_state and net.bidirectional_mode == "official":
+                    seq, fwd = self._official_stream(net, feats, bounds, fwd)
+                else:
+                    state = None
+                    seq_out = []
+                    for i, j in bounds:
+                        out, state = net.run_lstm(feats[None, i:j], state if self.carry_state else None)
+                        seq_out.append(out[0])
+                    seq = torch.cat(seq_out)
+                proba = proba + torch.softmax(net.classifier(net.dropout(shortcut + seq)), -1)
+            return (proba / self.n_offsets).float().cpu().numpy()
         finally:
             self.train(was_training)
 
-    def _official_stream(self, net: DeepSleepNet, feats: Tensor) -> Tensor:
-        """The official bidirectional LSTM streamed over a night in ``seq_len`` chunks with carried state.
+    def chunk_bounds(self, n: int, offset: int = 0) -> list[tuple[int, int]]:
+        """``(start, stop)`` of the chunks a night of ``n`` epochs is streamed in: a first chunk of ``offset``
+        epochs (none when 0), then ``seq_len`` epochs each (the last one shorter)."""
+        cuts = [0, *range(offset % self.seq_len or self.seq_len, n, self.seq_len), n]
+        return [(i, j) for i, j in zip(cuts[:-1], cuts[1:]) if j > i]
+
+    def _official_stream(
+        self, net: DeepSleepNet, feats: Tensor, bounds: list[tuple[int, int]], fwd: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The official bidirectional LSTM streamed over a night in the chunks ``bounds`` with carried state.
 
         The forward stack's state carried from chunk to chunk is the same as one pass over the whole
-        night, so it runs as one call; only the backward stack, which reads each chunk reversed starting
-        from the previous chunk's final state, runs chunk by chunk. ``(n_epochs, n_features)`` in,
-        ``(n_epochs, 2 * hidden_size)`` out; equal to :meth:`DeepSleepNet.run_lstm` fed chunk by chunk.
+        night, so it runs as one call (or is reused: ``fwd``, the forward output of an earlier call); only
+        the backward stack, which reads each chunk reversed starting from the previous chunk's final state,
+        runs chunk by chunk. ``(n_epochs, n_features)`` in, ``(n_epochs, 2 * hidden_size)`` out (and the
+        forward output); equal to :meth:`DeepSleepNet.run_lstm` fed chunk by chunk.
         """
         h0, c0, hb, cb = net.init_state(1, device=feats.device, dtype=feats.dtype)
-        out_f, _, _ = net._run_stack(net.fwd_layers, feats[None], h0, c0)
+        if fwd is None:
+            fwd, _, _ = net._run_stack(net.fwd_layers, feats[None], h0, c0)
         outs = []
-        for i in range(0, feats.shape[0], self.seq_len):
-            out_b, hb, cb = net._run_stack(net.bwd_layers, feats[None, i : i + self.seq_len].flip(1), hb, cb)
+        for i, j in bounds:
+            out_b, hb, cb = net._run_stack(net.bwd_layers, feats[None, i:j].flip(1), hb, cb)
             outs.append(out_b.flip(1))
-        return torch.cat([out_f, torch.cat(outs, 1)], dim=2)[0]
+        return torch.cat([fwd, torch.cat(outs, 1)], dim=2)[0], fwd
 
     def predict(self, x: np.ndarray | Tensor) -> np.ndarray:
         """``(n_epochs,)`` int64 class indices (argmax of :meth:`predict_proba`)."""
@@ -177,7 +207,8 @@ def build_scorer(spec: dict[str, Any], state_dict: dict[str, Tensor] | None = No
     else:
         net = FeatureClassifierNet(feature_net, n_outputs)
     scorer = SleepScorer(
-        net, spec["preprocessing"], cfg, spec.get("class_names") or STAGES, spec.get("seq_len", 25), spec.get("carry_state", True)
+        net, spec["preprocessing"], cfg, spec.get("class_names") or STAGES, spec.get("seq_len", 25),
+        spec.get("carry_state", True), spec.get("n_offsets", 1),
     )
     if state_dict is not None:
         for prefix in ("net.", "model."):

@@ -412,7 +412,7 @@ def _scorer_config(ctx: _Context) -> dict[str, Any]:
 
 def _preprocessing(ctx: _Context) -> dict[str, Any]:
     data = ctx.d["data"]
-    return {k: data[k] for k in ("channel", "sfreq", "epoch_sec", "trim_minutes", "unscored")}
+    return {k: data[k] for k in ("channel", "sfreq", "epoch_sec", "trim_minutes", "unscored", "normalize")}
 
 
 def _pretrain_system(ctx: _Context, feature_net):
@@ -445,7 +445,8 @@ def _finetune_system(ctx: _Context, feature_net):
             raise ConfigError(f"finetune.system.pretrained: {e}") from None
     system = FinetuneSystem(DeepSleepNet(feature_net, **ctx.d["finetune"]["net"]), **ft)
     carry = bool(ft.get("carry_state", True))
-    return system, lambda s: SleepScorer(s.net, _preprocessing(ctx), _scorer_config(ctx), seq_len=ctx.cfg.finetune.seq_len, carry_state=carry)
+    return system, lambda s: SleepScorer(s.net, _preprocessing(ctx), _scorer_config(ctx), seq_len=ctx.cfg.finetune.seq_len,
+                                         carry_state=carry, n_offsets=ctx.cfg.finetune.n_offsets)
 
 
 def _stage_callbacks(ctx: _Context, name: str, checkpoint) -> list:

@@ -38,6 +38,29 @@ def expert_labels(path: str | Path, n_epochs: int, epoch_sec: float = 30.0) -> n
     return y
 
 
+def scaled_proba(scorer, x: np.ndarray, source: str = "recording") -> np.ndarray:
+    """The scorer's probabilities for a whole night, normalised as its training data was.
+
+    Training normalised each recording with the statistics of its epochs trimmed to the sleep period, which
+    needs a hypnogram. Here the model finds the sleep period itself: a first pass with the statistics of the
+    whole night gives a hypnogram, and the final pass uses the statistics of that hypnogram's sleep period
+    plus ``trim_minutes`` (:func:`dsn.data.normalize.sleep_window`). One pass when the model was trained on
+    raw signals (``normalize: none``).
+    """
+    from dsn.data.normalize import normalize, sleep_window
+
+    prep = scorer.preprocessing
+    method = prep.get("normalize", "none")
+    try:
+        if method == "none":
+            return scorer.predict_proba(x)
+        first = scorer.predict_proba(normalize(x, method)).argmax(-1)
+        window = sleep_window(first, prep.get("trim_minutes"), float(prep.get("epoch_sec", 30.0)))
+        return scorer.predict_proba(normalize(x, method, stats_from=x[window]))
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
 def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str | None = None,
                     hypnogram: str | Path | None = None, model_ref: str = "") -> dict[str, Any]:
     """Score one recording and write its four outputs; returns the summary (also written as JSON)."""
@@ -54,7 +77,7 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
     t = time.perf_counter()
     if inp.x.shape[-1] != scorer.n_times:
         raise ConfigError(f"{path}: epochs of {inp.x.shape[-1]} samples, but the model expects {scorer.n_times}.")
-    proba = scorer.predict_proba(inp.x)
+    proba = scaled_proba(scorer, inp.x, str(path))
     stages = proba.argmax(-1)
     timings["model_s"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -18,6 +18,8 @@ A sweep file (``sweeps/<name>.yaml``)::
     derived:                               # keys computed from sampled ones (optional)
       finetune.net.shortcut_size: {from: finetune.net.hidden_size, scale: 2}
     baseline: true                         # trial 0 of a new study = the base config itself (optional)
+    probes:                                # then the baseline with one change each (optional, needs baseline)
+      - {net.drop_prob: 0.3}
 
 Every trial is :func:`dsn.workflows.fit.run_fit` nested under one MLflow parent run per study, with a
 pruning callback reporting the per-epoch validation metric to Optuna. A point of the space that no
@@ -25,7 +27,8 @@ combination can make valid is rejected before any trial runs; a combination that
 with its reason recorded; a trial that fails (NaN loss, out of memory, ...) is recorded as failed with
 its error, and the study goes on. With ``baseline: true`` a new study's first trial is the base config's
 own values of the space keys (each must be one of the space's values), so every trial is compared with
-the starting point under the same fold, seed and budget.
+the starting point under the same fold, seed and budget; ``probes`` then queue the baseline with a few
+keys changed (one-factor-at-a-time checks of a switch before the sampler takes over).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class SweepSpec:
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": 0})
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
     baseline: bool = False
+    probes: list[dict[str, Any]] = field(default_factory=list)
     path: str | None = None
 
 
@@ -212,6 +216,37 @@ def baseline_params(spec: SweepSpec, base_cfg) -> dict[str, Any]:
     return out
 
 
+def probe_params(spec: SweepSpec, baseline: dict[str, Any]) -> list[dict[str, Any]]:
+    """The baseline's params with each probe's changes (a probe value must be one of its key's choices or
+    inside its range).
+
+    Raises
+    ------
+    ConfigError
+        For a probe without ``baseline: true``, a key outside the space or a value outside it.
+    """
+    out = []
+    for i, probe in enumerate(spec.probes):
+        if not isinstance(probe, dict) or not probe:
+            raise ConfigError(f"{spec.path}: probes[{i}] must be a mapping of space keys to values, got {probe!r}.")
+        params = dict(baseline)
+        for key, value in probe.items():
+            p = spec.space.get(key)
+            if p is None:
+                raise ConfigError(f"{spec.path}: probes[{i}]: {key} is not a key of `space` ({', '.join(spec.space)}).")
+            if p["type"] == "categorical":
+                match = [c for c in p["choices"] if _same(c, value)]
+                if not match:
+                    raise ConfigError(f"{spec.path}: probes[{i}]: {key}={value!r} is not one of {list(p['choices'])}.")
+                params[key] = match[0]
+            elif not p["low"] <= value <= p["high"]:
+                raise ConfigError(f"{spec.path}: probes[{i}]: {key}={value!r} is outside [{p['low']}, {p['high']}].")
+            else:
+                params[key] = value
+        out.append(params)
+    return out
+
+
 def sample(trial, spec: SweepSpec) -> dict[str, Any]:
     """Draw one point of the space with an Optuna trial (dotted keys -> values)."""
     out = {}
@@ -339,6 +374,9 @@ def run_sweep(
                           "use a val/ metric (val/f1_macro, val/kappa, val/acc, val/f1_N1, ...).")
     check_space(spec, base)
     baseline = baseline_params(spec, base) if spec.baseline else None
+    if spec.probes and baseline is None:
+        raise ConfigError(f"{spec.path}: probes change the baseline trial: they need `baseline: true`.")
+    probes = probe_params(spec, baseline) if baseline is not None else []
     n_trials = spec.n_trials if n_trials is None else n_trials
     study_name = study_name or spec.name
     home = Path(base.tracking.home)
@@ -355,6 +393,8 @@ def run_sweep(
     study.set_user_attr("spec", spec.path)
     if baseline is not None and not is_worker and not study.trials:
         study.enqueue_trial(baseline, user_attrs={"baseline": True})
+        for params, probe in zip(probes, spec.probes):
+            study.enqueue_trial(params, user_attrs={"probe": ", ".join(f"{k}={v}" for k, v in probe.items())})
     worker_index = int(os.environ.get("DSN_SWEEP_WORKER") or 0)
     study.sampler = make_sampler(spec, seed_offset=len(study.trials) + 100_003 * worker_index)
     exp_id = tracking.experiment_id(uri, base.tracking.experiment, home)
@@ -421,6 +461,8 @@ def _objective(spec: SweepSpec, base, study_name: str, parent: str, uri: str, ex
         tags = {"dsn.study": study_name, "dsn.trial": str(trial.number)}
         if trial.user_attrs.get("baseline"):
             tags["dsn.baseline"] = "true"
+        if trial.user_attrs.get("probe"):
+            tags["dsn.probe"] = trial.user_attrs["probe"]
         try:
             cfg = config.set_keys(base, derive(spec, params))
         except ConfigError as e:
@@ -485,7 +527,8 @@ def trials_table(study, spec: SweepSpec, top: int | None = None) -> list[dict[st
         row = {"trial": t.number, "state": t.state.name, spec.metric: "" if t.value is None else f"{t.value:.4f}"}
         row.update({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in t.params.items()})
         note = t.user_attrs.get("pruned_reason") or t.user_attrs.get("error") or ""
-        row["note"] = ("baseline (the base config) " if t.user_attrs.get("baseline") else "") + note[:60]
+        row["note"] = ("baseline (the base config) " if t.user_attrs.get("baseline") else
+                       f"probe: {t.user_attrs['probe']} " if t.user_attrs.get("probe") else "") + note[:60]
         rows.append(row)
     return rows[:top] if top else rows
 

@@ -1,0 +1,122 @@
+"""Per-recording amplitude normalisation: the statistics, the data module switch, and `dsn predict`'s two passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dsn.data.datamodule import SleepEDFDataModule
+from dsn.data.edf import DataError, trim_and_clean
+from dsn.data.normalize import normalize, scale_stats, sleep_window
+
+
+def _x(seed: int = 0, gain: float = 30.0, offset: float = 2.0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal((40, 1, 300)) * gain + offset).astype(np.float32)
+
+
+def test_zscore_and_robust_give_unit_scale_and_zero_centre():
+    x = _x()
+    c, s = scale_stats(x, "zscore")
+    assert c == pytest.approx(float(x.mean()), rel=1e-5) and s == pytest.approx(float(x.std()), rel=1e-5)
+    for method in ("zscore", "robust"):
+        z = normalize(x, method)
+        assert z.dtype == np.float32 and z.shape == x.shape
+        assert abs(float(np.median(z))) < 0.05 and float(z.std()) == pytest.approx(1.0, abs=0.03)
+
+
+def test_robust_ignores_a_few_huge_artefacts_zscore_does_not():
+    x = _x()
+    spoiled = x.copy()
+    spoiled[0, 0, :30] = 5000.0  # a movement artefact: 0.25 % of the samples
+    assert scale_stats(spoiled, "robust")[1] == pytest.approx(scale_stats(x, "robust")[1], rel=0.02)
+    assert scale_stats(spoiled, "zscore")[1] > 3 * scale_stats(x, "zscore")[1]
+
+
+def test_none_is_the_signal_itself_and_bad_input_is_named():
+    x = _x()
+    assert normalize(x, "none") is x
+    with pytest.raises(ValueError, match="normalize='minmax'"):
+        normalize(x, "minmax")
+    with pytest.raises(ValueError, match="flat"):
+        normalize(np.zeros((3, 1, 10), np.float32), "zscore")
+
+
+def test_stats_from_another_array():
+    x, ref = _x(0), _x(1, gain=10.0, offset=0.0)
+    c, s = scale_stats(ref, "zscore")
+    np.testing.assert_allclose(normalize(x, "zscore", stats_from=ref), (x - c) / s, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("trim", [30.0, 1.0, None])
+def test_sleep_window_is_the_training_data_trim(trim):
+    rng = np.random.default_rng(3)
+    y = np.zeros(400, dtype=np.int64)
+    y[150:260] = rng.integers(1, 5, 110)
+    y[170:180] = 0  # an awakening inside the night stays
+    keep = trim_and_clean(y, trim, 30.0, "drop")
+    w = sleep_window(y, trim)
+    np.testing.assert_array_equal(np.arange(400)[w], keep)
+    assert sleep_window(np.zeros(10, dtype=np.int64), trim) == slice(0, 10)  # no sleep predicted: all epochs
+
+
+def _dm(path, cache, **kw):
+    return SleepEDFDataModule(str(path), n_folds=3, fold=0, n_val_subjects=1, cache_dir=str(cache), progress=False, **kw)
+
+
+def test_datamodule_normalises_each_recording_and_keeps_the_cache_raw(synth_dir, tmp_path):
+    raw = _dm(synth_dir, tmp_path / "c")
+    raw.setup()
+    norm = _dm(synth_dir, tmp_path / "c", normalize="zscore")
+    norm.setup()
+    for split in ("train", "val", "test"):
+        for r, n in zip(raw.recordings[split], norm.recordings[split]):
+            assert float(np.asarray(r.x).std()) > 5.0  # microvolts
+            assert float(n.x.mean()) == pytest.approx(0.0, abs=1e-3) and float(n.x.std()) == pytest.approx(1.0, abs=1e-3)
+            np.testing.assert_array_equal(n.y, r.y)
+            np.testing.assert_allclose(n.x, normalize(np.asarray(r.x), "zscore"), atol=1e-5)
+    again = _dm(synth_dir, tmp_path / "c")  # the shared cache entries still hold microvolts
+    again.setup()
+    np.testing.assert_array_equal(np.asarray(again.recordings["val"][0].x), np.asarray(raw.recordings["val"][0].x))
+    # a shift-augmented training batch is cut from the normalised signal
+    shifted = _dm(synth_dir, tmp_path / "c", normalize="robust", max_shift=0.1)
+    shifted.setup()
+    xb = next(iter(shifted.train_dataloader()))[0]
+    assert 0.3 < float(xb.std()) < 3.0
+
+
+def test_datamodule_refuses_an_unknown_method_and_names_a_flat_recording(synth_copy, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="normalize='max'"):
+        _dm(synth_copy, tmp_path / "c", normalize="max")
+    import dsn.data.datamodule as dmod
+
+    real = dmod.load_recording
+
+    def flat(f, *a, **k):
+        rec = real(f, *a, **k)
+        rec.x = np.zeros_like(np.asarray(rec.x))
+        return rec
+
+    monkeypatch.setattr(dmod, "load_recording", flat)
+    with pytest.raises(DataError, match=r"PSG\.edf \(EEG Fpz-Cz\): the signal is flat"):
+        _dm(synth_copy, tmp_path / "c2", normalize="zscore").setup()
+
+
+def test_predict_two_passes_make_the_scores_independent_of_the_recording_gain():
+    import torch
+
+    from dsn.models import DeepFeatureNet, DeepSleepNet
+    from dsn.models.scoring import SleepScorer
+    from dsn.workflows.predict import scaled_proba
+
+    torch.manual_seed(0)
+    net = DeepSleepNet(DeepFeatureNet(n_filters_first=8, n_filters=8), hidden_size=8, shortcut_size=16)
+    prep = {"channel": "EEG Fpz-Cz", "sfreq": 100.0, "epoch_sec": 30.0, "trim_minutes": 1.0}
+    x = (np.random.default_rng(0).standard_normal((30, 1, 3000)) * 20).astype(np.float32)
+    for method in ("zscore", "robust"):
+        scorer = SleepScorer(net, {**prep, "normalize": method}, {}, seq_len=5).eval()
+        p = scaled_proba(scorer, x)
+        np.testing.assert_allclose(scaled_proba(scorer, 2.5 * x), p, atol=1e-4)
+        assert p.shape == (30, 5)
+    raw = SleepScorer(net, prep, {}, seq_len=5).eval()  # a model saved before the option: raw microvolts
+    np.testing.assert_allclose(scaled_proba(raw, x), raw.predict_proba(x), atol=1e-6)
+    assert not np.allclose(scaled_proba(raw, 2.5 * x), scaled_proba(raw, x), atol=1e-3)
