@@ -229,6 +229,27 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(synth_dir, tracking_home
     assert len(trials) == 2 and all(r.data.tags["dsn.trial_state"] == "FAILED" and r.info.status == "FAILED" for r in trials)
 
 
+def test_sigterm_during_a_trial_closes_the_trial_and_its_runs(synth_dir, tracking_home, tmp_path, monkeypatch):
+    from dsn.systems.pretrain import PretrainSystem
+
+    def terminated(self, batch, batch_idx):
+        raise tracking.Terminated()  # what dsn's SIGTERM handler raises
+
+    monkeypatch.setattr(PretrainSystem, "training_step", terminated)
+    spec = sweep.load_spec("sweeps/tiny.yaml")
+    spec.space.pop("net.large_pool")
+    with pytest.raises(tracking.Terminated):
+        sweep.run_sweep(spec, n_trials=2, study_name="t", tracking_home=str(tracking_home), verbose=False,
+                        overrides={"data.data_dir": str(synth_dir), "data.cache_dir": str(tmp_path / "c"),
+                                   "data.n_folds": 3, "data.progress": False, "net.small_kernel": 50})
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tracking_home.resolve() / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL"]  # not left RUNNING; the study stopped
+    assert study.trials[0].user_attrs["error"] == "terminated (SIGTERM)"
+    parents, trials = _trial_runs(tracking_home, "t")
+    assert [r.info.status for r in parents] == ["KILLED"] and [r.info.status for r in trials] == ["KILLED"]
+    assert trials[0].data.tags["dsn.trial_state"] == "FAILED"
+
+
 def test_two_workers_share_one_study(synth_dir, tracking_home, tmp_path):
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     cmd = [sys.executable, "-m", "dsn", *_argv(synth_dir, tracking_home, tmp_path, "--n-trials", "3", "--study", "w", "--workers", "2")]

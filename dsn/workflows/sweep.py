@@ -488,7 +488,14 @@ def _objective(spec: SweepSpec, base, study_name: str, parent: str, uri: str, ex
             if verbose:
                 print(f"[trial {trial.number}] {e}")
             raise optuna.TrialPruned(str(e)) from None
-        except (KeyboardInterrupt, tracking.Terminated):
+        except tracking.Terminated:  # Optuna records Ctrl-C itself, not a BaseException: close the trial here
+            trial.set_user_attr("error", "terminated (SIGTERM)")
+            rid = trial_run(trial.number)
+            if rid:
+                tracking.set_tags(uri, rid, {"dsn.trial_state": "FAILED", "dsn.error": "terminated (SIGTERM)"})
+            trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        except KeyboardInterrupt:
             raise
         except BaseException as e:
             msg = f"{type(e).__name__}: {str(e).splitlines()[0][:500] if str(e) else ''}"
