@@ -96,12 +96,18 @@ def test_baseline_params_are_the_base_config_values():
         sweep.baseline_params(spec, base)
 
 
-def test_baseline_is_the_first_trial_of_a_new_study(synth_dir, tracking_home, tmp_path):
+def _tiny_with_baseline(synth_dir, tmp_path):
+    """sweeps/tiny.yaml with a baseline (drop_prob 0.35, large_stride 50) and no invalid points."""
     spec = sweep.load_spec("sweeps/tiny.yaml")
     spec.baseline = True
     spec.space.pop("net.large_pool")
     overrides = {"data.data_dir": str(synth_dir), "data.cache_dir": str(tmp_path / "c"), "data.n_folds": 3,
                  "data.progress": False, "net.small_kernel": 50, "net.drop_prob": 0.35, "net.large_stride": 50}
+    return spec, overrides
+
+
+def test_baseline_is_the_first_trial_of_a_new_study(synth_dir, tracking_home, tmp_path):
+    spec, overrides = _tiny_with_baseline(synth_dir, tmp_path)
     kw = dict(study_name="b", tracking_home=str(tracking_home), verbose=False, overrides=overrides)
     sweep.run_sweep(spec, n_trials=1, **kw)
     sweep.run_sweep(spec, n_trials=1, **kw)  # a continued study is not given a second baseline
@@ -134,12 +140,8 @@ def test_probes_are_the_baseline_with_one_change_each():
 
 
 def test_probes_follow_the_baseline_in_a_new_study(synth_dir, tracking_home, tmp_path):
-    spec = sweep.load_spec("sweeps/tiny.yaml")
-    spec.baseline = True
-    spec.space.pop("net.large_pool")
+    spec, overrides = _tiny_with_baseline(synth_dir, tmp_path)
     spec.probes = [{"net.large_stride": 400}]
-    overrides = {"data.data_dir": str(synth_dir), "data.cache_dir": str(tmp_path / "c"), "data.n_folds": 3,
-                 "data.progress": False, "net.small_kernel": 50, "net.drop_prob": 0.35, "net.large_stride": 50}
     sweep.run_sweep(spec, n_trials=2, study_name="p", tracking_home=str(tracking_home), verbose=False, overrides=overrides)
     study = optuna.load_study(study_name="p", storage=f"sqlite:///{tracking_home.resolve() / 'optuna.db'}")
     first, second = study.trials
