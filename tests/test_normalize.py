@@ -32,6 +32,19 @@ def test_robust_ignores_a_few_huge_artefacts_zscore_does_not():
     assert scale_stats(spoiled, "zscore")[1] > 3 * scale_stats(x, "zscore")[1]
 
 
+@pytest.mark.parametrize("method", ["zscore", "robust"])
+def test_the_scale_comes_from_the_eeg_band_not_from_drifts_or_mains(method):
+    x = _x(gain=20.0)
+    t = np.arange(x.size) / 100.0
+    drift = (60.0 * np.sin(2 * np.pi * 0.05 * t)).reshape(x.shape).astype(np.float32)  # sweat: 0.05 Hz, 60 uV
+    mains = (40.0 * np.sin(2 * np.pi * 45.0 * t)).reshape(x.shape).astype(np.float32)  # above the band
+    clean = scale_stats(x, method, 100.0)[1]
+    for noise in (drift, mains):
+        assert scale_stats(x + noise, method, 100.0)[1] == pytest.approx(clean, rel=0.1)
+        assert scale_stats(x + noise, method)[1] > 1.4 * scale_stats(x, method)[1]  # broadband: inflated
+    assert scale_stats(2.0 * x, method, 100.0)[1] == pytest.approx(2 * clean, rel=1e-4)  # a gain: exactly
+
+
 def test_none_is_the_signal_itself_and_bad_input_is_named():
     x = _x()
     assert normalize(x, "none") is x
@@ -71,9 +84,10 @@ def test_datamodule_normalises_each_recording_and_keeps_the_cache_raw(synth_dir,
     for split in ("train", "val", "test"):
         for r, n in zip(raw.recordings[split], norm.recordings[split]):
             assert float(np.asarray(r.x).std()) > 5.0  # microvolts
-            assert float(n.x.mean()) == pytest.approx(0.0, abs=1e-3) and float(n.x.std()) == pytest.approx(1.0, abs=1e-3)
+            assert float(n.x.mean()) == pytest.approx(0.0, abs=1e-3)
+            assert scale_stats(n.x, "zscore", 100.0)[1] == pytest.approx(1.0, rel=1e-3)  # unit scale in the EEG band
             np.testing.assert_array_equal(n.y, r.y)
-            np.testing.assert_allclose(n.x, normalize(np.asarray(r.x), "zscore"), atol=1e-5)
+            np.testing.assert_allclose(n.x, normalize(np.asarray(r.x), "zscore", 100.0), atol=1e-5)
     again = _dm(synth_dir, tmp_path / "c")  # the shared cache entries still hold microvolts
     again.setup()
     np.testing.assert_array_equal(np.asarray(again.recordings["val"][0].x), np.asarray(raw.recordings["val"][0].x))

@@ -128,7 +128,8 @@ class SleepEDFDataModule(L.LightningDataModule):
     normalize : {"none", "zscore", "robust"}, default "none"
         Per-recording amplitude normalisation (``"none"``: raw microvolts, the paper). ``"zscore"`` divides
         each recording by the standard deviation of its kept epochs (after subtracting their mean),
-        ``"robust"`` by its IQR / 1.349 (after subtracting the median); see :mod:`dsn.data.normalize`.
+        ``"robust"`` by their IQR / 1.349 (after subtracting the median), both measured on the 0.5-30 Hz band
+        so that drifts and mains noise do not set the scale; see :mod:`dsn.data.normalize`.
         Removes the between-subject amplitude differences while keeping the relations inside a night. The
         cache keeps the raw signal, so switching it re-reads nothing; normalised recordings are held in
         memory (4 bytes per sample).
@@ -262,7 +263,7 @@ class SleepEDFDataModule(L.LightningDataModule):
             rec = load_recording(f, self.prep, self.hparams.cache_dir, self.hparams.use_cache)
             if self.hparams.normalize != "none":
                 try:
-                    rec.x = normalize(rec.x, self.hparams.normalize)
+                    rec.x = normalize(rec.x, self.hparams.normalize, self.prep.sfreq)
                 except ValueError as e:
                     raise DataError(f"{f.psg} ({self.prep.channel}): {e}") from None
             loaded[f.name] = rec

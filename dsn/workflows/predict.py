@@ -54,9 +54,9 @@ def scaled_proba(scorer, x: np.ndarray, source: str = "recording") -> np.ndarray
     try:
         if method == "none":
             return scorer.predict_proba(x)
-        first = scorer.predict_proba(normalize(x, method)).argmax(-1)
+        first = scorer.predict_proba(normalize(x, method, scorer.sfreq)).argmax(-1)
         window = sleep_window(first, prep.get("trim_minutes"), float(prep.get("epoch_sec", 30.0)))
-        return scorer.predict_proba(normalize(x, method, stats_from=x[window]))
+        return scorer.predict_proba(normalize(x, method, scorer.sfreq, stats_from=x[window]))
     except ValueError as e:
         raise ConfigError(f"{source}: {e}") from None
 
