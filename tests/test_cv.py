@@ -99,10 +99,16 @@ def test_cv_pools_folds_and_a_rerun_skips_them(synth_dir, tracking_home, tmp_pat
         ref = metrics_from_confusion(cm)
         for k in ("acc", "f1_macro", "kappa"):
             assert on_disk["stages"][stage]["pooled"][k] == pytest.approx(ref[k], nan_ok=True)
+        # the validation subjects of the folds, pooled the same way (the fold-1 figures read back from disk)
+        vpreds = [p for r in runs for p in load_predictions(tracking_home / "checkpoints" / r.info.run_id / stage / "predictions_val.npz")]
+        vcm = confusion_of(vpreds)
+        assert on_disk["validation"][stage]["n_epochs"] == int(vcm.sum()) > 0
+        assert on_disk["validation"][stage]["pooled"]["f1_macro"] == pytest.approx(metrics_from_confusion(vcm)["f1_macro"], nan_ok=True)
     assert on_disk["n_epochs"] == int(cm.sum())
     arts = {a.path for a in c.list_artifacts(cv_runs[0].info.run_id)}
     assert "cv_summary.json" in arts
     assert "paper: Sleep-EDF-20 Fpz-Cz" in printed and "full model (finetune), pooled" in printed
+    assert "validation subjects, pooled" in printed
 
     # a third run of the same command trains nothing
     cv.main(_argv(synth_dir, tracking_home, tmp_path))

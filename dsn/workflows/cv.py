@@ -77,9 +77,14 @@ def stage_figures(preds_by_fold: Sequence[Sequence[Any]], class_names: Sequence[
 def summarise(folds: list[dict[str, Any]], stages: Sequence[str], class_names: Sequence[str]) -> dict[str, Any]:
     """``cv_summary.json``: per stage figures; the final stage's also at the top level (``pooled.f1_macro``)."""
     out: dict[str, Any] = {"n_folds": len(folds), "class_names": list(class_names), "paper_sleep_edf20_fpzcz": PAPER_ROW,
-                           "folds": [{k: v for k, v in f.items() if k != "predictions"} for f in folds], "stages": {}}
+                           "folds": [{k: v for k, v in f.items() if k not in ("predictions", "val_predictions")} for f in folds],
+                           "stages": {}}
     for stage in stages:
         out["stages"][stage] = stage_figures([f["predictions"][stage] for f in folds], class_names)
+    # the validation subjects of every fold, pooled the same way: what recipes should be compared on
+    out["validation"] = {stage: {k: v for k, v in stage_figures([f.get("val_predictions", {}).get(stage, []) for f in folds],
+                                                               class_names).items() if k != "per_fold"}
+                         for stage in stages}
     final = out["stages"][stages[-1]]
     out.update({k: final[k] for k in ("pooled", "confusion", "n_epochs", "mean", "sd")})
     out["final_stage"] = stages[-1]
@@ -103,6 +108,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     for stage, fig in summary["stages"].items():
         label = "CNN only (pretrain)" if stage == "pretrain" else "full model (finetune)"
         lines.append(row(f"dsn {label}, pooled", fig["pooled"]))
+        val = summary.get("validation", {}).get(stage)
+        if val and val.get("n_epochs"):
+            lines.append(row("  validation subjects, pooled", val["pooled"]))
         spread = "".join(
             f"{'':>11}" if math.isnan(fig['mean'].get(c, float('nan'))) else
             (f"{fig['mean'][c]:.2f}±{fig['sd'][c]:.2f}".rjust(11) if c == "kappa" else
@@ -111,7 +119,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         )  # fmt: skip
         lines.append(f"{'  per fold, mean±sd':<34}" + spread)
     lines.append(row("paper: Sleep-EDF-20 Fpz-Cz (2017)", summary["paper_sleep_edf20_fpzcz"]))
-    lines.append("(acc, MF1, F1 in %; kappa as a fraction)")
+    lines.append("(acc, MF1, F1 in %; kappa as a fraction; compare recipes on the validation rows, "
+                 "report the test rows)")
     return "\n".join(lines)
 
 
@@ -174,6 +183,8 @@ def run_cv(cfg, folds: int | None = None, out: str | None = None, resume: bool =
                 if verbose:
                     print(f"\n=== fold {k + 1}/{folds}: finished earlier (run {run.info.run_id}), skipped")
                 preds = {s: load_predictions(ckpt_root / run.info.run_id / s / "predictions_test.npz") for s in fcfg.stages}
+                val_preds = {s: load_predictions(f) for s in fcfg.stages
+                             if (f := ckpt_root / run.info.run_id / s / "predictions_val.npz").is_file()}
                 metrics = {s: {m[len(s) + 1:]: v for m, v in run.data.metrics.items() if m.startswith(f"{s}/")} for s in fcfg.stages}
                 run_id, model_uri = run.info.run_id, run.data.tags.get("dsn.model_uri")
             else:
@@ -182,6 +193,7 @@ def run_cv(cfg, folds: int | None = None, out: str | None = None, resume: bool =
                 res = run_fit(fcfg, parent_run_id=parent, tags={"dsn.fold": str(k)}, run_name=f"fold-{k}", kind="fold",
                               resume=done[0].info.run_id if done else None, allow_config_change=False, verbose=verbose)
                 preds = {s.name: s.predictions.get("test", []) for s in res.stages}
+                val_preds = {s.name: s.predictions.get("val", []) for s in res.stages}
                 metrics = {s.name: s.metrics for s in res.stages}
                 run_id, model_uri = res.run_id, res.final.model_uri
                 if model_uri and zero:
@@ -190,7 +202,7 @@ def run_cv(cfg, folds: int | None = None, out: str | None = None, resume: bool =
                 continue
             subjects = sorted({p.subject for p in preds[fcfg.stages[-1]]})
             results.append({"fold": k, "run_id": run_id, "test_subjects": subjects, "metrics": metrics,
-                            "model_uri": model_uri, "predictions": preds})
+                            "model_uri": model_uri, "predictions": preds, "val_predictions": val_preds})
             if register_fold == k and model_uri:
                 version = tracking.register_model(uri, model_uri, register_name, {
                     "dataset": Path(str(cfg.data.data_dir)).name, "channel": cfg.data.channel, "sfreq": str(cfg.data.sfreq),
