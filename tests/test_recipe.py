@@ -56,6 +56,8 @@ def test_recipe_switches_on_what_it_claims(recipe):
     # N1 weighted x1.5 in fine-tuning; pretraining keeps the paper's class-balanced oversampling
     assert list(ft.system.class_weights) == [1.0, 1.5, 1.0, 1.0, 1.0]
     assert pre.system.class_weights is None and d.oversample is True
+    # per-recording amplitude normalisation, chunk-offset averaging when a night is scored
+    assert d.normalize == "zscore" and ft.n_offsets == 5
     # short schedule for a 2-core laptop: 8 + 16 epochs, 1 validation subject per fold
     assert pre.trainer.max_epochs == 8 and ft.trainer.max_epochs == 16
     assert d.n_val_subjects == 1
@@ -93,6 +95,7 @@ def test_paper_config_untouched_by_the_overlay(paper):
     assert paper.pretrain.ema_decay is None and paper.finetune.ema_decay is None
     assert paper.data.max_shift == 0.0 and paper.data.skip_first == 0
     assert paper.finetune.system.class_weights is None
+    assert paper.data.normalize == "none" and paper.finetune.n_offsets == 1
     assert (paper.pretrain.trainer.max_epochs, paper.finetune.trainer.max_epochs) == (100, 200)
 
 
