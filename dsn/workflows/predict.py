@@ -1,8 +1,8 @@
 """``dsn predict``: score whole nights of PSG recordings that have no hypnogram.
 
 For each recording: read the model's channel (resampled when the file's rate is higher), cut 30-s
-epochs, stream the sequence model over the night with its LSTM state carried from chunk to chunk, and
-write, next to each other in ``--out``:
+epochs, normalise them as the model's training data was (:func:`scaled_proba`), stream the sequence model
+over the night with its LSTM state carried from chunk to chunk, and write, next to each other in ``--out``:
 
 - ``<name>_hypnogram.csv``: epoch onset (s), stage, one probability column per class;
 - ``<name>_hypnogram.edf``: an EDF+ hypnogram with Sleep-EDF-style annotations (``Sleep stage W/1/2/3/R``);
