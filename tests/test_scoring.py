@@ -58,6 +58,7 @@ def test_offset_averaging_is_the_mean_of_shifted_streamings(mode, carry_state):
     np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
     # and it is not the plain streaming: shifting the boundaries changes the backward direction's context
     one = _scorer(mode, seq_len=5, n_offsets=1, carry_state=carry_state).predict_proba(x)
+    np.testing.assert_allclose(scorer.predict_proba(x, n_offsets=1), one, atol=1e-6)  # per-call override
     np.testing.assert_allclose(one, _streamed(scorer, x, scorer.chunk_bounds(len(x))), atol=1e-5)
     assert not np.allclose(proba, one, atol=1e-4)
 

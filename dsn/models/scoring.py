@@ -103,7 +103,7 @@ class SleepScorer(nn.Module):
         return self.net(x, *args, **kwargs)
 
     @torch.inference_mode()
-    def predict_proba(self, x: np.ndarray | Tensor, batch_size: int = 256) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray | Tensor, batch_size: int = 256, n_offsets: int | None = None) -> np.ndarray:
         """Class probabilities of every epoch of a night.
 
         Parameters
@@ -112,6 +112,8 @@ class SleepScorer(nn.Module):
             ``(n_epochs, n_chans, n_times)`` float32 epochs, in recording order.
         batch_size : int, default 256
             Epochs per CNN forward pass (memory only; the result does not depend on it).
+        n_offsets : int, optional
+            Chunk offsets to average for this call (default: the scorer's :attr:`n_offsets`).
 
         Returns
         -------
@@ -146,8 +148,9 @@ class SleepScorer(nn.Module):
             shortcut = net.shortcut(feats)
             fwd = None
             proba = 0.0
-            for k in range(self.n_offsets):
-                bounds = self.chunk_bounds(n, round(k * self.seq_len / self.n_offsets))
+            n_off = self.n_offsets if n_offsets is None else int(n_offsets)
+            for k in range(n_off):
+                bounds = self.chunk_bounds(n, round(k * self.seq_len / n_off))
                 if self.carry_state and net.bidirectional_mode == "official":
                     seq, fwd = self._official_stream(net, feats, bounds, fwd)
                 else:
@@ -158,7 +161,7 @@ class SleepScorer(nn.Module):
                         seq_out.append(out[0])
                     seq = torch.cat(seq_out)
                 proba = proba + torch.softmax(net.classifier(net.dropout(shortcut + seq)), -1)
-            return (proba / self.n_offsets).float().cpu().numpy()
+            return (proba / n_off).float().cpu().numpy()
         finally:
             self.train(was_training)
 

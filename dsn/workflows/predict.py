@@ -43,7 +43,7 @@ def scaled_proba(scorer, x: np.ndarray, source: str = "recording") -> np.ndarray
 
     Training normalised each recording with the statistics of its epochs trimmed to the sleep period, which
     needs a hypnogram. Here the model finds the sleep period itself: a first pass with the statistics of the
-    whole night gives a hypnogram, and the final pass uses the statistics of that hypnogram's sleep period
+    whole night (one streaming, no offset averaging) gives a hypnogram, and the final pass uses the statistics of that hypnogram's sleep period
     plus ``trim_minutes`` (:func:`dsn.data.normalize.sleep_window`). One pass when the model was trained on
     raw signals (``normalize: none``).
     """
@@ -54,7 +54,7 @@ def scaled_proba(scorer, x: np.ndarray, source: str = "recording") -> np.ndarray
     try:
         if method == "none":
             return scorer.predict_proba(x)
-        first = scorer.predict_proba(normalize(x, method, scorer.sfreq)).argmax(-1)
+        first = scorer.predict_proba(normalize(x, method, scorer.sfreq), n_offsets=1).argmax(-1)  # a rough hypnogram
         window = sleep_window(first, prep.get("trim_minutes"), float(prep.get("epoch_sec", 30.0)))
         return scorer.predict_proba(normalize(x, method, scorer.sfreq, stats_from=x[window]))
     except ValueError as e:
