@@ -57,7 +57,9 @@ def main() -> None:
     prep = {k: d["data"][k] for k in ("channel", "sfreq", "epoch_sec", "trim_minutes", "unscored", "normalize")}
     scorer = SleepScorer(net, prep, {"net": d["net"], "finetune_net": d["finetune"]["net"]}, seq_len=d["finetune"]["seq_len"],
                          n_offsets=d["finetune"]["n_offsets"]).eval()
-    passes = (1 if prep["normalize"] == "none" else 2) * scorer.n_offsets  # LSTM streamings per night
+    # normalisation: a first pass (CNN + one streaming) finds the sleep period, then the final pass
+    normalised = prep["normalize"] != "none"
+    passes = scorer.n_offsets + (1 if normalised else 0)  # LSTM streamings per night
 
     runs = []
     for i in range(a.repeats):
@@ -90,7 +92,8 @@ def main() -> None:
     print_table(["step", "best s", "median s"], rows,
                 title=f"dsn predict, {a.hours:g}-h recording ({n_epochs} epochs), {a.config} network, torch threads {torch.get_num_threads()}")
     print(f"\nmodel part / bare forward pass: {stat('model_s')[0] / min(bare):.2f}x (target <= 1.2x"
-          + (f"; this config streams the LSTM {passes} times: normalise over its own sleep window x offset averaging" if passes > 1 else "")
+          + (f"; this config runs the CNN {2 if normalised else 1}x and streams the LSTM {passes}x: a first pass to find "
+             f"the sleep period for the normalisation, {scorer.n_offsets} chunk offsets averaged" if passes > 1 else "")
           + ")")
     print(f"epochs per second end to end: {n_epochs / min(total):.0f}")
 
