@@ -457,6 +457,18 @@ def epoch_labels(
     return y
 
 
+def sleep_period(is_sleep: np.ndarray, trim_minutes: float | None = 30.0, epoch_sec: float = 30.0) -> slice | None:
+    """The epochs from ``trim_minutes`` before the first to ``trim_minutes`` after the last sleep epoch
+    (all epochs when ``trim_minutes`` is None); ``None`` when ``is_sleep`` holds no sleep epoch."""
+    sleep = np.flatnonzero(is_sleep)
+    if sleep.size == 0:
+        return None
+    if trim_minutes is None:
+        return slice(0, len(is_sleep))
+    edge = int(round(trim_minutes * 60 / epoch_sec))
+    return slice(max(int(sleep[0]) - edge, 0), min(int(sleep[-1]) + edge + 1, len(is_sleep)))
+
+
 def trim_and_clean(
     y: np.ndarray,
     trim_minutes: float | None = 30.0,
@@ -478,17 +490,13 @@ def trim_and_clean(
     keep : ndarray of int indices into ``y`` (sorted). Apply ``y[keep]``; with ``"mask"``
         replace ``UNANNOTATED`` by ``IGNORE_INDEX``.
     """
-    sleep = np.flatnonzero(y > 0)
-    if sleep.size == 0:
+    window = sleep_period(y > 0, trim_minutes, epoch_sec)
+    if window is None:
         raise DataError(
             f"{source}: no sleep epochs (N1, N2, N3, REM) in the hypnogram, nothing to train on. "
             "Check the hypnogram file, or exclude this recording."
         )
-    lo, hi = 0, len(y)
-    if trim_minutes is not None:
-        edge = int(round(trim_minutes * 60 / epoch_sec))
-        lo, hi = max(sleep[0] - edge, 0), min(sleep[-1] + edge + 1, len(y))
-    idx = np.arange(lo, hi)
+    idx = np.arange(window.start, window.stop)
     if unscored == "drop":
         idx = idx[y[idx] >= 0]
     elif unscored != "mask":

@@ -26,6 +26,8 @@ from typing import Literal
 
 import numpy as np
 
+from dsn.data.edf import sleep_period
+
 __all__ = ["NORMALIZE_METHODS", "SCALE_BAND", "NormalizeMethod", "normalize", "scale_stats", "sleep_window"]
 
 NormalizeMethod = Literal["none", "zscore", "robust"]
@@ -100,12 +102,8 @@ def normalize(x: np.ndarray, method: NormalizeMethod, sfreq: float | None = None
 def sleep_window(stages: np.ndarray, trim_minutes: float | None, epoch_sec: float = 30.0, wake: int = 0) -> slice:
     """The epochs from ``trim_minutes`` before the first to ``trim_minutes`` after the last non-wake epoch.
 
-    The same rule as the training data's trimming (:func:`dsn.data.edf.trim_and_clean`), applied to a
+    The training data's trimming rule (:func:`dsn.data.edf.sleep_period`), applied to a
     predicted hypnogram; all epochs when ``trim_minutes`` is None or nothing but wake was predicted.
     """
     stages = np.asarray(stages)
-    sleep = np.flatnonzero(stages != wake)
-    if trim_minutes is None or sleep.size == 0:
-        return slice(0, len(stages))
-    pad = int(round(trim_minutes * 60.0 / epoch_sec))
-    return slice(max(0, int(sleep[0]) - pad), min(len(stages), int(sleep[-1]) + pad + 1))
+    return sleep_period(stages != wake, trim_minutes, epoch_sec) or slice(0, len(stages))
