@@ -191,6 +191,24 @@ def _same(choice: Any, value: Any) -> bool:
     return choice == value
 
 
+_OUTSIDE = object()
+
+
+def _as_param(p: dict[str, Any], value: Any) -> Any:
+    """``value`` as an Optuna param of the space entry ``p`` (a categorical: the matching choice; a number: cast
+    to the entry's type), or ``_OUTSIDE``."""
+    if p["type"] == "categorical":
+        return next((c for c in p["choices"] if _same(c, value)), _OUTSIDE)
+    if value is None or not p["low"] <= value <= p["high"]:
+        return _OUTSIDE
+    return int(value) if p["type"] == "int" else float(value)
+
+
+def _outside(p: dict[str, Any]) -> str:
+    """How a value misses the space entry ``p``, for error messages."""
+    return f"is not one of {list(p['choices'])}" if p["type"] == "categorical" else f"is outside [{p['low']}, {p['high']}]"
+
+
 def baseline_params(spec: SweepSpec, base_cfg) -> dict[str, Any]:
     """The base config's values of the space keys, as Optuna params (categorical: the matching choice).
 
@@ -201,18 +219,12 @@ def baseline_params(spec: SweepSpec, base_cfg) -> dict[str, Any]:
     """
     out = {}
     for key, p in spec.space.items():
-        value = base_cfg[key]
-        if p["type"] == "categorical":
-            match = [c for c in p["choices"] if _same(c, value)]
-            if not match:
-                raise ConfigError(f"{spec.path}: baseline: the base config's {key}={value!r} is not one of the choices "
-                                  f"{list(p['choices'])}; add it to space.{key} or drop `baseline`.")
-            out[key] = match[0]
-        else:
-            if value is None or not p["low"] <= value <= p["high"]:
-                raise ConfigError(f"{spec.path}: baseline: the base config's {key}={value!r} is outside "
-                                  f"[{p['low']}, {p['high']}]; widen space.{key} or drop `baseline`.")
-            out[key] = int(value) if p["type"] == "int" else float(value)
+        value = _as_param(p, base_cfg[key])
+        if value is _OUTSIDE:
+            fix = f"add it to space.{key}" if p["type"] == "categorical" else f"widen space.{key}"
+            raise ConfigError(f"{spec.path}: baseline: the base config's {key}={base_cfg[key]!r} {_outside(p)}; "
+                              f"{fix} or drop `baseline`.")
+        out[key] = value
     return out
 
 
@@ -223,7 +235,7 @@ def probe_params(spec: SweepSpec, baseline: dict[str, Any]) -> list[dict[str, An
     Raises
     ------
     ConfigError
-        For a probe without ``baseline: true``, a key outside the space or a value outside it.
+        For a probe that is not a mapping, a key outside the space or a value outside it.
     """
     out = []
     for i, probe in enumerate(spec.probes):
@@ -234,15 +246,9 @@ def probe_params(spec: SweepSpec, baseline: dict[str, Any]) -> list[dict[str, An
             p = spec.space.get(key)
             if p is None:
                 raise ConfigError(f"{spec.path}: probes[{i}]: {key} is not a key of `space` ({', '.join(spec.space)}).")
-            if p["type"] == "categorical":
-                match = [c for c in p["choices"] if _same(c, value)]
-                if not match:
-                    raise ConfigError(f"{spec.path}: probes[{i}]: {key}={value!r} is not one of {list(p['choices'])}.")
-                params[key] = match[0]
-            elif not p["low"] <= value <= p["high"]:
-                raise ConfigError(f"{spec.path}: probes[{i}]: {key}={value!r} is outside [{p['low']}, {p['high']}].")
-            else:
-                params[key] = value
+            params[key] = _as_param(p, value)
+            if params[key] is _OUTSIDE:
+                raise ConfigError(f"{spec.path}: probes[{i}]: {key}={value!r} {_outside(p)}.")
         out.append(params)
     return out
 
