@@ -1,4 +1,4 @@
-"""The ``dsn`` command: ``synth``, ``fit``, ``sweep``, ``cv``, ``predict``, ``registry``, ``ui``.
+"""The ``dsn`` command: ``synth``, ``fit``, ``sweep``, ``cv``, ``predict``, ``registry``, ``export``, ``ui``.
 
 One module per command lives in :mod:`dsn.workflows`; this file only parses arguments, prints, and
 turns the library's :class:`~dsn.errors.DsnError` into one ``dsn <cmd>: error: ...`` line (exit 1).
@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from typing import Literal
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -93,9 +94,7 @@ def _predict(argv: list[str]) -> int:
                    help="model reference: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a checkpoint path "
                         "(default models:/deepsleepnet@champion)")
     p.add_argument("--out", required=True, help="output folder (CSV, EDF+ hypnogram, PNG, summary JSON per recording)")
-    p.add_argument("--channel", default=None, action="append",
-                   help="A channel of the file to read in place of the model's (repeat once per model channel, in its "
-                        "order; default: the model's channels, found by name or alias)")
+    p.add_argument("--channel", default=None, help="EEG channel to read (default: the channel the model was trained on)")
     p.add_argument("--hypnogram", action="append", default=None,
                    help="expert hypnogram(s) of the recording(s), in the same order: report agreement")
     _tracking_args(p, experiment=None)
@@ -106,32 +105,87 @@ def _predict(argv: list[str]) -> int:
     return 0
 
 
+def _jparser(prog: str, description: str, tracking: bool = True):
+    """A jsonargparse parser whose ``--help`` lists types and defaults, with the ``--tracking.*`` options."""
+    from jsonargparse import ArgumentParser, DefaultHelpFormatter
+
+    p = ArgumentParser(prog=prog, description=description, formatter_class=DefaultHelpFormatter)
+    if tracking:
+        p.add_argument("--tracking.uri", type=str | None, default=None,
+                       help="MLflow tracking URI (null: $MLFLOW_TRACKING_URI or sqlite:///<home>/mlflow.db)")
+        p.add_argument("--tracking.home", type=str, default="mlruns", help="local tracking home")
+    return p
+
+
+def _juri(a) -> str:
+    from dsn import tracking
+
+    uri = tracking.tracking_uri(a.tracking.uri, a.tracking.home)
+    tracking.check_tracking(uri)
+    return uri
+
+
+REF_HELP = "model reference: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, a model folder or a checkpoint path"
+
+
 def _registry(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="dsn registry", description=COMMANDS["registry"][0])
-    sub = p.add_subparsers(dest="action", required=True)
-    ls = sub.add_parser("list", help="registered models, versions, aliases and key metrics")
-    pr = sub.add_parser("promote", help="set an alias (e.g. champion) on a model version")
-    pr.add_argument("name")
-    pr.add_argument("version")
-    pr.add_argument("--alias", default="champion", help="alias to set (default champion)")
-    sh = sub.add_parser("show", help="what a model reference resolves to")
-    sh.add_argument("ref", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a checkpoint path")
-    for q in (ls, pr, sh):
-        _tracking_args(q, experiment=None)
-    a = p.parse_args(argv)
+    p = _jparser("dsn registry", COMMANDS["registry"][0], tracking=False)
+    sub = p.add_subcommands(dest="action", required=True)
+    ls = _jparser("dsn registry list", "registered models, versions, aliases and key metrics")
+    sub.add_subcommand("list", ls, help=ls.description)
+    pr = _jparser("dsn registry promote", "set an alias (e.g. champion) on a model version")
+    pr.add_argument("name", type=str, help="registered model name")
+    pr.add_argument("version", type=str, help="model version")
+    pr.add_argument("--alias", type=str, default="champion", help="alias to set")
+    sub.add_subcommand("promote", pr, help=pr.description)
+    sh = _jparser("dsn registry show", "what a model reference resolves to")
+    sh.add_argument("ref", type=str, help=REF_HELP)
+    sub.add_subcommand("show", sh, help=sh.description)
+    up = _jparser("dsn registry upgrade", "rewrite a pickled model of an older dsn in the current format, as a new "
+                  "version with the same tags and aliases (unpickles it once: upgrade only models you trust)")
+    up.add_argument("ref", type=str, help="models:/NAME/VERSION or models:/NAME@ALIAS")
+    sub.add_subcommand("upgrade", up, help=up.description)
+    ns = p.parse_args(argv)
+    a = ns[ns.action]
     import json
 
     from dsn.workflows import registry
 
-    uri = _uri(a)
-    if a.action == "list":
+    uri = _juri(a)
+    if ns.action == "list":
         rows = registry.list_models(uri)
         print(registry.format_table(rows, ["name", "version", "aliases", "stage", "dataset", "channel", "f1_macro", "kappa", "run_id"]))
-    elif a.action == "promote":
+    elif ns.action == "promote":
         registry.promote(uri, a.name, a.version, a.alias)
         print(f"models:/{a.name}@{a.alias} -> version {a.version}")
+    elif ns.action == "upgrade":
+        r = registry.upgrade(uri, a.ref)
+        moved = f"; aliases {', '.join(r['aliases'])} moved to it" if r["aliases"] else ""
+        print(f"models:/{r['name']}/{r['old_version']} (pickled) -> models:/{r['name']}/{r['new_version']} "
+              f"(format {_spec_format()}){moved}")
     else:
         print(json.dumps(registry.show(uri, a.ref), indent=2, default=str))
+    return 0
+
+
+def _spec_format() -> str:
+    from dsn.models.scoring import SPEC_FORMAT
+
+    return SPEC_FORMAT
+
+
+def _export(argv: list[str]) -> int:
+    p = _jparser("dsn export", COMMANDS["export"][0])
+    p.add_argument("ref", type=str, help=REF_HELP)
+    p.add_argument("--format", type=Literal["onnx", "torchscript"], default="onnx", help="file format")
+    p.add_argument("--out", type=str, required=True, help="file to write (e.g. model.onnx, model.pt)")
+    a = p.parse_args(argv)
+    from dsn import tracking
+    from dsn.workflows.export import main
+
+    uri = tracking.tracking_uri(a.tracking.uri, a.tracking.home) if "://" in a.ref or a.ref.startswith(("models:/", "runs:/")) else None
+    out = main(a.ref, a.format, a.out, uri)
+    print(f"wrote {out} ({a.format}, {out.stat().st_size / 1e6:.2f} MB) from {a.ref}")
     return 0
 
 
@@ -172,7 +226,8 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int], bool]] = {
     "sweep": ("run an Optuna study over config keys (sweeps/<name>.yaml), one tracked fit per trial", _sweep, False),
     "cv": ("subject-wise k-fold cross-validation with pooled test figures (the paper's evaluation)", _cv, True),
     "predict": ("score PSG recordings with a trained model: hypnogram CSV / EDF+ / PNG and night statistics", _predict, False),
-    "registry": ("list, show and promote models in the MLflow Model Registry", _registry, False),
+    "registry": ("list, show, promote and upgrade models in the MLflow Model Registry", _registry, False),
+    "export": ("write a model's networks as ONNX or TorchScript (LSTM state as explicit input/output)", _export, False),
     "ui": ("open the MLflow UI on the project's tracking store", _ui, False),
 }
 

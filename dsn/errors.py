@@ -20,6 +20,11 @@ class ModelError(DsnError, ValueError):
     """A model reference that cannot be resolved or loaded, or a model that does not fit the input."""
 
 
+class LegacyModelError(ModelError):
+    """A model stored in a format dsn no longer loads (a pickled model of an older dsn); the message says
+    how to convert it (``dsn registry upgrade REF``)."""
+
+
 class Pruned(Exception):
     """A run stopped on purpose before its end (e.g. an Optuna pruner): not a failure.
 

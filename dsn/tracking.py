@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dsn.errors import DsnError, Pruned
+from dsn.errors import DsnError, LegacyModelError, ModelError, Pruned
 
 DEFAULT_HOME = "mlruns"
 DEFAULT_EXPERIMENT = "dsn"
@@ -352,37 +352,115 @@ def _global_uri(uri: str) -> Iterator[None]:
         yield
 
 
-def log_model(uri: str, run_id: str, model, input_example: np.ndarray, name: str = "model",
-              metadata: dict[str, Any] | None = None) -> str:
-    """Log a network as an MLflow PyTorch model (pickle format, loads back as the same class).
+def model_signature(scorer):
+    """The pyfunc signature: ``(n_epochs, n_chans, n_times)`` float32 epochs in, ``stage`` + one
+    probability column per class out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
-    ``pip_requirements`` is given so MLflow does not spend seconds inferring them.
-    Returns the model URI (``models:/<model_id>``; ``runs:/<run_id>/<name>`` works too).
+    fn = scorer.feature_net
+    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, int(fn.n_chans), int(fn.n_times)))])
+    outputs = Schema([ColSpec("string", "stage"), *(ColSpec("double", c) for c in scorer.class_names)])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def log_model(uri: str, run_id: str | None, model, input_example: np.ndarray, name: str = "model",
+              metadata: dict[str, Any] | None = None) -> str:
+    """Log a :class:`~dsn.models.scoring.SleepScorer` as an MLflow pyfunc model holding a dsn artifact.
+
+    The model's ``artifacts/dsn_model/`` folder is :func:`dsn.artifact.write_artifact`'s (JSON spec +
+    weights; what dsn itself loads, unpickling nothing); the pyfunc wrapper is :mod:`dsn.mlflow_model`,
+    logged from code. ``input_example`` is a night's epochs ``(n_epochs, n_chans, n_times)`` (a
+    ``(1, seq_len, n_chans, n_times)`` sequence is taken as its epochs); it is stored with the declared
+    signature. ``pip_requirements`` is given so MLflow does not spend seconds inferring them.
+    Returns the model URI (``models:/<model_id>``).
     """
     import warnings
 
     import mlflow
 
+    from dsn.artifact import MLFLOW_KEY, write_artifact
+
+    example = np.asarray(input_example, dtype=np.float32)
+    if example.ndim == 4:
+        example = example.reshape(-1, *example.shape[2:])
+    example = example[:2]  # MLflow scores the example while logging: keep that short
     was_training = model.training
     model.eval()
     try:
-        with _global_uri(uri), warnings.catch_warnings(), mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-            warnings.simplefilter("ignore")  # MLflow warns about pickle; the class is importable from dsn
-            info = mlflow.pytorch.log_model(
-                model,
-                name=name,
-                pip_requirements=pip_requirements(),
-                serialization_format="pickle",
-                input_example=input_example,
-                metadata=json.loads(json.dumps(metadata, default=_json_default)) if metadata else None,
-            )
+        with tempfile.TemporaryDirectory(prefix="dsn-model-") as tmp, _global_uri(uri), warnings.catch_warnings():
+            folder = write_artifact(model, Path(tmp) / MLFLOW_KEY)
+            warnings.simplefilter("ignore")  # MLflow's notes on type hints and example conversion
+            ctx = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None) if run_id else contextlib.nullcontext()
+            with ctx:
+                info = mlflow.pyfunc.log_model(
+                    name=name,
+                    python_model=str(Path(__file__).with_name("mlflow_model.py")),
+                    artifacts={MLFLOW_KEY: str(folder)},
+                    signature=model_signature(model),
+                    input_example=example,
+                    pip_requirements=pip_requirements(),
+                    metadata=json.loads(json.dumps(metadata or model.spec(), default=_json_default)),
+                )
     finally:
         model.train(was_training)
     return info.model_uri
 
 
+def download_model(model_uri: str, tracking: str | None = None, dst: str | Path | None = None) -> Path:
+    """Download a logged model's files (``models:/...``, ``runs:/...``) to ``dst`` (a new temporary folder)."""
+    import mlflow
+
+    dst = Path(dst or tempfile.mkdtemp(prefix="dsn-model-"))
+    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no progress bars on a few small files
+    try:
+        with _global_uri(tracking_uri(tracking)):
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+    finally:
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
+
+
 def load_model(model_uri: str, tracking: str | None = None):
-    """Load a model logged with :func:`log_model` (``runs:/...``, ``models:/...``)."""
+    """Load the :class:`~dsn.models.scoring.SleepScorer` of a model logged with :func:`log_model`
+    (``runs:/...``, ``models:/...``): download its files and read its artifact folder (nothing unpickled).
+
+    Raises
+    ------
+    LegacyModelError
+        For a model logged by an older dsn as a pickled PyTorch model (the message says how to convert it).
+    ModelError
+        For a model that is not a dsn model, or a damaged or newer-format one.
+    """
+    import yaml
+
+    from dsn.artifact import MLFLOW_KEY, is_artifact, read_artifact
+
+    local = download_model(model_uri, tracking)
+    folder = local / "artifacts" / MLFLOW_KEY
+    if is_artifact(folder):
+        return read_artifact(folder, source=model_uri)
+    flavors = {}
+    if (local / "MLmodel").is_file():
+        flavors = (yaml.safe_load((local / "MLmodel").read_text()) or {}).get("flavors") or {}
+    if "pytorch" in flavors:
+        raise LegacyModelError(
+            f"model {model_uri}: stored by an older dsn as a pickled PyTorch model, which dsn no longer loads "
+            f"(unpickling runs code from the file); convert it once with `dsn registry upgrade {model_uri}`."
+        )
+    raise ModelError(f"model {model_uri}: not a dsn model (no {MLFLOW_KEY} folder; flavors: "
+                     f"{', '.join(flavors) or 'none'}). Point at a model logged by `dsn fit`.")
+
+
+def load_pickled_model(model_uri: str, tracking: str | None = None):
+    """Unpickle a model logged by dsn before the artifact format (``mlflow.pytorch``, pickle format).
+
+    This runs code stored in the model: only :func:`dsn.workflows.registry.upgrade` calls it, on the
+    user's explicit request, to convert such a model once.
+    """
     import warnings
 
     import mlflow
@@ -413,8 +491,9 @@ def register_model(uri: str, model_uri: str, name: str, tags: Mapping[str, Any] 
     elif model_uri.startswith("models:/m-"):  # a logged model: a tracking server requires its id with the source
         model_id = model_uri[len("models:/"):].split("/")[0]
     logging.getLogger("mlflow.store.model_registry").setLevel(logging.ERROR)
-    mv = c.create_model_version(name, model_uri, run_id=run_id, tags={k: str(v) for k, v in (tags or {}).items()},
-                                model_id=model_id)
+    with _global_uri(uri):  # MLflow resolves a models:/m-<id> source through the global tracking URI
+        mv = c.create_model_version(name, model_uri, run_id=run_id, tags={k: str(v) for k, v in (tags or {}).items()},
+                                    model_id=model_id)
     return str(mv.version)
 
 

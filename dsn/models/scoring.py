@@ -4,10 +4,16 @@ A plain :class:`torch.nn.Module` (no Lightning, no MLflow): what ``dsn fit`` log
 what the registry stores and what ``dsn predict`` loads. It carries the preprocessing the network was
 trained with (channel, sampling rate, epoch length, trimming), the class names, and the networks'
 configuration, so that a model reference alone is enough to score a recording.
+
+Its :meth:`SleepScorer.spec` (a JSON-able dict, versioned by :data:`SPEC_FORMAT`) plus its weights are
+the whole model: :func:`build_scorer` rebuilds the networks from the spec, and :func:`upgrade_spec`
+applies the compatibility rule (an older format version loads with defaults for the keys it lacks, a
+newer major version is refused). :mod:`dsn.artifact` writes and reads the two files.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal
 
 import numpy as np
@@ -15,9 +21,19 @@ import torch
 from torch import Tensor, nn
 
 from dsn.data.labels import STAGES
+from dsn.errors import ModelError
 from dsn.models.deepsleepnet import DeepFeatureNet, DeepSleepNet, FeatureClassifierNet
 
-__all__ = ["SleepScorer", "build_scorer"]
+__all__ = ["SPEC_FORMAT", "SleepScorer", "build_scorer", "scorer_from_legacy", "upgrade_spec"]
+
+#: Version of the spec layout, ``MAJOR.MINOR``. A minor bump adds keys with defaults (older dsn versions
+#: ignore them, :func:`upgrade_spec` fills them in for older specs); a major bump changes the meaning of
+#: existing keys, and a dsn that knows an older major refuses such a spec.
+SPEC_FORMAT = "1.0"
+
+#: The spec's own keys (everything else a spec carries, e.g. ``calibration``, is kept in ``extra``).
+_SPEC_KEYS = ("format_version", "dsn_version", "kind", "preprocessing", "config", "class_names", "seq_len",
+              "carry_state", "n_offsets")
 
 
 class SleepScorer(nn.Module):
@@ -49,6 +65,9 @@ class SleepScorer(nn.Module):
         streaming; moving the boundaries gives every epoch several amounts of it. 1 (the official test
         procedure): one streaming with boundaries at multiples of ``seq_len``. No effect on ``"epoch"``
         models.
+    extra : dict, optional
+        Further JSON-able spec keys (e.g. ``calibration``, ``familiarity``) carried through :meth:`spec`
+        unchanged, so a model keeps what a newer step added to its spec.
 
     Shapes: :meth:`forward` is the network's own (``(batch, n_chans, n_times)`` for ``"epoch"``,
     ``(batch, seq_len, n_chans, n_times)`` for ``"sequence"``; logits out). :meth:`predict_proba` takes
@@ -64,6 +83,7 @@ class SleepScorer(nn.Module):
         seq_len: int = 25,
         carry_state: bool = True,
         n_offsets: int = 1,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(net, (FeatureClassifierNet, DeepSleepNet)):
@@ -78,6 +98,7 @@ class SleepScorer(nn.Module):
         if isinstance(n_offsets, bool) or not isinstance(n_offsets, int) or not 1 <= n_offsets <= max(1, self.seq_len):
             raise ValueError(f"n_offsets={n_offsets!r}: must be an integer in [1, seq_len={self.seq_len}]")
         self.n_offsets = int(n_offsets)
+        self.extra = dict(extra or {})
 
     @property
     def feature_net(self) -> DeepFeatureNet:
@@ -92,11 +113,13 @@ class SleepScorer(nn.Module):
         return int(self.feature_net.n_times)
 
     def spec(self) -> dict[str, Any]:
-        """Everything but the weights: enough for :func:`build_scorer` to rebuild this scorer."""
+        """Everything but the weights: enough for :func:`build_scorer` to rebuild this scorer (JSON-able)."""
+        from dsn import __version__
+
         return {
-            "kind": self.kind, "preprocessing": self.preprocessing, "config": self.config,
-            "class_names": self.class_names, "seq_len": self.seq_len, "carry_state": self.carry_state,
-            "n_offsets": self.n_offsets,
+            **self.extra, "format_version": SPEC_FORMAT, "dsn_version": __version__, "kind": self.kind,
+            "preprocessing": self.preprocessing, "config": self.config, "class_names": self.class_names,
+            "seq_len": self.seq_len, "carry_state": self.carry_state, "n_offsets": self.n_offsets,
         }  # fmt: skip
 
     def forward(self, x: Tensor, *args, **kwargs):
@@ -196,29 +219,105 @@ class SleepScorer(nn.Module):
         return self.predict_proba(x).argmax(-1).astype(np.int64)
 
 
-def build_scorer(spec: dict[str, Any], state_dict: dict[str, Tensor] | None = None) -> SleepScorer:
+def _major(version: str, source: str) -> int:
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        raise ModelError(f"{source}: model format version {version!r} is not MAJOR.MINOR; the spec is damaged.") from None
+
+
+def upgrade_spec(spec: dict[str, Any], source: str = "model") -> dict[str, Any]:
+    """A spec of any format version in the current layout (a new dict; ``spec`` is not modified).
+
+    The compatibility rule: a spec of an older format version (or none: specs written before versioning,
+    format ``0``) gets the defaults of the keys it lacks: ``preprocessing.normalize: "none"``,
+    ``preprocessing.channels: [channel]``, ``class_names`` the five AASM stages, ``seq_len: 25``,
+    ``carry_state: true``, ``n_offsets: 1``. A spec of a newer minor version loads (its unknown keys are
+    kept in ``extra``); a newer major version is refused.
+
+    Raises
+    ------
+    ModelError
+        For a newer major format version (naming both versions) or a spec without ``kind``/``config``.
+    """
+    version = str(spec.get("format_version", "0"))
+    if _major(version, source) > _major(SPEC_FORMAT, source):
+        raise ModelError(f"{source}: model format version {version} is newer than this dsn reads "
+                         f"({SPEC_FORMAT}); upgrade dsn to load it.")
+    missing = [k for k in ("kind", "config", "preprocessing") if k not in spec]
+    if missing or spec["kind"] not in ("epoch", "sequence"):
+        raise ModelError(f"{source}: not a dsn model spec (missing {', '.join(missing) or 'a valid kind'}).")
+    out = dict(spec)
+    prep = dict(out["preprocessing"])
+    prep.setdefault("normalize", "none")
+    if "channels" not in prep and "channel" in prep:
+        prep["channels"] = [prep["channel"]]
+    out["preprocessing"] = prep
+    out["config"] = {k: dict(v) for k, v in out["config"].items()}
+    out["class_names"] = list(out.get("class_names") or STAGES)
+    out.setdefault("seq_len", 25)
+    out.setdefault("carry_state", True)
+    out.setdefault("n_offsets", 1)
+    out["format_version"] = version
+    return out
+
+
+def build_scorer(spec: dict[str, Any], state_dict: dict[str, Tensor] | None = None, source: str = "model",
+                 assign: bool = False) -> SleepScorer:
     """Rebuild a :class:`SleepScorer` from its :meth:`SleepScorer.spec` (and load ``state_dict``).
+
+    The spec may be of any older format version (see :func:`upgrade_spec`; ``source`` names the model
+    in its errors). ``assign``: the networks take the tensors of ``state_dict`` themselves instead of copies
+    (for a freshly loaded ``state_dict``; the networks are then built without initialising their weights,
+    which is most of the time a load takes).
 
     ``state_dict`` may be the scorer's own (``net.`` keys) or a training system's (``model.`` keys for
     the pretraining system, ``net.`` for fine-tuning).
     """
+    spec = upgrade_spec(spec, source)
     cfg = spec["config"]
-    feature_net = DeepFeatureNet(**cfg["net"])
-    n_outputs = len(spec.get("class_names") or STAGES)
-    if spec["kind"] == "sequence":
-        net: nn.Module = DeepSleepNet(feature_net, **{"n_outputs": n_outputs, **cfg.get("finetune_net", {})})
-    else:
-        net = FeatureClassifierNet(feature_net, n_outputs)
+    n_outputs = len(spec["class_names"])
+    with torch.device("meta") if assign and state_dict is not None else contextlib.nullcontext():
+        feature_net = DeepFeatureNet(**cfg["net"])
+        if spec["kind"] == "sequence":
+            net: nn.Module = DeepSleepNet(feature_net, **{"n_outputs": n_outputs, **cfg.get("finetune_net", {})})
+        else:
+            net = FeatureClassifierNet(feature_net, n_outputs)
     scorer = SleepScorer(
-        net, spec["preprocessing"], cfg, spec.get("class_names") or STAGES, spec.get("seq_len", 25),
-        spec.get("carry_state", True), spec.get("n_offsets", 1),
+        net, spec["preprocessing"], cfg, spec["class_names"], spec["seq_len"], spec["carry_state"],
+        spec["n_offsets"], {k: v for k, v in spec.items() if k not in _SPEC_KEYS},
     )
     if state_dict is not None:
         for prefix in ("net.", "model."):
             sub = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
             if sub:
-                net.load_state_dict(sub)
+                net.load_state_dict(sub, assign=assign)
                 break
         else:
-            net.load_state_dict(state_dict)
+            net.load_state_dict(state_dict, assign=assign)
     return scorer.eval()
+
+
+def scorer_from_legacy(obj: nn.Module, source: str = "model") -> SleepScorer:
+    """A current :class:`SleepScorer` rebuilt from an unpickled one of an older dsn.
+
+    Unpickling restores an object's attributes without running ``__init__``, so an old scorer lacks the
+    attributes added since (``n_offsets``, ``extra``...) and may carry its own ``spec`` method. Only its
+    data is read here (the attributes that make up a spec, and the network's ``state_dict``); the spec then
+    gets the defaults of what it lacks (:func:`upgrade_spec`), and the networks are rebuilt from it.
+
+    Raises
+    ------
+    ModelError
+        If ``obj`` has no network or no configuration (not a dsn scorer).
+    """
+    d = getattr(obj, "__dict__", {})
+    net = (d.get("_modules") or {}).get("net")
+    if not isinstance(net, nn.Module) or not isinstance(d.get("config"), dict):
+        raise ModelError(f"{source}: a {type(obj).__name__} without a network and its config: not a dsn scorer.")
+    spec: dict[str, Any] = {"kind": "sequence" if isinstance(net, DeepSleepNet) else "epoch", "format_version": "0"}
+    for key in ("preprocessing", "config", "class_names", "seq_len", "carry_state", "n_offsets"):
+        if d.get(key) is not None:
+            spec[key] = d[key]
+    spec.update({k: v for k, v in (d.get("extra") or {}).items() if k not in spec})
+    return build_scorer(spec, net.state_dict(), source)

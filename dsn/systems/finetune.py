@@ -38,7 +38,7 @@ def load_pretrained(feature_net: DeepFeatureNet, source: str | Path | nn.Module)
         path = Path(source)
         if not path.is_file():
             raise ValueError(f"{path}: pretrained checkpoint not found. Run the pretrain stage first or fix the path.")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         state = ckpt.get("state_dict", ckpt)
         for prefix in ("model.feature_net.", "net.feature_net.", "feature_net."):
             sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

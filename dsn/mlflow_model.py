@@ -1,0 +1,51 @@
+"""The MLflow pyfunc face of a dsn model (logged "from code" by :func:`dsn.tracking.log_model`).
+
+MLflow copies this file into the logged model and runs it when the model is loaded with
+``mlflow.pyfunc.load_model`` or served with ``mlflow models serve``; it rebuilds the scorer from the
+model's artifact folder (:mod:`dsn.artifact`: JSON spec + weights, nothing unpickled).
+``predict`` takes a night's 30-s epochs ``(n_epochs, n_chans, n_times)`` in µV, in recording order, and
+returns one row per epoch: ``stage`` and one probability column per class, normalised and streamed
+exactly as ``dsn predict`` does (:func:`dsn.workflows.predict.scaled_proba`).
+
+Do not import this module: it registers its model with MLflow when run.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import mlflow
+import numpy as np
+
+from dsn.artifact import MLFLOW_KEY
+
+with warnings.catch_warnings():  # MLflow asks for type hints; the declared signature describes the input
+    warnings.simplefilter("ignore", UserWarning)
+
+    class SleepScorerModel(mlflow.pyfunc.PythonModel):
+        """A :class:`~dsn.models.scoring.SleepScorer` as an MLflow pyfunc model."""
+
+        def load_context(self, context) -> None:
+            from dsn.artifact import read_artifact
+
+            self.scorer = read_artifact(context.artifacts[MLFLOW_KEY], source="pyfunc model")
+
+        def predict(self, context, model_input, params=None):
+            """Stage and class probabilities of every epoch of a night.
+
+            ``model_input``: ``(n_epochs, n_chans, n_times)`` epochs in µV (array or nested lists). Returns a
+            DataFrame with ``stage`` and one ``float`` column per class name, one row per epoch.
+            """
+            import pandas as pd
+
+            from dsn.workflows.predict import scaled_proba
+
+            x = np.asarray(model_input, dtype=np.float32)
+            proba = scaled_proba(self.scorer, x, "model input")
+            names = self.scorer.class_names
+            out = pd.DataFrame(proba.astype(np.float64), columns=names)
+            out.insert(0, "stage", [names[i] for i in proba.argmax(-1)] if len(proba) else [])
+            return out
+
+
+mlflow.models.set_model(SleepScorerModel())

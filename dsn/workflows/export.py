@@ -1,0 +1,192 @@
+"""``dsn export``: a model's networks as an ONNX or TorchScript file, for runtimes without the training stack.
+
+The file holds one graph with the model's streaming interface, in eval mode, and the model's spec (JSON; ONNX:
+metadata ``dsn_model``, TorchScript: extra file ``dsn_model.json``), so the preprocessing the network needs
+(channels, sampling rate, normalisation, class names) travels with it:
+
+- an ``epoch`` model (pretraining stage: CNN + softmax head): ``epochs (n_epochs, n_chans, n_times) -> proba
+  (n_epochs, n_classes)``;
+- a ``sequence`` model (CNN + BiLSTM + shortcut): one chunk of a night and the LSTM state carried from the
+  previous chunk, ``epochs (n_epochs, n_chans, n_times), h, c -> proba (n_epochs, n_classes), h_out, c_out``,
+  each state ``(2 * n_layers, 1, hidden_size)`` (the official bidirectional mode: the forward stack's layers
+  first, then the backward stack's; zeros start a night). Feeding a night's chunks of ``seq_len`` epochs in
+  order, each with the state the previous one returned, is ``dsn predict``'s streaming with
+  ``n_offsets: 1`` (chunk-offset averaging repeats it with shifted chunks; see
+  :meth:`dsn.models.scoring.SleepScorer.predict_proba`).
+
+The input is the epochs as the network reads them: in µV for a model trained on raw signals, normalised
+per recording (:func:`dsn.data.normalize.normalize`) for the others.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from dsn.errors import ConfigError
+
+FORMATS = ("onnx", "torchscript")
+
+
+def _pad_fixed(module, n_in: int):
+    """A copy-free stand-in for a TensorFlow-"SAME" conv/pool whose input length is known (traceable)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from dsn.models.deepsleepnet import Conv1dSame, MaxPool1dSame, same_padding
+
+    if isinstance(module, Conv1dSame):
+        pad = same_padding(n_in, module.kernel_size[0], module.stride[0])
+
+        class _Conv(nn.Module):
+            def __init__(self, conv):
+                super().__init__()
+                self.conv = conv
+
+            def forward(self, x):
+                return nn.Conv1d.forward(self.conv, F.pad(x, pad))
+
+        return _Conv(module)
+    assert isinstance(module, MaxPool1dSame)
+    pad = same_padding(n_in, module.kernel_size, module.stride)
+    k, s = module.kernel_size, module.stride
+
+    class _Pool(nn.Module):
+        def forward(self, x):
+            return F.max_pool1d(F.pad(x, pad, value=float("-inf")), k, s)
+
+    return _Pool()
+
+
+def traceable_feature_net(feature_net):
+    """A deep copy of ``feature_net`` whose "SAME" padding is fixed for its ``n_times`` (tracing reads
+    shapes as tensors, which the length-generic padding does not take); same outputs."""
+    import copy
+
+    import torch
+
+    from dsn.models.deepsleepnet import Conv1dSame, MaxPool1dSame
+
+    net = copy.deepcopy(feature_net).eval()
+    lengths: dict[str, int] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: lengths.__setitem__(name, int(args[0].shape[-1])))
+             for name, m in net.named_modules() if isinstance(m, (Conv1dSame, MaxPool1dSame))]
+    with torch.no_grad():
+        net(torch.zeros(1, net.n_chans, net.n_times))
+    for h in hooks:
+        h.remove()
+    for name, n_in in lengths.items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = net.get_submodule(parent_name) if parent_name else net
+        setattr(parent, attr, _pad_fixed(getattr(parent, attr), n_in))
+    net.check_input = lambda x: None  # shape checks compare tensors while tracing; the export fixes the shapes
+    return net
+
+
+def streaming_module(scorer):
+    """The scorer's networks as one traceable ``nn.Module`` with the interface in the module doc."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    net = copy.deepcopy(scorer.net).eval()
+    net.feature_net = traceable_feature_net(scorer.feature_net)
+    if scorer.kind == "epoch":
+
+        class EpochScorer(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = net
+
+            def forward(self, epochs):
+                return torch.softmax(self.net(epochs), -1)
+
+        return EpochScorer().eval()
+    n = net.n_layers
+    official = net.bidirectional_mode == "official"
+
+    class SequenceScorer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, epochs, h, c):
+            state = (h[:n], c[:n], h[n:], c[n:]) if official else (h, c)
+            logits, new = self.net(epochs[None], state, return_state=True)
+            proba = torch.softmax(logits[0], -1)
+            if official:
+                return proba, torch.cat([new[0], new[2]]), torch.cat([new[1], new[3]])
+            return proba, new[0], new[1]
+
+    return SequenceScorer().eval()
+
+
+def zero_state(scorer):
+    """``(h, c)`` zeros that start a night for an exported sequence model (numpy float32)."""
+    import numpy as np
+
+    shape = (2 * scorer.net.n_layers, 1, scorer.net.hidden_size)
+    return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+
+def export(scorer, fmt: Literal["onnx", "torchscript"], out: str | Path) -> Path:
+    """Write ``scorer``'s networks to ``out`` as ``fmt`` (see the module doc); returns the path.
+
+    The file is written under a temporary name and renamed, so a failed export leaves nothing behind.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown format.
+    """
+    import warnings
+
+    import torch
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: must be one of {', '.join(FORMATS)}.")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    module = streaming_module(scorer)
+    fn = scorer.feature_net
+    epochs = torch.zeros(max(2, min(scorer.seq_len, 4)), fn.n_chans, fn.n_times)
+    args = (epochs,) if scorer.kind == "epoch" else (epochs, *map(torch.from_numpy, zero_state(scorer)))
+    spec = json.dumps(scorer.spec(), default=str)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer and exporter notes on the fixed shapes
+            if fmt == "torchscript":
+                traced = torch.jit.trace(module, args, check_trace=False)
+                torch.jit.save(traced, str(tmp), _extra_files={"dsn_model.json": spec})
+            else:
+                _export_onnx(module, args, tmp, scorer.kind, spec)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _export_onnx(module, args, path: Path, kind: str, spec: str) -> None:
+    import onnx
+    import torch
+
+    names_in = ["epochs"] if kind == "epoch" else ["epochs", "h", "c"]
+    names_out = ["proba"] if kind == "epoch" else ["proba", "h_out", "c_out"]
+    torch.onnx.export(module, args, str(path), dynamo=False, input_names=names_in, output_names=names_out,
+                      dynamic_axes={"epochs": {0: "n_epochs"}, "proba": {0: "n_epochs"}}, opset_version=17)
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "dsn_model", spec
+    onnx.save(model, str(path))
+
+
+def main(ref: str, fmt: str, out: str, uri: str | None = None) -> Path:
+    """``dsn export`` (arguments parsed by :mod:`dsn.cli`)."""
+    from dsn.workflows.registry import load_scorer
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: must be one of {', '.join(FORMATS)}.")
+    return export(load_scorer(ref, uri), fmt, out)
