@@ -54,7 +54,8 @@ def main() -> None:
 
     d = config.to_dict(config.load_config([a.config]))
     net = DeepSleepNet(DeepFeatureNet(**d["net"]), **d["finetune"]["net"])
-    prep = {k: d["data"][k] for k in ("channel", "sfreq", "epoch_sec", "trim_minutes", "unscored", "normalize")}
+    prep = {k: d["data"][k] for k in ("channels", "channel_aliases", "sfreq", "epoch_sec", "trim_minutes", "unscored",
+                                      "normalize")}
     scorer = SleepScorer(net, prep, {"net": d["net"], "finetune_net": d["finetune"]["net"]}, seq_len=d["finetune"]["seq_len"],
                          n_offsets=d["finetune"]["n_offsets"]).eval()
     # normalisation: a first pass (CNN + one streaming) finds the sleep period, then the final pass

@@ -94,7 +94,9 @@ def _predict(argv: list[str]) -> int:
                    help="model reference: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a checkpoint path "
                         "(default models:/deepsleepnet@champion)")
     p.add_argument("--out", required=True, help="output folder (CSV, EDF+ hypnogram, PNG, summary JSON per recording)")
-    p.add_argument("--channel", default=None, help="EEG channel to read (default: the channel the model was trained on)")
+    p.add_argument("--channel", default=None, action="append",
+                   help="A channel of the file to read in place of the model's (repeat once per model channel, in its "
+                        "order; default: the model's channels, found by name or alias)")
     p.add_argument("--hypnogram", action="append", default=None,
                    help="expert hypnogram(s) of the recording(s), in the same order: report agreement")
     _tracking_args(p, experiment=None)

@@ -3,7 +3,8 @@
 LightningCLI-style YAML parsed by jsonargparse from the signatures of the classes it configures:
 ``--config`` files stack (later overrides earlier), any key can be set in dotted form
 (``--pretrain.trainer.max_epochs 5``), and ``--print_config`` shows the resolved configuration.
-``data.sfreq`` is linked to ``net.sfreq`` (the network is always built for the data's rate).
+``data.sfreq`` is linked to ``net.sfreq`` (the network is always built for the data's rate) and the number of
+``data.channels`` to ``net.n_chans``.
 
 Library functions never exit: a bad value raises :class:`~dsn.errors.ConfigError` naming the dotted
 key, the value and what is allowed.
@@ -47,6 +48,7 @@ def add_training_arguments(p) -> None:
     p.add_class_arguments(SleepEDFDataModule, "data", skip={"mode", "batch_size", "seq_len"})
     p.add_class_arguments(DeepFeatureNet, "net")
     p.link_arguments("data.sfreq", "net.sfreq")
+    p.link_arguments(("data.channels", "data.channel"), "net.n_chans", compute_fn=n_chans_of)
     p.add_class_arguments(PretrainSystem, "pretrain.system", skip={"net"})
     p.add_argument("--pretrain.batch_size", type=int, default=100, help="Epochs per batch.")
     _add_stage_extras(p, "pretrain")
@@ -61,6 +63,11 @@ def add_training_arguments(p) -> None:
                         "(1: one streaming, the official test procedure).")
     _add_stage_extras(p, "finetune")
     p.add_class_arguments(Trainer, "finetune.trainer", skip=TRAINER_SKIP)
+
+
+def n_chans_of(channels, channel=None) -> int:
+    """``net.n_chans`` of a config: the number of ``data.channels`` (1 with the deprecated ``data.channel``)."""
+    return 1 if channel is not None else max(1, len(channels or []))
 
 
 def _add_stage_extras(p, stage: str) -> None:
@@ -162,6 +169,7 @@ def set_keys(cfg, values: Mapping[str, Any], parser=None):
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     d.get("net", {}).pop("sfreq", None)
+    d.get("net", {}).pop("n_chans", None)
     shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
     try:
         new = parser.parse_object(d)
@@ -182,6 +190,8 @@ def check_key(key: str, parser=None) -> None:
     known = config_keys(parser)
     if key == "net.sfreq":
         raise ConfigError("net.sfreq follows data.sfreq: set data.sfreq instead.")
+    if key == "net.n_chans":
+        raise ConfigError("net.n_chans follows the number of data.channels: set data.channels instead.")
     if key in known or any(k.startswith(key + ".") for k in known):
         return
     import difflib
@@ -234,6 +244,7 @@ def check(cfg) -> None:
             raise ConfigError(f"{section}: {msg}") from None
 
     d = to_dict(cfg)
+    _check_channels(d["data"])
     fnet = build("net", DeepFeatureNet, **d["net"])
     if "pretrain" in d["stages"]:
         build("pretrain.system", PretrainSystem, fnet, **d["pretrain"]["system"])
@@ -256,3 +267,17 @@ def check(cfg) -> None:
                           f"finetune.seq_len={d['finetune']['seq_len']} (1: no averaging).")
     if not d["stages"]:
         raise ConfigError("stages is empty: give at least one of [pretrain, finetune].")
+
+
+def _check_channels(data: dict) -> None:
+    """``data.channels`` / ``data.channel`` well formed (names, derivations), as ``ConfigError("data.channels ...")``."""
+    from dsn.data.channels import channel_names, pick_channels
+
+    try:
+        names = channel_names(pick_channels(data.get("channels"), data.get("channel")))
+    except ValueError as e:
+        raise ConfigError(f"data.{e}") from None
+    if not names:
+        raise ConfigError("data.channels is empty: give at least one channel, e.g. [EEG Fpz-Cz].")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.channels={names}: a channel is named twice.")

@@ -73,13 +73,16 @@ def test_cache_second_run_does_not_read_edf(synth_dir, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("EDF read although cached")
 
-    monkeypatch.setattr(recording_mod, "read_eeg", boom)
+    monkeypatch.setattr(recording_mod, "read_channels", boom)
     monkeypatch.setattr(recording_mod, "read_hypnogram", boom)
     again = load_recording(files, prep, tmp_path)
     np.testing.assert_array_equal(np.asarray(again.x), np.asarray(first.x))
-    # a different parameter is a different entry (and so needs the EDF)
-    with pytest.raises(AssertionError, match="EDF read"):
-        load_recording(files, Preprocessing(trim_minutes=10), tmp_path)
+    # a different parameter is a different entry (and so needs the EDF): channels and aliases included
+    for other in [Preprocessing(trim_minutes=10), Preprocessing(channels=("Fpz-Cz",)),
+                  Preprocessing(channels=("EEG Fpz-Cz", "EEG Pz-Oz")),
+                  Preprocessing(channel_aliases={"Fpz-Cz": ["EEG Fpz"]})]:
+        with pytest.raises(AssertionError, match="EDF read"):
+            load_recording(files, other, tmp_path)
 
 
 def test_failed_preprocessing_leaves_no_cache_entry(synth_copy, tmp_path):
@@ -93,14 +96,15 @@ def test_failed_preprocessing_leaves_no_cache_entry(synth_copy, tmp_path):
 
 
 def test_wrong_channel_message_names_file_and_channels(synth_dir, tmp_path):
-    dm = _dm(synth_dir, tmp_path / "c", channel="EEG C4")
-    with pytest.raises(DataError, match=r"-PSG\.edf: channel 'EEG C4' not found.*EEG Fpz-Cz"):
+    dm = _dm(synth_dir, tmp_path / "c", channels=["EEG Fpz-Cz", "EEG C4"])
+    with pytest.raises(DataError, match=r"-PSG\.edf: channel 'EEG C4' not found \(tried EEG C4.*EEG Fpz-Cz.*data\.channels"):
         dm.setup()
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())  # no cache entry left behind
 
 
 def test_resampling_and_other_channel(synth_dir, tmp_path):
     files = find_recordings(synth_dir)[0]
-    rec = load_recording(files, Preprocessing(channel="EEG Pz-Oz", sfreq=50.0), tmp_path)
+    rec = load_recording(files, Preprocessing(channels="EEG Pz-Oz", sfreq=50.0), tmp_path)
     assert rec.x.shape[1:] == (1, 1500) and rec.sfreq == 50.0
 
 

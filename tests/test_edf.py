@@ -165,14 +165,23 @@ def _fast_path_used(path, channel):
 
 
 def test_fast_reader_equals_mne_on_synthetic_psg(synth_dir):
+    from edfio import read_edf
+
     psg = sorted(synth_dir.glob("*-PSG.edf"))[0]
-    for channel in ["EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal", "EMG submental", "Temp rectal"]:
+    for channel in ["EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal"]:
         x, sfreq = read_eeg(psg, channel)
         ref, ref_sfreq = _mne_eeg(psg, channel)
         assert x.dtype == np.float32 and sfreq == ref_sfreq == 100.0
         np.testing.assert_array_equal(x, ref)
-        # 100-Hz channels are decoded directly; 1-Hz ones (MNE upsamples them to 100 Hz) go through MNE
-        assert _fast_path_used(psg, channel) == channel.startswith(("EEG", "EOG"))
+        assert _fast_path_used(psg, channel)
+    # 1-Hz channels are decoded at their own rate (MNE would upsample them to the file's 100 Hz)
+    edf = read_edf(psg)
+    for channel in ["EMG submental", "Temp rectal"]:
+        x, sfreq = read_eeg(psg, channel)
+        signal = next(s for s in edf.signals if s.label == channel)
+        assert sfreq == 1.0 and _fast_path_used(psg, channel) and len(x) == len(signal.data)
+        unit = 1.0 if signal.physical_dimension in ("uV", "\u00b5V") else 1e3 if signal.physical_dimension == "mV" else 1e6
+        np.testing.assert_allclose(x, signal.data * unit, rtol=1e-5, atol=1e-3 * np.abs(signal.data * unit).max())
 
 
 @needs_shared(PSG)
@@ -218,7 +227,7 @@ def test_fast_reader_every_digital_value_both_decoders(tmp_path):
         np.testing.assert_array_equal(x, _mne_eeg(path, channel)[0])
 
 
-def test_slower_channel_and_duplicate_names_go_through_mne(tmp_path):
+def test_slower_channel_is_read_at_its_own_rate_and_duplicates_go_through_mne(tmp_path):
     from edfio import Edf, EdfSignal
 
     t = np.arange(0, 60, 0.01)
@@ -230,12 +239,17 @@ def test_slower_channel_and_duplicate_names_go_through_mne(tmp_path):
         ],
         data_record_duration=30,
     ).write(path)
-    assert not _fast_path_used(path, "EEG slow") and _fast_path_used(path, "EEG fast")
-    for channel in ["EEG slow", "EEG fast"]:
-        x, sfreq = read_eeg(path, channel)
-        ref, ref_sfreq = _mne_eeg(path, channel)
-        np.testing.assert_array_equal(x, ref)
-        assert sfreq == ref_sfreq == 100.0
+    assert _fast_path_used(path, "EEG slow") and _fast_path_used(path, "EEG fast")
+    x, sfreq = read_eeg(path, "EEG fast")
+    ref, ref_sfreq = _mne_eeg(path, "EEG fast")
+    np.testing.assert_array_equal(x, ref)
+    assert sfreq == ref_sfreq == 100.0
+    slow, slow_sfreq = read_eeg(path, "EEG slow")  # no physical dimension: volts, as MNE reads it (x 1e6)
+    assert slow_sfreq == 50.0 and len(slow) == 3000
+    np.testing.assert_allclose(slow / 1e6, 50 * np.sin(2 * np.pi * 3 * t[::2]), atol=0.01)
+    up, _ = read_eeg(path, "EEG slow", sfreq=100.0)  # polyphase, like every other rate change
+    assert len(up) == 6000
+    np.testing.assert_allclose(up[200:-200] / 1e6, 50 * np.sin(2 * np.pi * 3 * t)[200:-200], atol=0.5)
 
     dup = tmp_path / "dup.edf"
     sig = EdfSignal(50 * np.sin(2 * np.pi * 7 * t), 100, label="EEG", physical_range=(-100, 100))
@@ -260,6 +274,8 @@ def test_fast_reader_channel_message_lists_mne_names(synth_dir):
     with pytest.raises(DataError) as info:
         read_eeg(psg, "EEG C3")
     assert f"Channels in this file: {', '.join(names)}." in str(info.value)
+    assert "tried EEG C3" in str(info.value) and "data.channel_aliases" in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_resampling_is_polyphase_and_close_to_mne(synth_dir):

@@ -125,5 +125,6 @@ def test_registry_show(fitted, capsys):
     assert cli(["registry", "show", "models:/deepsleepnet/1", "--tracking.home", str(home)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["version"] == "1" and info["scorer"]["kind"] == "sequence"
-    assert info["scorer"]["preprocessing"]["channel"] == "EEG Fpz-Cz" and info["scorer"]["class_names"][1] == "N1"
+    assert info["scorer"]["preprocessing"]["channels"] == ["EEG Fpz-Cz"] and info["scorer"]["class_names"][1] == "N1"
+    assert info["scorer"]["preprocessing"]["source_sfreq"] == [100.0] and info["scorer"]["preprocessing"]["channel_aliases"] == {}
     assert info["tags"]["channel"] == "EEG Fpz-Cz" and "git_commit" in info["tags"] or "dataset" in info["tags"]

@@ -52,7 +52,7 @@ def test_reads_epochs_at_the_file_rate(tmp_path: Path):
     # Microvolts, sample for sample (16-bit quantisation of a +-300 uV range: < 0.01 uV).
     np.testing.assert_allclose(rec.x.reshape(-1), eeg[:9000], atol=0.01)
     # Another channel and a file name without -PSG.
-    other = read_epochs(path.rename(tmp_path / "night.edf"), channel="EOG horizontal")
+    other = read_epochs(path.rename(tmp_path / "night.edf"), channels="EOG horizontal")
     assert other.name == "night"
     np.testing.assert_allclose(other.x.reshape(-1), _sine(fs, seconds, 0.5)[:9000], atol=0.01)
 
@@ -97,7 +97,7 @@ def test_rate_below_the_model(tmp_path: Path):
     )
     with pytest.raises(DataError, match="50 Hz"):
         read_epochs(mixed, sfreq=100.0)
-    assert read_epochs(mixed, channel="EOG", sfreq=100.0).source_sfreq == 200.0
+    assert read_epochs(mixed, channels="EOG", sfreq=100.0).source_sfreq == 200.0
     # A model at the file's own rate is fine.
     assert read_epochs(path, sfreq=50.0).x.shape == (2, 1, 1500)
 

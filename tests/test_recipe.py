@@ -79,7 +79,7 @@ def test_recipe_keeps_the_paper_method(paper, recipe):
         "data.sequence_sampling",
         "pretrain.system.weight_decay",
         "pretrain.system.l2_layers",
-        "data.channel",
+        "data.channels",
         "data.sfreq",
         "selection",
         "net.drop_prob",

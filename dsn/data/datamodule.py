@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from dsn.data.channels import merge_aliases, pick_channels
 from dsn.data.edf import DataError, RecordingFiles, find_recordings
 from dsn.data.labels import STAGES, class_counts
 from dsn.data.normalize import NORMALIZE_METHODS, NormalizeMethod, normalize
@@ -25,6 +27,8 @@ from dsn.data.sampling import (
 from dsn.data.splits import Split, fixed_split, subject_kfold
 
 SPLITS = ("train", "val", "test")
+
+logger = logging.getLogger(__name__)
 
 
 def subject_ids(subjects: list[int | str]) -> set[str]:
@@ -58,8 +62,18 @@ class SleepEDFDataModule(L.LightningDataModule):
     ----------
     data_dir : str, default "data/demo"
         Folder with Sleep-EDF ``*-PSG.edf`` / ``*-Hypnogram.edf`` pairs (searched recursively).
-    channel : str, default "EEG Fpz-Cz"
-        EEG channel (preprocessing, see :class:`~dsn.data.recording.Preprocessing`).
+    channels : list of str, default ["EEG Fpz-Cz"]
+        The signals the network reads, in order (``net.n_chans`` follows their number). Each is found by its
+        exact label, an alias (``Fpz-Cz`` = ``EEG Fpz-Cz``, ``C4-M1`` = ``C4-A1`` = ``EEG C4-A1``, ``E1-M2`` =
+        ``EOG(L)``; case, a leading ``EEG``/``EOG`` and A1/A2 = M1/M2 are ignored) or is a bipolar derivation
+        ``"NAME=PLUS-MINUS"`` (``"C4-M1=C4-M1"``: ``C4`` minus ``M1``; spaces around the minus when the labels
+        hold hyphens: ``"Fpz-Cz=EEG Fpz - EEG Cz"``); see :mod:`dsn.data.channels`. Every channel is resampled
+        to ``sfreq``.
+    channel : str, optional
+        Deprecated spelling of one channel (``channels: [channel]``).
+    channel_aliases : dict of str to list of str, optional
+        More aliases, ``{canonical: [alias, ...]}`` (added to the built-in table), e.g.
+        ``{Fpz-Cz: [EEG]}`` to read a file's ``EEG`` where a model wants ``Fpz-Cz``.
     sfreq : float, default 100.0
         Sampling rate after resampling, Hz.
     epoch_sec : float, default 30.0
@@ -156,7 +170,9 @@ class SleepEDFDataModule(L.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data/demo",
-        channel: str = "EEG Fpz-Cz",
+        channels: list[str] = ["EEG Fpz-Cz"],  # noqa: B006 - jsonargparse needs a visible default
+        channel: str | None = None,
+        channel_aliases: dict[str, list[str]] | None = None,
         sfreq: float = 100.0,
         epoch_sec: float = 30.0,
         trim_minutes: float | None = 30.0,
@@ -198,7 +214,12 @@ class SleepEDFDataModule(L.LightningDataModule):
             raise ValueError(f"normalize={normalize!r}: must be one of {list(NORMALIZE_METHODS)}")
         self._subject_ids = None if subjects is None else subject_ids(subjects)
         self.save_hyperparameters()
-        self.prep = Preprocessing(channel, sfreq, epoch_sec, trim_minutes, unscored, length_mismatch)
+        if channel is not None:
+            logger.warning("data.channel is deprecated: use data.channels: [%s]", channel)
+        self.prep = Preprocessing(
+            tuple(pick_channels(channels, channel)), sfreq, epoch_sec, trim_minutes, unscored, length_mismatch,
+            merge_aliases(channel_aliases) or None,
+        )
         self.mode = mode
         self.shift_samples = int(round(max_shift * self.prep.n_times))
         self.batch_size = batch_size
@@ -265,7 +286,7 @@ class SleepEDFDataModule(L.LightningDataModule):
                 try:
                     rec.x = normalize(rec.x, self.hparams.normalize, self.prep.sfreq)
                 except ValueError as e:
-                    raise DataError(f"{f.psg} ({self.prep.channel}): {e}") from None
+                    raise DataError(f"{f.psg} ({', '.join(self.prep.channel_names)}): {e}") from None
             loaded[f.name] = rec
         self.recordings = {
             name: [loaded[f.name] for f in wanted if f.subject in by_subject[name]] for name in SPLITS
@@ -285,6 +306,23 @@ class SleepEDFDataModule(L.LightningDataModule):
         return dm
 
     # ----------------------------------------------------------------- reporting
+    def source_sfreqs(self) -> list[float]:
+        """Each channel's lowest rate in the loaded recordings' files (before resampling), Hz."""
+        rates = [r.meta.get("channels", {}).get("source_sfreq") for recs in self.recordings.values() for r in recs]
+        rates = [r for r in rates if r]
+        return [float(min(col)) for col in zip(*rates)] if rates else []
+
+    def scorer_preprocessing(self) -> dict[str, Any]:
+        """What a trained model must know to read a new recording as this data was read
+        (:class:`~dsn.models.scoring.SleepScorer`'s ``preprocessing``)."""
+        hp = self.hparams
+        out = {"channels": list(self.prep.channels), "channel_aliases": dict(self.prep.channel_aliases or {}),
+               "sfreq": hp.sfreq, "epoch_sec": hp.epoch_sec, "trim_minutes": hp.trim_minutes,
+               "unscored": hp.unscored, "normalize": hp.normalize}
+        if self.recordings:
+            out["source_sfreq"] = self.source_sfreqs()
+        return out
+
     def class_counts(self) -> dict[str, dict[str, int]]:
         """Epochs per stage in each split (masked epochs not counted)."""
         return {

@@ -1,4 +1,4 @@
-"""Reading Sleep-EDF recordings: file discovery, the EEG channel and the hypnogram.
+"""Reading Sleep-EDF recordings: file discovery, the signal channels and the hypnogram.
 
 Each function is small and pure apart from the file it reads. Errors are :class:`DataError`
 with the file, the value and a hint in the message.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mmap
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -167,68 +168,212 @@ def check_edf_size(path: str | Path) -> None:
 def read_eeg(
     path: str | Path, channel: str = "EEG Fpz-Cz", sfreq: float | None = None
 ) -> tuple[np.ndarray, float]:
-    """Read one channel of a PSG file, in microvolts.
-
-    Plain EDF/EDF+C files with 16-bit records (all of Sleep-EDF) are decoded directly from the data
-    records with numpy: only the requested channel's samples are touched, and the values are exactly
-    those :func:`mne.io.read_raw_edf` returns (times 1e6, as float32). Anything unusual (EDF+D,
-    a channel slower than the file's fastest, duplicate names, a zero range, a size that disagrees
-    with the header) is read with MNE. Resampling, when needed, is polyphase
-    (:func:`scipy.signal.resample_poly`) on either path.
+    """Read one channel of a PSG file, in microvolts (:func:`read_channels` for one channel, flattened).
 
     Parameters
     ----------
-    path : path to a PSG EDF file.
-    channel : channel name as stored in the file.
-    sfreq : target sampling rate; the signal is resampled when the file's rate differs. ``None`` keeps it.
+    path : str or Path
+        A PSG EDF file.
+    channel : str, default "EEG Fpz-Cz"
+        The channel: its label, an alias or a derivation (:mod:`dsn.data.channels`).
+    sfreq : float, optional
+        Target sampling rate; the signal is resampled when the channel's rate differs. ``None`` keeps it.
 
     Returns
     -------
     signal : ndarray, shape (n_samples,), float32, microvolts
-    sfreq : float, the rate of ``signal``
+    sfreq : float
+        The rate of ``signal``.
     """
-    check_edf_size(path)
-    layout = _edf_layout(Path(path))
-    if layout is not None and channel not in layout.names:
-        raise _channel_not_found(path, channel, layout.names)
-    fast = _read_channel(Path(path), layout, channel) if layout is not None else None
-    signal, file_sfreq = fast if fast is not None else _read_channel_mne(path, channel)
-    if sfreq is not None and abs(file_sfreq - sfreq) > 1e-6:
-        return _resample(signal, file_sfreq, float(sfreq)), float(sfreq)
-    return signal, file_sfreq
+    sig = read_channels(path, [channel], sfreq)
+    return sig.data[0], sig.sfreq
 
 
-def _channel_not_found(path: str | Path, channel: str, names: list[str]) -> DataError:
-    return DataError(
-        f"{path}: channel '{channel}' not found. Channels in this file: {', '.join(names)}. "
-        "Set `channel` (data.channel in the config) to one of them."
+@dataclass(frozen=True)
+class Signals:
+    """Channels of one PSG file on one time grid.
+
+    Attributes
+    ----------
+    data : ndarray, shape (n_chans, n_samples), float32
+        Microvolts, every channel at ``sfreq``.
+    sfreq : float
+        Sampling rate of ``data``.
+    names : list of str
+        The channels' names as asked for (a derivation's name).
+    labels : list of str
+        The file labels read for each channel (``"C4 - M1"`` for a derivation).
+    source_sfreq : list of float
+        Each channel's rate in the file (a derivation's: the lower of its two).
+    """
+
+    data: np.ndarray
+    sfreq: float
+    names: list[str]
+    labels: list[str]
+    source_sfreq: list[float]
+
+
+def read_channels(
+    path: str | Path,
+    channels: Sequence[str] = ("EEG Fpz-Cz",),
+    sfreq: float | None = None,
+    aliases: Mapping[str, Sequence[str]] | None = None,
+    hint: str | None = None,
+) -> Signals:
+    """Read channels of a PSG file, each resampled to ``sfreq``, in microvolts.
+
+    Channels are found by label, alias or derivation (:func:`dsn.data.channels.resolve_channels`). Plain
+    EDF/EDF+C files with 16-bit records (all of Sleep-EDF) are decoded directly from the data records with
+    numpy: only the requested channels' samples are touched, each at its own rate, and a channel at the file's
+    fastest rate gets exactly the values :func:`mne.io.read_raw_edf` returns (times 1e6, as float32). Anything
+    unusual (EDF+D, duplicate names, a zero range, a size that disagrees with the header) is read with MNE
+    (which gives every channel the file's fastest rate). Resampling is polyphase
+    (:func:`scipy.signal.resample_poly`, see :func:`_resample`) on either path, channel by channel.
+
+    Parameters
+    ----------
+    path : str or Path
+        A PSG EDF file.
+    channels : sequence of str, default ("EEG Fpz-Cz",)
+        Labels, aliases or derivations ``"NAME=PLUS-MINUS"``.
+    sfreq : float, optional
+        Rate of every returned channel. ``None``: the channels' own rate, which must then be the same.
+    aliases : mapping, optional
+        ``{canonical: [alias, ...]}`` added to the built-in table (a data set profile's, the user's).
+    hint : str, optional
+        The fix a missing-channel message ends with (default: set ``data.channels`` or
+        ``data.channel_aliases``).
+
+    Raises
+    ------
+    DataError
+        For a missing or unreadable file, a missing or ambiguous channel (one line: the file, the channels it
+        has, the names tried and the fix), or channels of different rates with ``sfreq=None``.
+    """
+    path = Path(path)
+    layout, resolved = _locate(path, channels, aliases, hint)
+    wanted = list(dict.fromkeys(label for _, plus, minus in resolved for label in (plus, minus) if label))
+    read: dict[str, tuple[np.ndarray, float]] = {}
+    if layout is not None:
+        for label in wanted:
+            fast = _read_channel(path, layout, label)
+            if fast is not None:
+                read[label] = fast
+    missing = [label for label in wanted if label not in read]
+    if missing:
+        read.update(_read_channels_mne(path, missing))
+    rates = [min(read[plus][1], read[minus][1]) if minus else read[plus][1] for _, plus, minus in resolved]
+    if sfreq is None and len(set(rates)) > 1:
+        raise DataError(f"{path}: the channels have different rates ({', '.join(f'{r:g}' for r in rates)} Hz); "
+                        "give a common rate (data.sfreq).")
+    target = float(rates[0] if sfreq is None else sfreq)
+
+    def at_target(label: str) -> np.ndarray:
+        signal, rate = read[label]
+        return signal if abs(rate - target) <= 1e-6 else _resample(signal, rate, target)
+
+    out = []
+    for _, plus, minus in resolved:
+        x = at_target(plus)
+        if minus is not None:
+            ref = at_target(minus)
+            n = min(len(x), len(ref))
+            x = x[:n] - ref[:n]
+        out.append(x)
+    n = min(len(x) for x in out)
+    data = out[0][None, :n] if len(out) == 1 else np.stack([x[:n] for x in out])
+    return Signals(
+        data=data,
+        sfreq=target,
+        names=[spec.name for spec, _, _ in resolved],
+        labels=[plus if minus is None else f"{plus} - {minus}" for _, plus, minus in resolved],
+        source_sfreq=[float(r) for r in rates],
     )
 
 
-def _read_channel_mne(path: str | Path, channel: str) -> tuple[np.ndarray, float]:
-    """One channel at the file's rate through MNE (the fallback of :func:`read_eeg`)."""
+def locate_channels(
+    path: str | Path, channels: Sequence[str], aliases: Mapping[str, Sequence[str]] | None = None
+) -> list[tuple[str, str, float]]:
+    """``(name, file label, rate in Hz)`` of every channel of ``channels`` in a PSG file, read from its header
+    only (a derivation's label is ``"PLUS - MINUS"``, its rate the lower of the two).
+
+    Raises
+    ------
+    DataError
+        As :func:`read_channels` does for a missing file or channel.
+    """
+    path = Path(path)
+    layout, resolved = _locate(path, channels, aliases)
+    if layout is not None:
+        rates = {label: float(n / layout.record_sec) for label, n in zip(layout.labels, layout.n_samples)}
+    else:
+        rates = {}
+    out = []
+    for spec, plus, minus in resolved:
+        rate = min(rates.get(plus, np.nan), rates.get(minus, np.inf) if minus else np.inf) if rates else np.nan
+        out.append((spec.name, plus if minus is None else f"{plus} - {minus}", float(rate)))
+    return out
+
+
+_CHANNEL_HINT = ("Set data.channels to channels of this file, or add the file's label to data.channel_aliases "
+                 "({canonical: [alias, ...]}).")
+
+
+def _locate(path: Path, channels: Sequence[str], aliases: Mapping[str, Sequence[str]] | None, hint: str | None = None):
+    """The file's layout (``None``: MNE reads it) and the labels to read for each channel."""
+    from dsn.data.channels import resolve_channels
+
+    check_edf_size(path)
+    layout = _edf_layout(path)
+    names = layout.names if layout is not None else list(_open_mne(path).ch_names)
+    try:
+        return layout, resolve_channels(list(channels), names, aliases)
+    except ValueError as e:
+        raise DataError(f"{path}: {e}. {hint or _CHANNEL_HINT}") from None
+
+
+def _open_mne(path: Path):
     import mne
 
     try:
-        raw = mne.io.read_raw_edf(path, preload=False, verbose="error")
+        return mne.io.read_raw_edf(path, preload=False, verbose="error")
     except Exception as e:  # MNE raises many types for broken files
         raise DataError(f"{path}: MNE could not read this EDF file ({type(e).__name__}: {e}).") from None
-    if channel not in raw.ch_names:
-        raise _channel_not_found(path, channel, raw.ch_names)
-    raw.pick([channel]).load_data(verbose="error")
+
+
+def _read_channels_mne(path: Path, labels: list[str]) -> dict[str, tuple[np.ndarray, float]]:
+    """Channels at the file's fastest rate through MNE (the fallback of :func:`read_channels`)."""
+    raw = _open_mne(path)
+    raw.pick(labels).load_data(verbose="error")
     # MNE returns volts; Sleep-EDF tools (and the official DeepSleepNet data) use microvolts.
-    return (raw.get_data()[0] * 1e6).astype(np.float32), float(raw.info["sfreq"])
+    data = raw.get_data(picks=labels)
+    sfreq = float(raw.info["sfreq"])
+    return {label: ((data[i] * 1e6).astype(np.float32), sfreq) for i, label in enumerate(labels)}
+
+
+#: Largest up/down factor resampled in one polyphase step (the filter has about 20 x that many taps).
+_MAX_POLY_FACTOR = 5000
 
 
 def _resample(signal: np.ndarray, sfreq_from: float, sfreq_to: float) -> np.ndarray:
-    """Polyphase resampling to ``sfreq_to``; ``round(n * sfreq_to / sfreq_from)`` samples, float32."""
+    """Resample to ``sfreq_to``: exactly ``round(n * sfreq_to / sfreq_from)`` samples, float32.
+
+    Polyphase (:func:`scipy.signal.resample_poly`) by the exact ratio of the two rates. A ratio whose terms
+    exceed :data:`_MAX_POLY_FACTOR` (e.g. 100 / 511.87 Hz) is resampled in the frequency domain
+    (:func:`scipy.signal.resample`) instead of by an approximate ratio, which would shorten or stretch a
+    night by seconds.
+    """
     from fractions import Fraction
 
-    from scipy.signal import resample_poly
+    from scipy.signal import resample, resample_poly
 
-    ratio = (Fraction(sfreq_to).limit_denominator(10**6) / Fraction(sfreq_from).limit_denominator(10**6)).limit_denominator(1000)
+    ratio = Fraction(sfreq_to).limit_denominator(10**6) / Fraction(sfreq_from).limit_denominator(10**6)
     n_out = int(round(len(signal) * sfreq_to / sfreq_from))
-    out = resample_poly(np.asarray(signal, dtype=np.float64), ratio.numerator, ratio.denominator)
+    x = np.asarray(signal, dtype=np.float64)
+    if max(ratio.numerator, ratio.denominator) > _MAX_POLY_FACTOR:
+        return resample(x, n_out).astype(np.float32)
+    out = resample_poly(x, ratio.numerator, ratio.denominator)
     return out[:n_out].astype(np.float32)
 
 
@@ -309,15 +454,15 @@ def _edf_layout(path: Path) -> _EdfLayout | None:
 
 
 def _read_channel(path: Path, layout: _EdfLayout, channel: str) -> tuple[np.ndarray, float] | None:
-    """Decode one channel's samples from the data records, in microvolts, exactly as MNE would return them
-    (``((d * cal + offset) * unit) * 1e6`` in float64, then float32); ``None`` when MNE must read it."""
+    """Decode one channel's samples from the data records at the channel's own rate, in microvolts, with MNE's
+    arithmetic (``((d * cal + offset) * unit) * 1e6`` in float64, then float32: a channel at the file's fastest
+    rate is exactly what MNE returns; MNE upsamples slower ones); ``None`` when MNE must read it."""
     i = layout.labels.index(channel)
-    fast = [k for k, label in enumerate(layout.labels) if label not in _TAL_NAMES]
-    n_ch, max_samples = int(layout.n_samples[i]), int(layout.n_samples[fast].max())
+    n_ch = int(layout.n_samples[i])
     d_range = layout.digital_max[i] - layout.digital_min[i]
     p_range = layout.physical_max[i] - layout.physical_min[i]
-    if n_ch != max_samples or not np.isfinite(d_range) or d_range == 0 or p_range == 0:
-        return None  # MNE upsamples slower channels to the fastest rate and patches zero ranges
+    if not np.isfinite(d_range) or d_range == 0 or p_range == 0:
+        return None  # MNE patches zero ranges
     cal = p_range / d_range
     offset = layout.physical_min[i] - layout.digital_min[i] * cal
     unit = layout.units[i]
@@ -329,7 +474,7 @@ def _read_channel(path: Path, layout: _EdfLayout, channel: str) -> tuple[np.ndar
     out = np.empty((layout.n_records, n_ch), dtype=np.float32)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         _decode(buf, layout.header_bytes, (layout.n_records, record), first, out, table, scale, shift, exact_affine)
-    return out.reshape(-1), float(max_samples / layout.record_sec)
+    return out.reshape(-1), float(n_ch / layout.record_sec)
 
 
 def _sample_scaling(cal: float, offset: float, gain: float) -> tuple[np.ndarray, float, float, bool]:

@@ -88,15 +88,27 @@ def scale_stats(x: np.ndarray, method: NormalizeMethod, sfreq: float | None = No
 def normalize(x: np.ndarray, method: NormalizeMethod, sfreq: float | None = None,
               stats_from: np.ndarray | None = None) -> np.ndarray:
     """``x`` normalised with the statistics (:func:`scale_stats`) of ``stats_from`` (default ``x`` itself), as
-    float32.
+    float32, each channel by its own.
 
-    ``"none"`` returns ``x`` unchanged (no copy). Otherwise a new array ``(x - center) / scale``.
+    ``x`` is ``(n_epochs, n_chans, n_times)`` (any other shape is one channel). ``"none"`` returns ``x``
+    unchanged (no copy). Otherwise a new array ``(x - center) / scale`` with one centre and scale per channel
+    (an EOG is not scaled by the EEG's amplitude).
     """
     if method == "none":
         scale_stats(x, method)  # validates the name
         return x
-    center, scale = scale_stats(x if stats_from is None else stats_from, method, sfreq)
-    return ((np.asarray(x, dtype=np.float32) - np.float32(center)) / np.float32(scale)).astype(np.float32, copy=False)
+    src = x if stats_from is None else stats_from
+    if np.ndim(x) != 3 or np.shape(x)[1] == 1:
+        center, scale = scale_stats(src, method, sfreq)
+        return ((np.asarray(x, dtype=np.float32) - np.float32(center)) / np.float32(scale)).astype(np.float32, copy=False)
+    out = np.empty(np.shape(x), dtype=np.float32)
+    for c in range(out.shape[1]):
+        try:
+            center, scale = scale_stats(np.asarray(src)[:, c], method, sfreq)
+        except ValueError as e:
+            raise ValueError(f"channel {c + 1} of {out.shape[1]}: {e}") from None
+        out[:, c] = (np.asarray(x[:, c], dtype=np.float32) - np.float32(center)) / np.float32(scale)
+    return out
 
 
 def sleep_window(stages: np.ndarray, trim_minutes: float | None, epoch_sec: float = 30.0, wake: int = 0) -> slice:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from dsn.data import cache
+from dsn.data.channels import DEFAULT_CHANNELS, channel_names, merge_aliases, parse_channel
 from dsn.data.edf import (
     UNANNOTATED,
     RecordingFiles,
     epoch_labels,
-    read_eeg,
+    read_channels,
     read_hypnogram,
     trim_and_clean,
 )
@@ -26,24 +28,64 @@ class Preprocessing:
 
     Parameters
     ----------
-    channel : EEG channel name (``EEG Fpz-Cz`` as in the paper; ``EEG Pz-Oz`` also exists).
-    sfreq : sampling rate after resampling, Hz.
-    epoch_sec : epoch length, seconds.
-    trim_minutes : wake kept before the first / after the last sleep epoch (``None``: keep all).
-    unscored : ``"drop"`` (official code) or ``"mask"`` (keep as ``IGNORE_INDEX`` so sequences stay contiguous).
-    length_mismatch : ``"raise"`` or ``"crop"`` when hypnogram and signal lengths disagree.
+    channels : tuple of str, default ("EEG Fpz-Cz",)
+        The channels, in order: labels, aliases or derivations ``"NAME=PLUS-MINUS"`` (see
+        :mod:`dsn.data.channels`); a single string is one channel. ``EEG Fpz-Cz`` as in the paper.
+    sfreq : float, default 100.0
+        Sampling rate of every channel after resampling, Hz.
+    epoch_sec : float, default 30.0
+        Epoch length, seconds.
+    trim_minutes : float or None, default 30.0
+        Wake kept before the first / after the last sleep epoch (``None``: keep all).
+    unscored : {"drop", "mask"}, default "drop"
+        Unscored epochs removed (official code) or kept as ``IGNORE_INDEX`` so sequences stay contiguous.
+    length_mismatch : {"raise", "crop"}, default "raise"
+        What to do when hypnogram and signal lengths disagree.
+    channel_aliases : mapping, optional
+        ``{canonical: [alias, ...]}`` added to the built-in alias table (a profile's, the user's).
+
+    Raises
+    ------
+    ValueError
+        For no channel, a malformed derivation, or two channels of the same name.
     """
 
-    channel: str = "EEG Fpz-Cz"
+    channels: tuple[str, ...] = DEFAULT_CHANNELS
     sfreq: float = 100.0
     epoch_sec: float = 30.0
     trim_minutes: float | None = 30.0
     unscored: Literal["drop", "mask"] = "drop"
     length_mismatch: Literal["raise", "crop"] = "raise"
+    channel_aliases: Mapping[str, Sequence[str]] | None = None
+
+    def __post_init__(self) -> None:
+        chans = (self.channels,) if isinstance(self.channels, str) else tuple(str(parse_channel(c)) for c in self.channels)
+        if not chans:
+            raise ValueError("channels: give at least one channel, e.g. [EEG Fpz-Cz]")
+        names = channel_names(chans)
+        if len(set(names)) != len(names):
+            raise ValueError(f"channels: {list(chans)} names a channel twice")
+        object.__setattr__(self, "channels", tuple(str(parse_channel(c)) for c in chans))
+        object.__setattr__(self, "channel_aliases", merge_aliases(self.channel_aliases) or None)
+
+    @property
+    def n_chans(self) -> int:
+        return len(self.channels)
+
+    @property
+    def channel_names(self) -> list[str]:
+        """The channels' names (a derivation's name without its formula)."""
+        return channel_names(self.channels)
 
     @property
     def n_times(self) -> int:
         return int(round(self.epoch_sec * self.sfreq))
+
+    def params(self) -> dict[str, Any]:
+        """The parameters as a JSON-able dict (the cache key's and the meta file's)."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["channels"] = list(self.channels)
+        return d
 
 
 @dataclass
@@ -77,18 +119,19 @@ def preprocess(files: RecordingFiles, prep: Preprocessing) -> tuple[np.ndarray, 
 
     Returns
     -------
-    x : ndarray (n_epochs, 1, n_times) float32 microvolts
+    x : ndarray (n_epochs, n_chans, n_times) float32 microvolts
     y : ndarray (n_epochs,) int64
     """
-    epochs, keep, y = _prepare(files, prep)
+    epochs, keep, y, _ = _prepare(files, prep)
     return np.ascontiguousarray(epochs[keep]), y
 
 
-def _prepare(files: RecordingFiles, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The recording's epochs (all of them: a view of the signal), the indices of those to keep, and their labels."""
-    signal, sfreq = read_eeg(files.psg, prep.channel, prep.sfreq)
+def _prepare(files: RecordingFiles, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """The recording's epochs (all of them; for one channel a view of the signal), the indices of those to keep,
+    their labels, and what was read (file labels and rates per channel)."""
+    sig = read_channels(files.psg, prep.channels, prep.sfreq, prep.channel_aliases)
     n_times = prep.n_times
-    n_epochs = len(signal) // n_times
+    n_epochs = sig.data.shape[1] // n_times
     onsets, durations, labels = read_hypnogram(files.hypnogram, RK_TO_AASM)
     y = epoch_labels(
         onsets, durations, labels, n_epochs, prep.epoch_sec, RK_TO_AASM, prep.length_mismatch, str(files.hypnogram)
@@ -96,7 +139,13 @@ def _prepare(files: RecordingFiles, prep: Preprocessing) -> tuple[np.ndarray, np
     keep = trim_and_clean(y, prep.trim_minutes, prep.epoch_sec, prep.unscored, source=str(files.hypnogram))
     y = y[keep]
     y[y == UNANNOTATED] = IGNORE_INDEX
-    return signal[: n_epochs * n_times].reshape(n_epochs, 1, n_times), keep, y
+    data = sig.data[:, : n_epochs * n_times]
+    if len(data) == 1:
+        epochs = data.reshape(n_epochs, 1, n_times)
+    else:  # (n_chans, n_epochs, n_times) -> (n_epochs, n_chans, n_times), contiguous for the cache writer
+        epochs = np.ascontiguousarray(data.reshape(len(data), n_epochs, n_times).transpose(1, 0, 2))
+    info = {"labels": sig.labels, "source_sfreq": sig.source_sfreq}
+    return epochs, keep, y, info
 
 
 def load_recording(
@@ -105,23 +154,31 @@ def load_recording(
     """Load a recording, from the cache when present, else from EDF (then written to the cache).
 
     A cache entry is written straight from the decoded signal (the kept epochs are never copied in memory)
-    and returned memory-mapped.
+    and returned memory-mapped. The entry's key holds the channels and aliases, so another channel set never
+    reads it; its ``meta.json`` records the file labels read and their rates (``meta["channels"]``).
     """
-    params = {k: getattr(prep, k) for k in prep.__dataclass_fields__}
+    params = prep.params()
     folder = None
     if use_cache:
         cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir()
         folder = cache_dir / f"{files.name}-{cache.cache_key([files.psg, files.hypnogram], params)}"
         entry = cache.load_entry(folder)
-        if entry is not None:
+        if entry is not None and _entry_fits(entry, prep):
             x, y, meta = entry
             return Recording(files.name, files.subject, files.night, x, y, prep.sfreq, meta)
-    epochs, keep, y = _prepare(files, prep)
-    meta = {"psg": str(files.psg), "hypnogram": str(files.hypnogram), "params": params}
+    epochs, keep, y, info = _prepare(files, prep)
+    meta = {"psg": str(files.psg), "hypnogram": str(files.hypnogram), "params": params, "channels": info}
     if folder is not None:
         cache.write_entry(folder, epochs, y, meta, rows=keep)
         entry = cache.load_entry(folder)
-        if entry is not None:
+        if entry is not None and _entry_fits(entry, prep):
             x, y, meta = entry
             return Recording(files.name, files.subject, files.night, x, y, prep.sfreq, meta)
     return Recording(files.name, files.subject, files.night, np.ascontiguousarray(epochs[keep]), y, prep.sfreq, meta)
+
+
+def _entry_fits(entry: tuple[np.ndarray, np.ndarray, dict], prep: Preprocessing) -> bool:
+    """Whether a cache entry has the shape ``prep`` makes (a stale or foreign entry is rebuilt, never used)."""
+    x = entry[0]
+    return x.ndim == 3 and x.shape[1:] == (prep.n_chans, prep.n_times)
+

@@ -59,6 +59,14 @@ disagree and a choice had to be made:
     rejected at construction, where TF's ``"SAME"`` padding would silently pad with zeros; so are
     strides that leave a pooling layer fewer samples than its window (``ValueError`` naming the stride).
 11. **Outputs are logits.** No softmax is applied; the loss (e.g. ``cross_entropy``) does it.
+12. **Several channels.** The paper and the official code read one EEG channel. Here the first
+    convolution of each branch takes all ``n_chans`` channels (``Conv1d(n_chans, 64, kernel)``), so
+    EEG and EOG are combined from the first layer on; everything after it is unchanged, and the
+    first convs have ``n_chans`` times the weights (``n_chans=1`` is the paper's network exactly).
+    braindecode's DeepSleepNet also takes ``n_chans``, but its ``Conv2d(1, 64, (1, kernel))``
+    applies the same filters to each channel separately and the channels meet only where the
+    features are flattened; mixing them in the first layer lets a filter weigh an eye movement in
+    the EOG against the EEG at the same moment.
 """
 
 from __future__ import annotations
@@ -279,7 +287,8 @@ class DeepFeatureNet(nn.Module):
     Parameters
     ----------
     n_chans : int, default 1
-        Input channels (1 in the paper: Fpz-Cz).
+        Input channels (1 in the paper: Fpz-Cz), all taken by each branch's first conv (Implementation
+        Differences, 12). In a training config it follows the number of ``data.channels``.
     sfreq : float, default 100.0
         Sampling rate in Hz; sets the default kernels and strides and ``n_times``.
     n_times : int, optional

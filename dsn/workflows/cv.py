@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from dsn.data.channels import pick_channels
 from dsn.errors import ConfigError
 
 #: DeepSleepNet, Sleep-EDF-20 Fpz-Cz, 20-fold CV (Supratak et al. 2017, Table III/IV).
@@ -205,7 +206,7 @@ def run_cv(cfg, folds: int | None = None, out: str | None = None, resume: bool =
                             "model_uri": model_uri, "predictions": preds, "val_predictions": val_preds})
             if register_fold == k and model_uri:
                 version = tracking.register_model(uri, model_uri, register_name, {
-                    "dataset": Path(str(cfg.data.data_dir)).name, "channel": cfg.data.channel, "sfreq": str(cfg.data.sfreq),
+                    "dataset": Path(str(cfg.data.data_dir)).name, "channel": ", ".join(pick_channels(cfg.data.channels, cfg.data.channel)), "sfreq": str(cfg.data.sfreq),
                     "fold": f"{k}/{folds}", "cv_run_id": parent, "run_id": run_id,
                     **{f"test/{m}": f"{v:.4f}" for m, v in metrics[fcfg.stages[-1]].items() if m.startswith("test/") and m[5:] in ("f1_macro", "kappa", "acc")}})  # fmt: skip
                 if verbose:

@@ -271,7 +271,8 @@ def _run_fit(
         run_id = tracking.start_run(uri, exp_id, name, parent=parent_run_id,
                                     tags={"dsn.kind": kind, **tracking.environment_tags(), **(tags or {})})
     run_ids = [run_id]
-    ctx = _Context(cfg, d, uri, exp_id, run_id, home / "checkpoints" / run_id, bool(resume), callbacks, verbose, bool(changed))
+    ctx = _Context(cfg, d, uri, exp_id, run_id, home / "checkpoints" / run_id, bool(resume), callbacks, verbose, bool(changed),
+                   dm=dm)
     results: list[StageResult] = []
     registered = None
 
@@ -334,7 +335,7 @@ def _run_fit_other_rank(cfg, d, dm, uri, home, kind, resume, parent_run_id, allo
         exp_id = exp.experiment_id
         run_id, changed = _resume_run(uri, exp_id, cfg, resume, kind, parent_run_id, allow_config_change, reopen=False)
     root = home / "checkpoints" / (run_id or "pending-rank0")  # replaced by rank 0's folder at the first trainer.fit
-    ctx = _Context(cfg, d, uri, exp_id, run_id, root, bool(resume), callbacks, False, bool(changed), zero=False)
+    ctx = _Context(cfg, d, uri, exp_id, run_id, root, bool(resume), callbacks, False, bool(changed), zero=False, dm=dm)
     results: list[StageResult] = []
     feature_net = _feature_net(ctx)
     for stage in cfg.stages:
@@ -367,6 +368,7 @@ class _Context:
     verbose: bool
     config_changed: bool = False
     zero: bool = True  # global rank 0: the only rank that writes to MLflow, the registry and the checkpoint folder
+    dm: Any = None  # the SleepEDFDataModule: the logged model's preprocessing comes from it
 
 
 def _resume_run(uri, exp_id, cfg, resume, kind, parent_run_id, allow_change, reopen: bool = True) -> str:
@@ -411,8 +413,7 @@ def _scorer_config(ctx: _Context) -> dict[str, Any]:
 
 
 def _preprocessing(ctx: _Context) -> dict[str, Any]:
-    data = ctx.d["data"]
-    return {k: data[k] for k in ("channel", "sfreq", "epoch_sec", "trim_minutes", "unscored", "normalize")}
+    return ctx.dm.scorer_preprocessing()
 
 
 def _pretrain_system(ctx: _Context, feature_net):
@@ -636,7 +637,8 @@ def _registry_tags(ctx: _Context, final: StageResult, extra: dict | None) -> dic
 
     data = ctx.d["data"]
     tags = {
-        "dataset": Path(str(data["data_dir"])).name, "channel": data["channel"], "sfreq": str(data["sfreq"]),
+        "dataset": Path(str(data["data_dir"])).name, "channel": ", ".join(ctx.dm.prep.channel_names),
+        "sfreq": str(data["sfreq"]),
         "fold": f"{data['fold']}/{data['n_folds']}", "stage": final.name, "run_id": ctx.run_id,
     }  # fmt: skip
     split = "test" if "test/f1_macro" in final.metrics else "val"

@@ -1,7 +1,7 @@
 """``dsn predict``: score whole nights of PSG recordings that have no hypnogram.
 
-For each recording: read the model's channel (resampled when the file's rate is higher), cut 30-s
-epochs, normalise them as the model's training data was (:func:`scaled_proba`), stream the sequence model
+For each recording: read the model's channels (found by name or alias, resampled to the model's rate), cut
+30-s epochs, normalise them as the model's training data was (:func:`scaled_proba`), stream the sequence model
 over the night with its LSTM state carried from chunk to chunk, and write, next to each other in ``--out``:
 
 - ``<name>_hypnogram.csv``: epoch onset (s), stage, one probability column per class;
@@ -61,9 +61,31 @@ def scaled_proba(scorer, x: np.ndarray, source: str = "recording") -> np.ndarray
         raise ConfigError(f"{source}: {e}") from None
 
 
-def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str | None = None,
+def model_channels(preprocessing: dict[str, Any]) -> list[str]:
+    """The channels a model reads, in order (``preprocessing["channels"]``; a model saved before several
+    channels existed has one ``"channel"``)."""
+    chans = preprocessing.get("channels")
+    return list(chans) if chans else [preprocessing.get("channel") or "EEG Fpz-Cz"]
+
+
+def _channels_to_read(prep: dict[str, Any], channel: str | Sequence[str] | None, path) -> list[str]:
+    chans = model_channels(prep)
+    if channel is None:
+        return chans
+    given = [channel] if isinstance(channel, str) else list(channel)
+    if len(given) != len(chans):
+        raise ConfigError(f"{path}: --channel names {len(given)} channel(s) but the model reads {len(chans)} "
+                          f"({', '.join(chans)}); name one of this file's channels for each, in that order.")
+    return given
+
+
+def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str | Sequence[str] | None = None,
                     hypnogram: str | Path | None = None, model_ref: str = "") -> dict[str, Any]:
-    """Score one recording and write its four outputs; returns the summary (also written as JSON)."""
+    """Score one recording and write its four outputs; returns the summary (also written as JSON).
+
+    The model's channels are read by their names and aliases (its ``channel_aliases``); ``channel`` reads
+    other labels of this file in their place (one per model channel, in the model's order).
+    """
     from dsn import plots
     from dsn.data.psg import read_epochs
     from dsn.hypnogram import agreement, atomic_write, sleep_statistics, write_csv, write_edf_hypnogram
@@ -72,7 +94,8 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
     t = time.perf_counter()
     prep = scorer.preprocessing
     epoch_sec = float(prep.get("epoch_sec", 30.0))
-    inp = read_epochs(path, channel or prep["channel"], scorer.sfreq, epoch_sec)
+    inp = read_epochs(path, _channels_to_read(prep, channel, path), scorer.sfreq, epoch_sec,
+                      prep.get("channel_aliases"), prep.get("source_sfreq"))
     timings["read_s"] = time.perf_counter() - t
     t = time.perf_counter()
     if inp.x.shape[-1] != scorer.n_times:
@@ -90,7 +113,8 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
     with atomic_write(files["png"]) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     summary: dict[str, Any] = {
-        "recording": str(path), "name": inp.name, "channel": inp.channel, "source_sfreq": inp.source_sfreq,
+        "recording": str(path), "name": inp.name, "channel": inp.channel, "channels": inp.channels,
+        "labels": inp.labels, "source_sfreq": inp.source_sfreq, "source_sfreqs": inp.source_sfreqs,
         "sfreq": inp.sfreq, "n_epochs": int(len(stages)), "model": model_ref, "model_kind": scorer.kind,
         "statistics": sleep_statistics(stages, epoch_sec), "files": {k: str(v) for k, v in files.items()},
     }  # fmt: skip
@@ -130,7 +154,7 @@ def main(a) -> list[dict[str, Any]]:
     load_s = time.perf_counter() - t
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"model {a.model}: {scorer.kind} model, channel {scorer.preprocessing['channel']}, {scorer.sfreq:g} Hz "
+    print(f"model {a.model}: {scorer.kind} model, channels {', '.join(model_channels(scorer.preprocessing))}, {scorer.sfreq:g} Hz "
           f"(loaded in {load_s:.2f} s)")
     results = []
     for i, rec in enumerate(a.recordings):
