@@ -21,8 +21,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from dsn import evaluation
 from dsn.data.edf import DataError
-from dsn.data.labels import IGNORE_INDEX, N_CLASSES, STAGES, stage_names
+from dsn.data.labels import IGNORE_INDEX, N_CLASSES, STAGES
 
 __all__ = [
     "HypnogramTable",
@@ -32,6 +33,7 @@ __all__ = [
     "read_csv",
     "sleep_statistics",
     "write_csv",
+    "write_edf_annotations",
     "write_edf_hypnogram",
 ]
 
@@ -207,33 +209,17 @@ def format_sleep_statistics(stats: Mapping[str, float]) -> str:
 # Agreement with an expert hypnogram
 # --------------------------------------------------------------------------------------------
 def agreement(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str] = STAGES) -> dict[str, Any]:
-    """Epoch-by-epoch agreement between an expert hypnogram and a predicted one.
+    """Epoch-by-epoch agreement between an expert hypnogram and a predicted one, inputs checked.
 
-    Epochs where either hypnogram is unscored (negative) are left out.
-
-    Parameters
-    ----------
-    y_true, y_pred : ndarray, shape (n_epochs,), int
-        Expert and predicted stage indices (``-1`` = unscored).
-    class_names : sequence of str, default ``STAGES``
-        Class names in index order (keys of the per-class values).
-
-    Returns
-    -------
-    dict
-        ``confusion``: ndarray (C, C) int64, rows true, columns predicted; ``n_epochs``: epochs
-        compared; ``n_ignored``: epochs left out; every key of
-        :func:`dsn.systems.metrics.metrics_from_confusion` (``acc``, ``f1_macro``, ``kappa``,
-        ``f1_<name>``); ``precision_<name>`` (correct / predicted as that class) and
-        ``recall_<name>`` (correct / truly that class), NaN when the denominator is 0.
+    :func:`dsn.evaluation.agreement` after checking both hypnograms (1-D stage indices in ``-2..C-1``,
+    ``-1`` = unscored, equal lengths). It returns ``confusion`` (rows true), ``n_epochs``, ``n_ignored``
+    (epochs unscored on either side) and ``acc``, ``f1_macro``, ``kappa``, ``f1_/precision_/recall_<name>``.
 
     Raises
     ------
     DataError
         If the two hypnograms differ in length or hold values outside ``-2..C-1``.
     """
-    from dsn.systems.metrics import metrics_from_confusion
-
     n_classes = len(class_names)
     t = _as_stages(y_true, "y_true", n_classes)
     p = _as_stages(y_pred, "y_pred", n_classes)
@@ -242,18 +228,7 @@ def agreement(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]
             f"agreement: the expert hypnogram has {t.size} epochs but the prediction has {p.size}; "
             "check that both come from the same recording and epoch length."
         )
-    keep = (t >= 0) & (p >= 0)
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (t[keep], p[keep]), 1)
-    tp = np.diag(cm).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(cm.sum(0) > 0, tp / cm.sum(0), np.nan)
-        recall = np.where(cm.sum(1) > 0, tp / cm.sum(1), np.nan)
-    out: dict[str, Any] = {"confusion": cm, "n_epochs": int(keep.sum()), "n_ignored": int((~keep).sum())}
-    out |= metrics_from_confusion(cm, class_names)
-    out |= {f"precision_{n}": float(v) for n, v in zip(class_names, precision)}
-    out |= {f"recall_{n}": float(v) for n, v in zip(class_names, recall)}
-    return out
+    return evaluation.agreement(t, p, class_names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,27 +429,61 @@ def write_edf_hypnogram(
         On invalid or empty ``stages``, ``epoch_sec <= 0``, or a ``start`` outside the years EDF can
         store (1985-2084).
     """
-    from edfio import Edf, EdfAnnotation, Recording
-
-    from dsn.data.synth import hypnogram_annotations
-
     y = _as_stages(stages)
     if y.size == 0:
         raise DataError(f"{path}: empty hypnogram, nothing to write.")
     if not epoch_sec > 0:
         raise DataError(f"epoch_sec={epoch_sec}: the epoch length must be positive (30 s in Sleep-EDF).")
+    names = {i: f"Sleep stage {code}" for i, code in enumerate(("W", "1", "2", "3", "R"))}
+    anns = [(float(s * epoch_sec), float(n * epoch_sec), names.get(int(v), "Sleep stage ?")) for v, s, n in _runs(y)]
+    return write_edf_annotations(path, anns, start)
+
+
+def _runs(values: np.ndarray) -> list[tuple[int, int, int]]:
+    """Runs of equal values: ``(value, first index, length)``; every negative value counts as one."""
+    v = np.where(values < 0, -1, values)
+    starts = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
+    lengths = np.diff(np.r_[starts, v.size])
+    return [(int(v[s]), int(s), int(n)) for s, n in zip(starts, lengths)]
+
+
+def write_edf_annotations(
+    path: str | Path, annotations: Sequence[tuple[float, float, str]], start: _dt.datetime | None = None
+) -> Path:
+    """Write an annotations-only EDF+ file.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file (written atomically).
+    annotations : sequence of (onset_s, duration_s, text)
+        Onset and duration in seconds from the recording start.
+    start : datetime.datetime, optional
+        Recording start written in the header (time zone ignored); ``None`` writes an unknown date.
+
+    Returns
+    -------
+    Path
+        The file written (``path``).
+
+    Raises
+    ------
+    DataError
+        When ``start`` is outside the years EDF can store (1985-2084).
+    """
+    from edfio import Edf, EdfAnnotation, Recording
+
     if start is not None and not 1985 <= start.year <= 2084:
         raise DataError(
             f"{path}: start {start.isoformat()} cannot be stored: EDF only allows dates from 1985 to 2084. "
-            "Pass start=None to write the hypnogram without a date."
+            "Pass start=None to write the file without a date."
         )
-    anns = hypnogram_annotations(stage_names(y), tail_epochs=0, epoch_sec=float(epoch_sec))
     recording = Recording(startdate=start.date(), equipment_code="dsn") if start else Recording(equipment_code="dsn")
     edf = Edf(
         [],
         recording=recording,
         starttime=start.time().replace(tzinfo=None) if start else None,
-        annotations=[EdfAnnotation(o, d, text) for o, d, text in anns],
+        annotations=[EdfAnnotation(o, d, text) for o, d, text in annotations],
     )
     with atomic_write(path) as tmp:
         edf.write(tmp)

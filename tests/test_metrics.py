@@ -9,8 +9,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa, MulticlassF1Score
+from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, precision_score, recall_score
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassCohenKappa,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
 
 from dsn.data.labels import IGNORE_INDEX, STAGES
 from dsn.systems.metrics import SleepStageMetrics, format_report, metrics_from_confusion
@@ -245,3 +250,65 @@ def test_ddp_sync_gloo() -> None:
     preds, target, y, p = make_case(7, "logits2d")
     expected_cm = torch.from_numpy(confusion_matrix(y, p, labels=list(range(C))))
     mp.spawn(_ddp_worker, args=(2, _free_port(), preds, target, expected_cm), nprocs=2, join=True)
+
+
+# --------------------------------------------------------------------------- dsn.evaluation (numpy only)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_evaluation_confusion_matrix_matches_sklearn_with_ignore_index(seed: int) -> None:
+    from dsn import evaluation
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, C, 300)
+    p = np.where(rng.random(300) < 0.6, y, rng.integers(0, C, 300))
+    y[rng.random(300) < 0.15] = IGNORE_INDEX
+    y[:3] = -2  # the other unscored code is left out too
+    keep = y >= 0
+    cm = evaluation.confusion_matrix(y, p, C)
+    np.testing.assert_array_equal(cm, confusion_matrix(y[keep], p[keep], labels=list(range(C))))
+    assert_metrics_close(evaluation.metrics_from_confusion(cm), sklearn_reference(y[keep], p[keep]))
+    full = evaluation.metrics_from_confusion(cm, precision_recall=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prec = precision_score(y[keep], p[keep], labels=list(range(C)), average=None, zero_division=np.nan)
+        rec = recall_score(y[keep], p[keep], labels=list(range(C)), average=None, zero_division=np.nan)
+    for i, name in enumerate(STAGES):
+        assert full[f"precision_{name}"] == pytest.approx(prec[i], nan_ok=True)
+        assert full[f"recall_{name}"] == pytest.approx(rec[i], nan_ok=True)
+    # the torchmetrics state counts the same matrix from the same labels
+    m = SleepStageMetrics("val")
+    m.update(torch.from_numpy(p), torch.from_numpy(np.where(y < 0, IGNORE_INDEX, y)))
+    np.testing.assert_array_equal(m.confusion_matrix().numpy(), cm)
+
+
+def test_evaluation_confusion_of_and_agreement() -> None:
+    from types import SimpleNamespace
+
+    from dsn import evaluation
+
+    night1 = SimpleNamespace(y_true=np.array([0, 1, 2, -1]), proba=np.eye(C)[[0, 2, 2, 4]])
+    night2 = SimpleNamespace(y_true=np.array([4, 4]), y_pred=np.array([4, 3]))
+    cm = evaluation.confusion_of([night1, night2], C)
+    assert cm.sum() == 5 and cm[1, 2] == 1 and cm[4, 3] == 1 and cm[4, 4] == 1
+    a = evaluation.agreement(np.array([0, 0, -1, 2]), np.array([0, 2, 2, 2]))
+    assert (a["n_epochs"], a["n_ignored"]) == (3, 1)
+    assert a["precision_N2"] == pytest.approx(0.5) and a["recall_W"] == pytest.approx(0.5)
+    assert math.isnan(a["precision_N1"]) and math.isnan(a["f1_N1"])
+    with pytest.raises(ValueError, match="out of range"):
+        evaluation.confusion_matrix([0, 5], [0, 1], C)
+
+
+def test_evaluation_and_hypnogram_import_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, dsn.evaluation, dsn.hypnogram; "
+            "bad = [m for m in ('torch', 'torchmetrics', 'dsn.systems', 'dsn.data.synth') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_sleep_stage_metrics_is_a_torchmetrics_confusion_matrix() -> None:
+    m = SleepStageMetrics("val")
+    assert isinstance(m, MulticlassConfusionMatrix) and m.validate_args is False and m.ignore_index == IGNORE_INDEX

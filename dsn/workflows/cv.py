@@ -52,26 +52,15 @@ def stage_figures(preds_by_fold: Sequence[Sequence[Any]], class_names: Sequence[
     Returns a dict with ``pooled`` (acc, f1_macro, kappa, f1_/precision_/recall_<class>), ``confusion``
     (pooled counts, rows true), ``n_epochs``, ``per_fold`` (the same figures per fold), ``mean`` and ``sd``.
     """
-    from dsn.systems.metrics import metrics_from_confusion
-    from dsn.workflows.fit import confusion_of
-
-    def figures(cm: np.ndarray) -> dict[str, float]:
-        m = metrics_from_confusion(cm, class_names)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            prec = np.diag(cm) / cm.sum(0)
-            rec = np.diag(cm) / cm.sum(1)
-        for i, c in enumerate(class_names):
-            m[f"precision_{c}"] = float(prec[i])
-            m[f"recall_{c}"] = float(rec[i])
-        return m
+    from dsn.evaluation import confusion_of, metrics_from_confusion
 
     cms = [confusion_of(p, len(class_names)) for p in preds_by_fold]
     pooled_cm = np.sum(cms, axis=0) if cms else np.zeros((len(class_names),) * 2, dtype=np.int64)
-    per_fold = [figures(cm) for cm in cms]
+    per_fold = [metrics_from_confusion(cm, class_names, precision_recall=True) for cm in cms]
     keys = list(per_fold[0]) if per_fold else []
     mean = {k: float(np.nanmean([f[k] for f in per_fold])) for k in keys}
     sd = {k: float(np.nanstd([f[k] for f in per_fold], ddof=1)) if len(per_fold) > 1 else 0.0 for k in keys}
-    return {"pooled": figures(pooled_cm), "confusion": pooled_cm.tolist(), "n_epochs": int(pooled_cm.sum()),
+    return {"pooled": metrics_from_confusion(pooled_cm, class_names, precision_recall=True), "confusion": pooled_cm.tolist(), "n_epochs": int(pooled_cm.sum()),
             "per_fold": per_fold, "mean": mean, "sd": sd}
 
 
