@@ -169,6 +169,16 @@ def test_config_links_n_chans_and_keeps_the_deprecated_channel(tmp_path):
             config.set_key(cfg, "data.channels", bad)
 
 
+def test_eog_recipe_overlay_adds_the_eog_and_nothing_else():
+    from dsn import config
+
+    one = config.load_config(["conf/recommended.yaml"])
+    two = config.load_config(["conf/recommended.yaml", "conf/recommended-eog.yaml"])
+    assert two.data.channels == ["EEG Fpz-Cz", "EOG horizontal"] and two.net.n_chans == 2
+    diff = {k for k, v in config.training_items(two).items() if config.training_items(one).get(k) != v}
+    assert diff == {"data.channels", "net.n_chans"}
+
+
 def test_read_epochs_for_a_model_with_two_channels(tmp_path):
     from dsn.data.psg import read_epochs
 
