@@ -172,6 +172,11 @@ class SleepScorer(nn.Module):
             fwd = None
             proba = 0.0
             n_off = self.n_offsets if n_offsets is None else int(n_offsets)
+            if n_off > 1 and self.carry_state and net.bidirectional_mode == "official":
+                offsets = [round(k * self.seq_len / n_off) for k in range(n_off)]
+                seq = _offset_rows(net, feats, offsets, self.seq_len)  # (n_off, n, 2 * hidden)
+                proba = torch.softmax(net.classifier(net.dropout(shortcut + seq)), -1).sum(0)
+                return (proba / n_off).float().cpu().numpy()
             for k in range(n_off):
                 bounds = self.chunk_bounds(n, round(k * self.seq_len / n_off))
                 if self.carry_state and net.bidirectional_mode == "official":
@@ -217,6 +222,71 @@ class SleepScorer(nn.Module):
     def predict(self, x: np.ndarray | Tensor) -> np.ndarray:
         """``(n_epochs,)`` int64 class indices (argmax of :meth:`predict_proba`)."""
         return self.predict_proba(x).argmax(-1).astype(np.int64)
+
+
+def _lstm_rows(x_gates: Tensor, w_hh: Tensor, order: list[int], valid: list[Tensor | None]) -> Tensor:
+    """One LSTM layer's recurrence over precomputed input gates, the rows of a batch stepped together.
+
+    ``x_gates`` ``(T, B, 4 * hidden)`` holds ``x @ W_ih.T + b_ih + b_hh`` of every position (PyTorch's gate order
+    i, f, g, o); the positions are visited in ``order`` with the state carried from one to the next, starting
+    from zeros; ``valid[p]`` (``(B, 1)`` bool, or None when every row is valid) leaves the state of the rows
+    without an epoch at position ``p`` unchanged. Returns ``(T, B, hidden)``: each position's new hidden state.
+    Inference only (no dropout, no autograd graph kept).
+    """
+    t_len, b, four_h = x_gates.shape
+    hidden = four_h // 4
+    w = w_hh.t()
+    h = x_gates.new_zeros(b, hidden)
+    c = x_gates.new_zeros(b, hidden)
+    out = x_gates.new_empty(t_len, b, hidden)
+    for p in order:
+        gates = torch.addmm(x_gates[p], h, w)
+        s = gates.sigmoid()  # i, f, o (the g quarter is unused)
+        c_new = torch.addcmul(s[:, hidden : 2 * hidden] * c, s[:, :hidden], gates[:, 2 * hidden : 3 * hidden].tanh())
+        h_new = s[:, 3 * hidden :] * c_new.tanh()
+        if valid[p] is not None:
+            h_new, c_new = torch.where(valid[p], h_new, h), torch.where(valid[p], c_new, c)
+        h, c = h_new, c_new
+        out[p] = h
+    return out
+
+
+def _offset_rows(net: DeepSleepNet, feats: Tensor, offsets: list[int], seq_len: int) -> Tensor:
+    """The official bidirectional LSTM streamed over a night once per chunk offset, the offsets as rows of one batch.
+
+    Equal to :meth:`SleepScorer._official_stream` with :meth:`SleepScorer.chunk_bounds` of each offset (carried
+    state, eval mode), at the cost of one streaming plus a cheap recurrence per extra offset:
+
+    * the forward stack does not depend on the chunking: one call, shared by every row;
+    * the backward stack's first-layer input projection (``3072 -> 4 * hidden``, most of its work) depends on
+      the epoch only: computed once for the night; the recurrences of all offsets then step together, row
+      ``k`` shifted right by ``seq_len - first chunk`` positions so that every row's chunk boundaries fall on
+      multiples of ``seq_len``; positions outside a row's night leave its state unchanged.
+
+    ``(n_epochs, n_features)`` features in; ``(n_offsets, n_epochs, 2 * hidden_size)`` LSTM outputs out.
+    """
+    n = feats.shape[0]
+    pads = [seq_len - (o % seq_len or seq_len) for o in offsets]
+    n_chunks = -(-(max(pads) + n) // seq_len)
+    t_len = n_chunks * seq_len
+    idx = torch.arange(t_len, device=feats.device)[:, None] - torch.tensor(pads, device=feats.device)[None]  # (T, B)
+    inside = (idx >= 0) & (idx < n)
+    full = inside.all(1).tolist()
+    valid = [None if full[p] else inside[p, :, None] for p in range(t_len)]
+    # the backward reading: chunk after chunk, each from its last position down to its first
+    order = [p for t in range(n_chunks) for p in range((t + 1) * seq_len - 1, t * seq_len - 1, -1)]
+    h0, c0, _, _ = net.init_state(1, device=feats.device, dtype=feats.dtype)
+    fwd, _, _ = net._run_stack(net.fwd_layers, feats[None], h0, c0)  # (1, n, hidden)
+    x = None
+    for li, lstm in enumerate(net.bwd_layers):
+        bias = lstm.bias_ih_l0 + lstm.bias_hh_l0
+        if li == 0:  # per epoch, then laid out per row
+            x_gates = torch.addmm(bias, feats, lstm.weight_ih_l0.t())[idx.clamp(0, n - 1)]
+        else:
+            x_gates = torch.addmm(bias, x.reshape(-1, x.shape[-1]), lstm.weight_ih_l0.t()).view(t_len, len(offsets), -1)
+        x = _lstm_rows(x_gates, lstm.weight_hh_l0, order, valid)
+    bwd = torch.stack([x[p : p + n, k] for k, p in enumerate(pads)])  # (B, n, hidden)
+    return torch.cat([fwd.expand(len(offsets), -1, -1), bwd], dim=2)
 
 
 def _major(version: str, source: str) -> int:
