@@ -9,9 +9,11 @@ from typing import Any, Literal
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from dsn.data.channels import merge_aliases, pick_channels
+from dsn.data.device_sampling import DeviceBatches
 from dsn.data.edf import DataError, RecordingFiles, find_recordings
 from dsn.data.labels import STAGES, class_counts
 from dsn.data.normalize import NORMALIZE_METHODS, NormalizeMethod, normalize
@@ -155,6 +157,10 @@ class SleepEDFDataModule(L.LightningDataModule):
         DataLoader worker processes.
     pin_memory : bool, default False
         DataLoader ``pin_memory``.
+    device_batches : bool, default False
+        Hold the training recordings on the training device and draw the training batches there
+        (:class:`~dsn.data.device_sampling.DeviceBatches`: the same batches, in the same order, as the
+        DataLoader's; no per-batch host copy). For GPUs; evaluation loaders are unchanged.
     seed : int, default 0
         Seed of the samplers and the augmentation draws (epoch ``e`` draws from ``(seed, e)``).
     progress : bool, default True
@@ -202,6 +208,7 @@ class SleepEDFDataModule(L.LightningDataModule):
         use_cache: bool = True,
         num_workers: int = 0,
         pin_memory: bool = False,
+        device_batches: bool = False,
         seed: int = 0,
         progress: bool = True,
     ):
@@ -373,6 +380,8 @@ class SleepEDFDataModule(L.LightningDataModule):
         if train and hp.sequence_sampling == "shuffle":
             ds = SequenceDataset(recs, independent_windows(recs, self.seq_len, hp.skip_first))
             sampler = ShardedSampler(len(ds), shuffle=True, seed=hp.seed, max_skip=hp.skip_first, max_shift=shift)
+            if hp.device_batches:
+                return DeviceBatches(ds, sampler=sampler, batch_size=self.batch_size, device=self._device())
             return self._loader(ds, batch_size=self.batch_size, sampler=sampler)
         # evaluation streams each recording whole, one stream, every epoch scored (the official test procedure)
         sampler = StreamBatchSampler(
@@ -386,7 +395,13 @@ class SleepEDFDataModule(L.LightningDataModule):
             max_shift=shift,
             even=train,
         )
+        if train and hp.device_batches:
+            return DeviceBatches(SequenceDataset(recs, sampler.windows), batch_sampler=sampler, device=self._device())
         return self._loader(SequenceDataset(recs, sampler.windows), batch_sampler=sampler)
+
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def train_dataloader(self) -> DataLoader:
         self._check_distributed()
@@ -398,6 +413,8 @@ class SleepEDFDataModule(L.LightningDataModule):
             sampler = BalancedSampler(ds.labels, seed=hp.seed, redraw=hp.redraw_oversampling, max_shift=self.shift_samples)
         else:
             sampler = ShardedSampler(len(ds), shuffle=True, seed=hp.seed, max_shift=self.shift_samples)
+        if hp.device_batches:
+            return DeviceBatches(ds, sampler=sampler, batch_size=self.batch_size, device=self._device())
         return self._loader(ds, batch_size=self.batch_size, sampler=sampler)
 
     def _eval_loader(self, split: str) -> DataLoader:

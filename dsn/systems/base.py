@@ -138,6 +138,8 @@ class SleepSystem(L.LightningModule):
         self.eval_outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.last_metrics: dict[str, float] = {}
         self._eval_buffer: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        self._eval_loss: dict[str, tuple[Tensor, Tensor]] = {}  # split -> (sum of loss x scored epochs, their count)
+        self._nonfinite: Tensor | None = None  # training steps with a NaN/inf loss since the last check (on the device)
 
     # -- helpers for subclasses
     def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
@@ -159,17 +161,40 @@ class SleepSystem(L.LightningModule):
         return (per_epoch * weights).sum() / scored.sum().clamp(min=1)
 
     def _step_end(self, split: str, loss: Tensor, logits: Tensor, y: Tensor) -> None:
-        # the number of scored epochs weighs this batch's loss in the epoch mean; counting them forces a
-        # host-device sync, so training (every step, on GPU) weighs by the batch size instead
-        batch = y.numel() if split == "train" else int((y != IGNORE_INDEX).sum())
-        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, batch_size=max(batch, 1), prog_bar=split == "train",
-                 sync_dist=True)
+        # No host-device synchronisation here (a GPU step must not wait for the host): training weighs the
+        # batch's loss by the batch size and counts non-finite losses on the device (:meth:`nonfinite_steps`);
+        # evaluation weighs it by the number of scored epochs, summed on the device and logged at the epoch end;
+        # the evaluation outputs stay on the device until then.
         preds = logits.argmax(-1)
+        if split == "train":
+            self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, batch_size=max(y.numel(), 1), prog_bar=True,
+                     sync_dist=True)
+            bad = (~torch.isfinite(loss.detach())).sum()
+            self._nonfinite = bad if self._nonfinite is None else self._nonfinite + bad
+        else:
+            n = (y != IGNORE_INDEX).sum().clamp(min=1)
+            total, count = self._eval_loss.get(split, (0.0, 0))
+            self._eval_loss[split] = (total + loss.detach().float() * n, count + n)
         self.metrics[f"{split}_metrics"].update(preds, y)
         if split in EVAL_SPLITS:
-            self._eval_buffer.setdefault(split, []).append((y.detach().reshape(-1).cpu(), preds.detach().reshape(-1).cpu()))
+            self._eval_buffer.setdefault(split, []).append((y.detach().reshape(-1), preds.detach().reshape(-1)))
+
+    def nonfinite_steps(self, reset: bool = True) -> int:
+        """Training steps whose loss was NaN or infinite since the last call (one host-device sync; call it at
+        an epoch end, not every step)."""
+        bad = 0 if self._nonfinite is None else int(self._nonfinite)
+        if reset:
+            self._nonfinite = None
+        return bad
 
     def _epoch_end(self, split: str) -> None:
+        if split in self._eval_loss:
+            total, count = self._eval_loss.pop(split)
+            if self._trainer is not None and self._trainer.world_size > 1:  # the weighted mean over all processes' epochs, as Lightning's own
+                total = self.trainer.strategy.reduce(total, reduce_op="sum")
+                count = self.trainer.strategy.reduce(count, reduce_op="sum")
+            # identical on every process: "max" returns it exactly
+            self.log(f"{split}/loss", total / count, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
         m = self.metrics[f"{split}_metrics"]
         values = m.compute()  # already summed over DDP processes: every process holds the same values
         self.confusion[split] = m.confusion_matrix().cpu().numpy()
@@ -185,7 +210,7 @@ class SleepSystem(L.LightningModule):
             self.log(f"{split}/f1_macro", macro, prog_bar=split != "train", sync_dist=True, reduce_fx="max")
         buf = self._eval_buffer.pop(split, [])
         if buf:
-            self.eval_outputs[split] = (torch.cat([b[0] for b in buf]).numpy(), torch.cat([b[1] for b in buf]).numpy())
+            self.eval_outputs[split] = (torch.cat([b[0] for b in buf]).cpu().numpy(), torch.cat([b[1] for b in buf]).cpu().numpy())
 
     def _shared_step(self, batch, split: str) -> Tensor:
         raise NotImplementedError
@@ -218,6 +243,12 @@ class SleepSystem(L.LightningModule):
         groups = [{"params": [p for p in params if id(p) in ids], "lr": lr, "weight_decay": weight_decay}]
         groups.append({"params": [p for p in params if id(p) not in ids], "lr": lr, "weight_decay": 0.0})
         return [g for g in groups if g["params"]]
+
+    def adam(self, groups: list[dict], lr: float, betas: Sequence[float], eps: float) -> torch.optim.Adam:
+        """The systems' Adam over ``groups``; its fused implementation (one kernel per step for all parameters)
+        when the parameters are on a CUDA device, the default one elsewhere (CPU results unchanged)."""
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps, **fused)
 
     def with_schedule(self, optimizer: torch.optim.Optimizer):
         """What ``configure_optimizers`` returns: ``optimizer`` alone (constant learning rate, no warm-up: the

@@ -168,7 +168,7 @@ class FinetuneSystem(SleepSystem):
         decayed = self.feature_net.first_conv_weights(hp.l2_layers)
         groups = self.l2_groups(decayed, self.net.pretrained_parameters(), hp.lr_pretrained, hp.weight_decay)
         groups += self.l2_groups([], self.net.new_parameters(), hp.lr_new, 0.0)
-        return self.with_schedule(torch.optim.Adam(groups, lr=hp.lr_new, betas=tuple(hp.betas), eps=hp.eps))
+        return self.with_schedule(self.adam(groups, hp.lr_new, hp.betas, hp.eps))
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.grad_clip_norm

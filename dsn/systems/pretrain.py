@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from dsn.data.labels import N_CLASSES
@@ -86,4 +85,4 @@ class PretrainSystem(SleepSystem):
         groups = self.l2_groups(
             self.feature_net.first_conv_weights(hp.l2_layers), list(self.parameters()), hp.lr, hp.weight_decay
         )
-        return self.with_schedule(torch.optim.Adam(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps))
+        return self.with_schedule(self.adam(groups, hp.lr, hp.betas, hp.eps))
