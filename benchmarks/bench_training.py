@@ -80,7 +80,8 @@ def make_system(stage: str, seed: int, size: str = "paper"):
 
 
 def make_datamodule(
-    stage: str, data_dir: Path, cache_dir: Path, batch_size: int, seq_len: int, num_workers: int, n_subjects: int, pin_memory: bool = False
+    stage: str, data_dir: Path, cache_dir: Path, batch_size: int, seq_len: int, num_workers: int, n_subjects: int, pin_memory: bool = False,
+    device_batches: bool = False,
 ):
     from dsn.data.datamodule import SleepEDFDataModule
 
@@ -95,6 +96,7 @@ def make_datamodule(
         cache_dir=str(cache_dir),
         num_workers=num_workers,
         pin_memory=pin_memory,
+        device_batches=device_batches,
         progress=False,
         seed=0,
     )
@@ -235,9 +237,9 @@ def bare_step_fn(stage: str, system, device: torch.device):
         else:
             x, y, first = batch
             s = state[0]
-            if s is None or s[0].shape[1] != x.shape[0] or bool(first.all()):
+            if s is None or s[0].shape[1] != x.shape[0]:
                 s = None
-            else:
+            else:  # rows starting a new stream get a zero state (no `first.all()` test: it would sync a GPU)
                 s = net.mask_state(s, ~first)
             logits, new_state = net(x, s, return_state=True)
             state[0] = net.detach_state(new_state)
@@ -325,6 +327,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--full", action="store_true")
     p.add_argument("--breakdown", action="store_true", help="also time Lightning on preloaded batches, with and without the "
                    "system's metrics/logging, and count host-device syncs per step (torch profiler)")
+    p.add_argument("--device-batches", action="store_true", help="Lightning fit with data.device_batches: the training "
+                   "recordings on the device, batches gathered there (the 'loader only' column then times that gather, "
+                   "on the CPU)")
     p.add_argument("--smoke", action="store_true", help="a tiny run (small batches, 2 steps) that checks the script works")
     a = p.parse_args(argv)
 
@@ -355,7 +360,8 @@ def main(argv: list[str] | None = None) -> None:
             write_dataset(data_dir, subjects=subjects, hours=hours, seed=0, progress=False)
             marker.write_text("ok")
         print(f"  data: {data_dir} ({subjects} subjects x {hours:g} h; train on {subjects - 2}, streamed as in dsn fit)")
-        print(f"  DataLoader workers: {a.num_workers}; timed steps after {warmup} warm-up steps; {repeats} interleaved repeats")
+        print(f"  DataLoader workers: {a.num_workers}; timed steps after {warmup} warm-up steps; {repeats} interleaved repeats"
+              + ("; Lightning fit with data.device_batches" if a.device_batches else ""))
 
         rows, flop_rows, notes, breakdown = [], [], [], []
         mm_n = 512 if a.smoke else 2048
@@ -363,7 +369,8 @@ def main(argv: list[str] | None = None) -> None:
         for stage in a.stages:
             bs, seq_len = batch[stage]
             n_steps = steps[stage]
-            dm = make_datamodule(stage, data_dir, tmp / "cache", bs, seq_len, a.num_workers, subjects, device.type == "cuda")
+            dm = make_datamodule(stage, data_dir, tmp / "cache", bs, seq_len, a.num_workers, subjects, device.type == "cuda",
+                                 a.device_batches)
             batches, _ = loader_batches(dm, warmup + n_steps)
             batches = [tuple(t.to(device) for t in b) for b in batches]
             per_step = sum(n_epochs_in(b) for b in batches[warmup:]) / n_steps
