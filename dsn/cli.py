@@ -9,6 +9,7 @@ answers at once.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -56,8 +57,29 @@ def _synth(argv: list[str]) -> int:
 def _fit(argv: list[str]) -> int:
     from dsn.workflows.fit import main
 
-    main(argv)
+    res = main(argv)
+    if res.run_id:  # (a DDP rank other than 0 has nothing to show)
+        print(render_fit(res))
     return 0
+
+
+def render_fit(res) -> str:
+    """What ``dsn fit`` shows at the end: each stage's selected-model report, the registered model, the links."""
+    from dsn import tracking
+    from dsn.evaluation import format_report
+
+    lines: list[str] = []
+    for st in res.stages:
+        for split in st.confusion:
+            subjects = sorted({p.subject for p in st.predictions.get(split, [])})
+            lines += ["", f"[{st.name}] {split} subjects {', '.join(subjects)}",
+                      format_report({k: v for k, v in st.metrics.items() if k.startswith(f"{split}/")}, split)]
+    if res.registered:
+        name, version = res.registered
+        lines += ["", f"Registered model '{name}' version {version} (models:/{name}/{version})"]
+    lines += ["", f"MLflow: experiment id {res.experiment_id}, run {res.run_id}", f"  tracking URI {res.tracking_uri}",
+              f"  run `dsn ui` and open {tracking.ui_url(5000, res.experiment_id)}"]
+    return "\n".join(lines)
 
 
 def _sweep(argv: list[str]) -> int:
@@ -81,9 +103,13 @@ def _sweep(argv: list[str]) -> int:
 
 
 def _cv(argv: list[str]) -> int:
-    from dsn.workflows.cv import main
+    from dsn.workflows.cv import format_summary, main
 
-    main(argv)
+    summary = main(argv)
+    if summary:  # (a DDP rank other than 0 has nothing to show)
+        print("\n" + format_summary(summary))
+        if summary.get("written"):
+            print(f"\nwrote {summary['written']}")
     return 0
 
 
@@ -221,6 +247,66 @@ def _ui(argv: list[str]) -> int:
         return 0
 
 
+# ----------------------------------------------------------------------------- logging and warnings
+class _Stream(logging.StreamHandler):
+    """A handler writing to whatever ``sys.<name>`` is at the time (not the stream of the moment it was
+    made, which a test harness or a redirect may have closed since)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self._name = name
+
+    @property
+    def stream(self):
+        return getattr(sys, self._name)
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def setup_logging(quiet_lightning: bool = False) -> None:
+    """The command line's logging and warnings (the library never changes them): ``dsn.*`` messages as
+    plain lines on stdout (warnings and errors on stderr), Lightning's lines on stderr without its tips,
+    and library deprecation noise that says nothing to a user of dsn hidden. Installed once per process;
+    ``quiet_lightning`` also hides Lightning's start-up lines (a sweep runs many fits)."""
+    import warnings
+
+    for prefix in ("lightning.pytorch", "pytorch_lightning"):
+        logging.getLogger(f"{prefix}.utilities.rank_zero").setLevel(logging.WARNING if quiet_lightning else logging.INFO)
+    dsn_log = logging.getLogger("dsn")
+    if any(getattr(h, "_dsn_cli", False) for h in dsn_log.handlers):
+        return
+    out, err = _Stream("stdout"), _Stream("stderr")
+    out.addFilter(lambda r: r.levelno < logging.WARNING)
+    err.setLevel(logging.WARNING)
+    for h in (out, err):
+        h._dsn_cli = True
+        h.setFormatter(logging.Formatter("%(message)s"))
+        dsn_log.addHandler(h)
+    dsn_log.setLevel(logging.INFO)
+    dsn_log.propagate = False
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    for prefix in ("lightning.pytorch", "pytorch_lightning"):
+        logging.getLogger(f"{prefix}.utilities.rank_zero").addFilter(_NoTips())
+        # Lightning prints through the root logger when one is configured first (MLflow's import does):
+        # give it its own plain handler, as it has when imported first
+        lg = logging.getLogger(prefix)
+        if not lg.handlers:
+            handler = _Stream("stderr")
+            handler.addFilter(_NoTips())
+            lg.addHandler(handler)
+            lg.propagate = False
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+
+
 #: name -> (one-line description, handler, whether it can be resumed)
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int], bool]] = {
     "synth": ("write a synthetic Sleep-EDF-shaped data set (EDF files) for demos and tests", _synth, False),
@@ -256,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     from dsn.tracking import Terminated
 
     hint = RESUME_HINT if resumable else ""
+    setup_logging(quiet_lightning=cmd == "sweep")
     try:
         return handler(rest)
     except DsnError as e:

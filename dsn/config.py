@@ -20,8 +20,16 @@ from dsn.errors import ConfigError
 
 TRAINER_SKIP = {"logger", "callbacks", "enable_checkpointing", "default_root_dir", "plugins", "profiler", "use_distributed_sampler"}
 STAGES = ("pretrain", "finetune")
-#: Keys of a fit config that do not change what is trained (ignored when a resumed run is compared).
+#: Keys of a fit config that are command flags, not part of what is trained (never logged as params).
 NON_TRAINING_KEYS = ("config", "__path__", "resume", "allow_config_change", "print_config")
+#: Keys (``fnmatch`` patterns) that cannot change the trained weights: where a run is tracked, how the data
+#: is loaded, what is shown. A resumed fit or a rerun cv may differ in them (:func:`identity_items`).
+#: Every ``tracking.*`` key but the experiment is one of them.
+NON_WEIGHT_KEYS = (
+    "tracking.uri", "tracking.home", "tracking.run_name", "tracking.log_model", "tracking.register", "tracking.register_alias",
+    "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.progress", "data.cache_dir", "data.use_cache",
+    "data.download", "*.trainer.log_every_n_steps", "*.trainer.enable_progress_bar", "*.trainer.enable_model_summary",
+)  # fmt: skip
 
 
 def add_training_arguments(p) -> None:
@@ -221,6 +229,14 @@ def training_items(cfg) -> dict[str, Any]:
     return {k: v for k, v in flatten(to_dict(cfg)).items() if k.split(".")[0] not in NON_TRAINING_KEYS}
 
 
+def identity_items(cfg) -> dict[str, Any]:
+    """:func:`training_items` without the keys that cannot change the trained weights (:data:`NON_WEIGHT_KEYS`):
+    what a resumed fit and a rerun cv are compared on. The accelerator, devices and precision stay in."""
+    from fnmatch import fnmatchcase
+
+    return {k: v for k, v in training_items(cfg).items() if not any(fnmatchcase(k, p) for p in NON_WEIGHT_KEYS)}
+
+
 def _short(e: Exception) -> str:
     msg = str(e).strip().splitlines()
     return " ".join(line.strip() for line in msg[:3])[:400] if msg else type(e).__name__
@@ -267,6 +283,7 @@ def check(cfg) -> None:
                           f"finetune.seq_len={d['finetune']['seq_len']} (1: no averaging).")
     if not d["stages"]:
         raise ConfigError("stages is empty: give at least one of [pretrain, finetune].")
+    _check_run_options(d)
 
 
 def _check_channels(data: dict) -> None:
@@ -281,3 +298,15 @@ def _check_channels(data: dict) -> None:
         raise ConfigError("data.channels is empty: give at least one channel, e.g. [EEG Fpz-Cz].")
     if len(set(names)) != len(names):
         raise ConfigError(f"data.channels={names}: a channel is named twice.")
+
+
+def _check_run_options(d: dict[str, Any]) -> None:
+    """The tracking and split keys that would only fail after training started."""
+    tr, data = d.get("tracking", {}), d.get("data", {})
+    if tr.get("register") and not tr.get("log_model"):
+        raise ConfigError(f"tracking.register={tr['register']!r} needs tracking.log_model: true (the registry stores the "
+                          "logged model).")
+    fixed = any(data.get(f"{split}_subjects") for split in ("train", "val", "test"))
+    if not fixed and data.get("n_val_subjects", 1) < 1:
+        raise ConfigError(f"data.n_val_subjects={data['n_val_subjects']}: must be at least 1 (the selected epoch and "
+                          "early stopping are judged on the validation subjects).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import mlflow
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 
 from dsn import tracking
+from dsn.errors import ConfigError
 from dsn.systems.metrics import metrics_from_confusion
 from dsn.workflows import cv
-from dsn.workflows.fit import confusion_of, load_predictions
+from dsn.workflows.results import confusion_of, load_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +36,7 @@ def _argv(synth_dir, home, tmp_path, *extra):
 def test_stage_figures_match_sklearn():
     from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, precision_score, recall_score
 
-    from dsn.workflows.fit import Prediction
+    from dsn.workflows.results import Prediction
 
     rng = np.random.default_rng(0)
     folds, ys, ps = [], [], []
@@ -56,7 +58,17 @@ def test_stage_figures_match_sklearn():
     assert fig["n_epochs"] == 600
 
 
-def test_cv_pools_folds_and_a_rerun_skips_them(synth_dir, tracking_home, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def dsn_log(caplog):
+    """The ``dsn`` loggers' records (also when an earlier test ran the CLI, whose handler does not propagate)."""
+    lg = logging.getLogger("dsn")
+    lg.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="dsn")
+    yield caplog
+    lg.removeHandler(caplog.handler)
+
+
+def test_cv_pools_folds_and_a_rerun_skips_them(synth_dir, tracking_home, tmp_path, monkeypatch, dsn_log):
     from dsn.systems.finetune import FinetuneSystem
 
     out = tmp_path / "out"
@@ -77,8 +89,9 @@ def test_cv_pools_folds_and_a_rerun_skips_them(synth_dir, tracking_home, tmp_pat
     folds_before = {r.data.tags["dsn.fold"]: r for r in c.search_runs([exp], "tags.`dsn.kind` = 'fold'")}
     assert folds_before["0"].info.status == "FINISHED" and folds_before["1"].info.status == "KILLED"
 
+    dsn_log.clear()
     summary = cv.main(_argv(synth_dir, tracking_home, tmp_path, "--out", str(out)))  # continues
-    printed = capsys.readouterr().out
+    printed = dsn_log.text
     assert "fold 1/3: finished earlier" in printed and "fold 2/3 (resuming)" in printed
     runs = c.search_runs([exp], "tags.`dsn.kind` = 'fold'")
     assert sorted(r.data.tags["dsn.fold"] for r in runs) == ["0", "1", "2"]  # fold 1 resumed in its own run
@@ -107,10 +120,18 @@ def test_cv_pools_folds_and_a_rerun_skips_them(synth_dir, tracking_home, tmp_pat
     assert on_disk["n_epochs"] == int(cm.sum())
     arts = {a.path for a in c.list_artifacts(cv_runs[0].info.run_id)}
     assert "cv_summary.json" in arts
-    assert "paper: Sleep-EDF-20 Fpz-Cz" in printed and "full model (finetune), pooled" in printed
-    assert "validation subjects, pooled" in printed
+    table = cv.format_summary(summary)
+    assert "paper: Sleep-EDF-20 Fpz-Cz" in table and "full model (finetune), pooled" in table
+    assert "validation subjects, pooled" in table
 
-    # a third run of the same command trains nothing
-    cv.main(_argv(synth_dir, tracking_home, tmp_path))
+    # a third run of the same command, with overlays that cannot change the weights, trains nothing
+    dsn_log.clear()
+    cv.main(_argv(synth_dir, tracking_home, tmp_path, "--data.pin_memory", "true", "--data.num_workers", "2",
+                  "--pretrain.trainer.log_every_n_steps", "1", "--tracking.run_name", "renamed"))
     assert len(c.search_runs([exp], "tags.`dsn.kind` = 'fold'")) == 3
-    assert capsys.readouterr().out.count("finished earlier") == 3
+    assert len(c.search_runs([exp], "tags.`dsn.kind` = 'cv'")) == 1
+    assert dsn_log.text.count("finished earlier") == 3
+    # registering a fold that finished without a logged model is refused, not skipped silently
+    with pytest.raises(ConfigError, match=r"--register_fold 0: fold 0 .* has no logged model"):
+        cv.main(_argv(synth_dir, tracking_home, tmp_path, "--tracking.log_model", "true", "--register_fold", "0"))
+    assert c.search_registered_models() == []

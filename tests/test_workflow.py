@@ -11,7 +11,7 @@ import pytest
 from dsn import config, tracking
 from dsn.cli import main as cli_main
 from dsn.errors import ConfigError, DsnError
-from dsn.workflows.fit import Prediction, confusion_of, load_predictions, run_fit, save_predictions
+from dsn.workflows.fit import Prediction, confusion_of, load_predictions, run_fit, save_predictions  # the re-exports
 
 TINY = {
     "data.n_folds": 3, "data.progress": False, "net.small_kernel": 50,
@@ -217,3 +217,72 @@ def test_finetune_only_from_a_model_reference(synth_dir, tracking_home, tmp_path
     bad = tiny_cfg(synth_dir, tracking_home, tmp_path, stages=["finetune"], **{"finetune.system.pretrained": "runs:/nope/model"})
     with pytest.raises(DsnError, match="runs:/nope/model"):
         run_fit(bad, verbose=False)
+
+
+# ----------------------------------------------------------------------------- reliability (issue 21, issue 20)
+NEUTRAL = {"tracking.run_name": "renamed", "tracking.log_model": True, "data.pin_memory": True, "data.num_workers": 1,
+           "data.progress": True, "pretrain.trainer.log_every_n_steps": 1, "pretrain.trainer.enable_progress_bar": True}
+
+
+def test_identity_ignores_keys_that_cannot_change_the_weights():
+    cfg = config.load_config(["conf/demo.yaml"])
+    assert config.identity_items(config.set_keys(cfg, NEUTRAL)) == config.identity_items(cfg)
+    for key, value in {"tracking.experiment": "other", "pretrain.trainer.precision": "bf16-mixed",
+                       "finetune.trainer.devices": 2, "pretrain.trainer.accelerator": "gpu"}.items():
+        assert key in {k for k, v in config.identity_items(config.set_key(cfg, key, value)).items()
+                       if str(v) != str(config.identity_items(cfg).get(k))}, key
+
+
+def test_resume_accepts_a_loader_or_tracking_overlay_and_refuses_a_precision_change(synth_dir, tracking_home, tmp_path,
+                                                                                    monkeypatch):
+    from dsn.systems.pretrain import PretrainSystem
+
+    cfg = tiny_cfg(synth_dir, tracking_home, tmp_path, stages=["pretrain"])
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(PretrainSystem, "on_train_epoch_end", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
+        run_fit(cfg, verbose=False)
+    for key, value in {"pretrain.trainer.precision": "bf16-mixed", "pretrain.trainer.devices": 2}.items():
+        with pytest.raises(ConfigError, match=rf"{key}: .*--allow_config_change"):
+            run_fit(config.set_key(cfg, key, value), resume="last", verbose=False)
+    neutral = {**NEUTRAL, "data.num_workers": 0, "data.progress": False, "pretrain.trainer.enable_progress_bar": False}
+    res = run_fit(config.set_keys(cfg, neutral), resume="last", verbose=False)  # accepted: same weights
+    fits = [r for r in _runs(tracking_home) if r.data.tags.get("dsn.kind") == "fit"]
+    assert len(fits) == 1 and res.run_id == fits[0].info.run_id and fits[0].info.status == "FINISHED"
+
+
+def test_register_without_log_model_and_empty_validation_are_refused_before_any_run(synth_dir, tracking_home, tmp_path,
+                                                                                    capsys):
+    rc = cli_main(["fit", "--config", "conf/demo.yaml", "--config", "conf/debug.yaml", "--data.data_dir", str(synth_dir),
+                   "--tracking.home", str(tracking_home), "--tracking.register", "m"])  # debug.yaml: log_model false
+    err = capsys.readouterr().err
+    assert rc == 1 and err.strip().count("\n") == 0 and "tracking.register='m' needs tracking.log_model: true" in err
+    with pytest.raises(ConfigError, match=r"data.n_val_subjects=0: must be at least 1"):
+        tiny_cfg(synth_dir, tracking_home, tmp_path, **{"data.n_val_subjects": 0})
+    no_val = tiny_cfg(synth_dir, tracking_home, tmp_path, **{"data.train_subjects": ["SC400", "SC401"],
+                                                            "data.test_subjects": ["SC402"]})
+    with pytest.raises(DsnError, match=r"the val split has no recordings .*data.val_subjects"):
+        run_fit(no_val, verbose=False)
+    assert _runs(tracking_home) == []
+
+
+def test_a_windows_path_is_not_a_model_uri(synth_dir, tracking_home, tmp_path):
+    from dsn.workflows.build import is_model_uri
+
+    assert is_model_uri("models:/m@champion") and is_model_uri("runs:/abc/model") and is_model_uri("s3://b/k")
+    assert not is_model_uri("C:/x/selected.ckpt") and not is_model_uri("c:/x.pt") and not is_model_uri("/x/selected.ckpt")
+    cfg = tiny_cfg(synth_dir, tracking_home, tmp_path, stages=["finetune"], **{"finetune.system.pretrained": "C:/x/selected.ckpt"})
+    with pytest.raises(ConfigError, match=r"C:/x/selected.ckpt: pretrained checkpoint not found"):
+        run_fit(cfg, verbose=False)
+    assert _runs(tracking_home) == []  # reported before any run opens
+
+
+def test_resume_of_a_finished_fit_returns_its_model_and_registers_it(synth_dir, tracking_home, tmp_path):
+    """Issue 20: `dsn fit --resume --tracking.register NAME` of a fit whose last stage had finished."""
+    cfg = tiny_cfg(synth_dir, tracking_home, tmp_path, stages=["pretrain"], **{"tracking.log_model": True})
+    first = run_fit(cfg, verbose=False)
+    again = run_fit(config.set_key(cfg, "tracking.register", "dsn-resumed"), resume=first.run_id, verbose=False)
+    st, was = again.stage("pretrain"), first.stage("pretrain")
+    assert st.model_uri == was.model_uri and st.selected_epoch == was.selected_epoch is not None
+    assert st.metrics == pytest.approx(was.metrics)
+    assert again.registered == ("dsn-resumed", "1")
+    assert mlflow.MlflowClient(again.tracking_uri).get_run(again.run_id).info.status == "FINISHED"

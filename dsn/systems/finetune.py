@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ def load_pretrained(feature_net: DeepFeatureNet, source: str | Path | nn.Module)
         module = getattr(source, "feature_net", source)
         state = module.state_dict()
         where = type(source).__name__
-    elif ":/" in str(source):
+    elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", str(source)):  # a URI scheme (two or more characters; C:/ is a path)
         raise ValueError(
             f"{source}: a model reference, not a file. Resolve it first (dsn.workflows.registry.load_scorer) "
             "and pass the loaded model; `dsn fit` does this for finetune.system.pretrained."

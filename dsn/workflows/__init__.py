@@ -1,6 +1,9 @@
-"""Workflows: one module per command, all built on :func:`dsn.workflows.fit.run_fit`.
+"""Workflows: the training core and one module per command, all built on :func:`dsn.workflows.run.run_fit`.
 
-- :mod:`dsn.workflows.fit` — one training fit (both stages); used by every other command
+- :mod:`dsn.workflows.run` — one training fit (both stages); used by every other command
+- :mod:`dsn.workflows.stage`, :mod:`~dsn.workflows.build`, :mod:`~dsn.workflows.recorder`,
+  :mod:`~dsn.workflows.callbacks`, :mod:`~dsn.workflows.results`, :mod:`~dsn.workflows.distributed` — its parts
+- :mod:`dsn.workflows.fit` — ``dsn fit`` (and the core's names, re-exported for callers outside :mod:`dsn`)
 - :mod:`dsn.workflows.sweep` — Optuna studies, one fit per trial
 - :mod:`dsn.workflows.cv` — subject-wise k-fold cross-validation, one fit per fold, pooled figures
 - :mod:`dsn.workflows.registry` — model references (registry, runs, checkpoints) and the registry commands

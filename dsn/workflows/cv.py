@@ -1,6 +1,6 @@
 """``dsn cv``: subject-wise k-fold cross-validation, the paper's evaluation, with pooled figures.
 
-Each fold is :func:`dsn.workflows.fit.run_fit` (both stages; validation subjects drawn from the
+Each fold is :func:`dsn.workflows.run.run_fit` (both stages; validation subjects drawn from the
 training side of the fold) nested under one cv parent run. The test predictions of all folds are
 pooled into one confusion matrix, from which accuracy, macro-F1, Cohen's kappa and per-class
 precision / recall / F1 are computed, for the CNN-only stage and for the full model, beside the
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,8 @@ import numpy as np
 
 from dsn.data.channels import pick_channels
 from dsn.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: DeepSleepNet, Sleep-EDF-20 Fpz-Cz, 20-fold CV (Supratak et al. 2017, Table III/IV).
 PAPER_ROW = {"acc": 0.820, "f1_macro": 0.769, "kappa": 0.76, "f1_W": 0.847, "f1_N1": 0.466, "f1_N2": 0.859,
@@ -115,115 +118,154 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def _cv_key(cfg, folds: int) -> str:
-    """What identifies a cv run: the training config without the fold, and the number of folds."""
+    """What identifies a cv run: the keys that can change the trained weights (:func:`dsn.config.identity_items`)
+    without the fold, and the number of folds; so a rerun with another loader, progress or tracking overlay
+    continues the same cv."""
     from dsn import config
 
-    items = {k: v for k, v in config.training_items(cfg).items() if k not in ("data.fold", "data.n_folds", "tracking.run_name")}
+    items = {k: v for k, v in config.identity_items(cfg).items() if k not in ("data.fold", "data.n_folds")}
     items["folds"] = folds
     return hashlib.sha1(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_cv(cfg, folds: int | None = None, out: str | None = None, resume: bool = True,
-           register_fold: int | None = None, verbose: bool = True) -> dict[str, Any]:
-    """Run (or continue) a k-fold cross-validation; returns the cv summary (see :func:`summarise`)."""
-    from dsn import config, plots, tracking
-    from dsn.data.labels import STAGES
-    from dsn.workflows.fit import is_global_zero, load_predictions, run_fit
-
-    folds = folds or cfg.data.n_folds
+def _check_args(cfg, folds: int, register_fold: int | None) -> None:
     if folds < 2:
         raise ConfigError(f"--folds {folds}: cross-validation needs at least 2 folds.")
     if register_fold is not None and not 0 <= register_fold < folds:
         raise ConfigError(f"--register_fold {register_fold}: must be in 0..{folds - 1}.")
     if register_fold is not None and not cfg.tracking.log_model:
         raise ConfigError("--register_fold needs tracking.log_model: true (the registry stores the logged model).")
-    register_name = cfg.tracking.register or "deepsleepnet"
+
+
+def run_cv(cfg, folds: int | None = None, out: str | None = None, resume: bool = True,
+           register_fold: int | None = None, verbose: bool = True) -> dict[str, Any]:
+    """Run (or continue) a k-fold cross-validation; returns the cv summary (see :func:`summarise`).
+
+    Progress is logged on this module's logger (INFO; DEBUG when ``verbose`` is false); the CLI renders
+    the returned summary (:func:`format_summary`). Under DDP the ranks other than 0 train their share of
+    every fold, write nothing and return an empty dict.
+    """
+    from dsn import config, tracking
+    from dsn.data.labels import STAGES
+    from dsn.workflows.distributed import is_global_zero
+
+    folds = folds or cfg.data.n_folds
+    _check_args(cfg, folds, register_fold)
     base = config.set_keys(cfg, {"data.n_folds": folds, "tracking.register": None})
-    fold_cfgs = [config.set_key(base, "data.fold", k) for k in range(folds)]
-    home = Path(cfg.tracking.home)
-    uri = tracking.tracking_uri(cfg.tracking.uri, home)
+    uri = tracking.tracking_uri(cfg.tracking.uri, Path(cfg.tracking.home))
     tracking.check_tracking(uri)
-    exp_id = tracking.experiment_id(uri, cfg.tracking.experiment, home)
-    key = _cv_key(base, folds)
+    exp_id = tracking.experiment_id(uri, cfg.tracking.experiment, Path(cfg.tracking.home))
     zero = is_global_zero()  # under DDP, the other ranks re-run this command: they train, and write nothing
-    existing = tracking.find_runs(uri, exp_id, {"dsn.kind": "cv", "dsn.cv_key": key}) if resume or not zero else []
-    if not zero:
-        if not existing:
-            raise ConfigError("dsn cv (rank > 0): the cv run of rank 0 was not found in the tracking store.")
-        parent = existing[0].info.run_id
-    elif existing:
-        parent = existing[0].info.run_id
-        tracking.reopen_run(uri, parent)
-        if verbose:
-            print(f"Continuing cv run {parent} (same config; finished folds are skipped)")
-    else:
-        name = cfg.tracking.run_name or "-".join(["cv", *(Path(str(c)).stem for c in (cfg.get("config") or []))])
-        parent = tracking.start_run(uri, exp_id, name, tags={"dsn.kind": "cv", "dsn.cv_key": key, "dsn.folds": str(folds),
-                                                             **tracking.environment_tags()})
-        tracking.log_text(uri, parent, config.dump(base), "config.yaml")
-        tracking.log_params(uri, parent, {**config.training_items(base), "cv.folds": folds})
+    say = log.info if verbose and zero else log.debug
+    parent = _open_cv_run(cfg, base, uri, exp_id, folds, resume, zero, say)
     results: list[dict[str, Any]] = []
     with tracking.run_guard(uri, [parent]) if zero else contextlib.nullcontext():
-        for k, fcfg in enumerate(fold_cfgs):
-            done = tracking.find_runs(uri, exp_id, {"dsn.kind": "fold", "dsn.fold": str(k)}, parent=parent)
-            finished = [r for r in done if r.info.status == "FINISHED"]
-            ckpt_root = home / "checkpoints"
-            if finished and all((ckpt_root / finished[0].info.run_id / s / "predictions_test.npz").is_file() for s in fcfg.stages):
-                run = finished[0]
-                if verbose:
-                    print(f"\n=== fold {k + 1}/{folds}: finished earlier (run {run.info.run_id}), skipped")
-                preds = {s: load_predictions(ckpt_root / run.info.run_id / s / "predictions_test.npz") for s in fcfg.stages}
-                val_preds = {s: load_predictions(f) for s in fcfg.stages
-                             if (f := ckpt_root / run.info.run_id / s / "predictions_val.npz").is_file()}
-                metrics = {s: {m[len(s) + 1:]: v for m, v in run.data.metrics.items() if m.startswith(f"{s}/")} for s in fcfg.stages}
-                run_id, model_uri = run.info.run_id, run.data.tags.get("dsn.model_uri")
-            else:
-                if verbose:
-                    print(f"\n=== fold {k + 1}/{folds}" + (" (resuming)" if done else ""))
-                res = run_fit(fcfg, parent_run_id=parent, tags={"dsn.fold": str(k)}, run_name=f"fold-{k}", kind="fold",
-                              resume=done[0].info.run_id if done else None, allow_config_change=False, verbose=verbose)
-                preds = {s.name: s.predictions.get("test", []) for s in res.stages}
-                val_preds = {s.name: s.predictions.get("val", []) for s in res.stages}
-                metrics = {s.name: s.metrics for s in res.stages}
-                run_id, model_uri = res.run_id, res.final.model_uri
-                if model_uri and zero:
-                    tracking.set_tags(uri, run_id, {"dsn.model_uri": model_uri})
-            if not zero:
-                continue
-            subjects = sorted({p.subject for p in preds[fcfg.stages[-1]]})
-            results.append({"fold": k, "run_id": run_id, "test_subjects": subjects, "metrics": metrics,
-                            "model_uri": model_uri, "predictions": preds, "val_predictions": val_preds})
-            if register_fold == k and model_uri:
-                version = tracking.register_model(uri, model_uri, register_name, {
-                    "dataset": Path(str(cfg.data.data_dir)).name, "channel": ", ".join(pick_channels(cfg.data.channels, cfg.data.channel)), "sfreq": str(cfg.data.sfreq),
-                    "fold": f"{k}/{folds}", "cv_run_id": parent, "run_id": run_id,
-                    **{f"test/{m}": f"{v:.4f}" for m, v in metrics[fcfg.stages[-1]].items() if m.startswith("test/") and m[5:] in ("f1_macro", "kappa", "acc")}})  # fmt: skip
-                if verbose:
-                    print(f"Registered fold {k}'s model as '{register_name}' version {version}")
-
+        for k in range(folds):
+            fold = _run_fold(config.set_key(base, "data.fold", k), k, folds, parent, uri, exp_id, zero, verbose, say)
+            results.append(fold)
+            if register_fold == k and zero:
+                _register_fold(cfg, uri, fold, folds, parent, say)
         if not zero:
             return {}
         summary = summarise(results, list(base.stages), STAGES)
         summary["cv_run_id"] = parent
-        tracking.log_dict(uri, parent, summary, "cv_summary.json")
-        flat = {f"pooled/{m}": v for m, v in summary["pooled"].items()}
-        for stage, fig in summary["stages"].items():
-            flat.update({f"{stage}/pooled/{m}": v for m, v in fig["pooled"].items()})
-            flat.update({f"{stage}/mean/{m}": v for m, v in fig["mean"].items() if m in ("acc", "f1_macro", "kappa")})
-            flat.update({f"{stage}/sd/{m}": v for m, v in fig["sd"].items() if m in ("acc", "f1_macro", "kappa")})
-            cm = np.array(fig["confusion"])
-            for norm in (False, True):
-                title = f"{stage}: pooled test confusion ({folds} folds)" + (", row-normalised" if norm else "")
-                tracking.log_figure(uri, parent, plots.confusion_matrix_figure(cm, normalize=norm, title=title),
-                                    f"pooled/{stage}_confusion{'_normalized' if norm else ''}.png")
-        tracking.log_metrics(uri, parent, {k: v for k, v in flat.items() if not (isinstance(v, float) and math.isnan(v))})
+        _log_summary(uri, parent, summary, folds)
         if out:
             _write_out(Path(out), summary)
-    if verbose:
-        print("\n" + format_summary(summary))
-        if out:
-            print(f"\nwrote {Path(out) / 'cv_summary.json'}")
+            summary["written"] = str(Path(out) / "cv_summary.json")
     return summary
+
+
+def _open_cv_run(cfg, base, uri: str, exp_id: str, folds: int, resume: bool, zero: bool, say) -> str:
+    """The cv parent run: the one of the same identity when resuming (rank > 0: always), else a new one."""
+    from dsn import config, tracking
+
+    key = _cv_key(base, folds)
+    existing = tracking.find_runs(uri, exp_id, {"dsn.kind": "cv", "dsn.cv_key": key}) if resume or not zero else []
+    if not zero:
+        if not existing:
+            raise ConfigError("dsn cv (rank > 0): the cv run of rank 0 was not found in the tracking store.")
+        return existing[0].info.run_id
+    if existing:
+        parent = existing[0].info.run_id
+        tracking.reopen_run(uri, parent)
+        say("Continuing cv run %s (same config; finished folds are skipped)", parent)
+        return parent
+    name = cfg.tracking.run_name or "-".join(["cv", *(Path(str(c)).stem for c in (cfg.get("config") or []))])
+    parent = tracking.start_run(uri, exp_id, name, tags={"dsn.kind": "cv", "dsn.cv_key": key, "dsn.folds": str(folds),
+                                                         **tracking.environment_tags()})
+    tracking.log_text(uri, parent, config.dump(base), "config.yaml")
+    tracking.log_params(uri, parent, {**config.training_items(base), "cv.folds": folds})
+    return parent
+
+
+def _run_fold(fcfg, k: int, folds: int, parent: str, uri: str, exp_id: str, zero: bool, verbose: bool, say) -> dict[str, Any]:
+    """One fold: read back when it finished earlier (its predictions on disk), else fitted (or resumed)."""
+    from dsn import tracking
+    from dsn.workflows.run import run_fit
+
+    done = tracking.find_runs(uri, exp_id, {"dsn.kind": "fold", "dsn.fold": str(k)}, parent=parent)
+    finished = [r for r in done if r.info.status == "FINISHED"]
+    ckpt_root = Path(fcfg.tracking.home) / "checkpoints"
+    if finished and all((ckpt_root / finished[0].info.run_id / s / "predictions_test.npz").is_file() for s in fcfg.stages):
+        say("\n=== fold %d/%d: finished earlier (run %s), skipped", k + 1, folds, finished[0].info.run_id)
+        return _read_fold(finished[0], k, fcfg.stages, ckpt_root / finished[0].info.run_id)
+    say("\n=== fold %d/%d%s", k + 1, folds, " (resuming)" if done else "")
+    res = run_fit(fcfg, parent_run_id=parent, tags={"dsn.fold": str(k)}, run_name=f"fold-{k}", kind="fold",
+                  resume=done[0].info.run_id if done else None, allow_config_change=False, verbose=verbose)
+    preds = {s.name: s.predictions.get("test", []) for s in res.stages}
+    return {"fold": k, "run_id": res.run_id, "test_subjects": sorted({p.subject for p in preds[fcfg.stages[-1]]}),
+            "metrics": {s.name: s.metrics for s in res.stages}, "model_uri": res.final.model_uri, "predictions": preds,
+            "val_predictions": {s.name: s.predictions.get("val", []) for s in res.stages}}
+
+
+def _read_fold(run, k: int, stages, ckpt_dir: Path) -> dict[str, Any]:
+    """A finished fold from its run (figures, model URI) and its checkpoint folder (predictions)."""
+    from dsn.workflows.recorder import MODEL_URI_TAG
+    from dsn.workflows.results import load_predictions
+
+    preds = {s: load_predictions(ckpt_dir / s / "predictions_test.npz") for s in stages}
+    val_preds = {s: load_predictions(f) for s in stages if (f := ckpt_dir / s / "predictions_val.npz").is_file()}
+    metrics = {s: {m[len(s) + 1:]: v for m, v in run.data.metrics.items() if m.startswith(f"{s}/")} for s in stages}
+    return {"fold": k, "run_id": run.info.run_id, "test_subjects": sorted({p.subject for p in preds[stages[-1]]}),
+            "metrics": metrics, "model_uri": run.data.tags.get(MODEL_URI_TAG), "predictions": preds,
+            "val_predictions": val_preds}
+
+
+def _register_fold(cfg, uri: str, fold: dict[str, Any], folds: int, parent: str, say) -> None:
+    """Register the fold's final model under ``tracking.register`` (default deepsleepnet)."""
+    from dsn import tracking
+
+    k = fold["fold"]
+    if not fold["model_uri"]:
+        raise ConfigError(f"--register_fold {k}: fold {k} (run {fold['run_id']}) has no logged model (it was trained "
+                          "with tracking.log_model: false); rerun with --resume_cv false to train the folds anew.")
+    name = cfg.tracking.register or "deepsleepnet"
+    final = fold["metrics"][cfg.stages[-1]]
+    version = tracking.register_model(uri, fold["model_uri"], name, {
+        "dataset": Path(str(cfg.data.data_dir)).name, "channel": ", ".join(pick_channels(cfg.data.channels, cfg.data.channel)),
+        "sfreq": str(cfg.data.sfreq),
+        "fold": f"{k}/{folds}", "cv_run_id": parent, "run_id": fold["run_id"],
+        **{f"test/{m}": f"{v:.4f}" for m, v in final.items() if m.startswith("test/") and m[5:] in ("f1_macro", "kappa", "acc")}})  # fmt: skip
+    say("Registered fold %d's model as '%s' version %s", k, name, version)
+
+
+def _log_summary(uri: str, parent: str, summary: dict[str, Any], folds: int) -> None:
+    """``cv_summary.json``, the pooled figures as metrics and the pooled confusion figures, on the cv run."""
+    from dsn import plots, tracking
+
+    tracking.log_dict(uri, parent, summary, "cv_summary.json")
+    flat = {f"pooled/{m}": v for m, v in summary["pooled"].items()}
+    for stage, fig in summary["stages"].items():
+        flat.update({f"{stage}/pooled/{m}": v for m, v in fig["pooled"].items()})
+        flat.update({f"{stage}/mean/{m}": v for m, v in fig["mean"].items() if m in ("acc", "f1_macro", "kappa")})
+        flat.update({f"{stage}/sd/{m}": v for m, v in fig["sd"].items() if m in ("acc", "f1_macro", "kappa")})
+        cm = np.array(fig["confusion"])
+        for norm in (False, True):
+            title = f"{stage}: pooled test confusion ({folds} folds)" + (", row-normalised" if norm else "")
+            tracking.log_figure(uri, parent, plots.confusion_matrix_figure(cm, normalize=norm, title=title),
+                                f"pooled/{stage}_confusion{'_normalized' if norm else ''}.png")
+    tracking.log_metrics(uri, parent, {k: v for k, v in flat.items() if not (isinstance(v, float) and math.isnan(v))})
 
 
 def _write_out(folder: Path, summary: dict[str, Any]) -> None:

@@ -1,0 +1,108 @@
+"""The Lightning callbacks of a stage's Trainer, one class each (imported when a stage is built)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from dsn.errors import DsnError
+
+log = logging.getLogger(__name__)
+
+#: The key of a Lightning checkpoint that holds the scorer spec (so the file alone can score).
+SCORER_KEY = "dsn_scorer"
+
+
+class FiniteLoss(L.Callback):
+    """Stop a fit whose training loss became NaN or infinite, with a clear error (not a silent NaN model)."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
+            raise DsnError(f"[{self.stage}] training diverged: the loss is {float(loss)} at epoch {trainer.current_epoch}, "
+                           f"batch {batch_idx}. Lower the learning rate ({self.stage}.system.lr*) or enable gradient clipping.")
+
+
+class InterruptedState(L.Callback):
+    """Lightning's ``OnExceptionCheckpoint`` job, kept to Ctrl-C and SIGTERM and written atomically.
+
+    The state reached is written to ``<dirpath>/last.ckpt`` (through a temporary name, so a failure never
+    corrupts the previous one), where ``--resume`` restarts from; ``seen`` tells the stage that Lightning's
+    ``sys.exit(1)`` after a Ctrl-C was an interrupt. Not ``OnExceptionCheckpoint`` itself: with one among
+    the callbacks Lightning turns ``fit(ckpt_path=None)`` into ``ckpt_path="last"`` (a fresh stage would
+    silently resume from whatever ``last.ckpt`` its folder holds), it saves on every exception (a diverged
+    loss too) and it deletes its file at teardown (here ``ModelCheckpoint``'s ``save_last`` file).
+    """
+
+    def __init__(self, dirpath: str | Path):
+        self.dirpath = str(dirpath)  # a DDP rank other than 0 learns rank 0's folder at setup
+        self.seen = False
+
+    @property
+    def ckpt_path(self) -> Path:
+        return Path(self.dirpath) / "last.ckpt"
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not (isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "Terminated"):
+            return
+        self.seen = isinstance(exception, KeyboardInterrupt)
+        tmp = self.ckpt_path.with_suffix(".tmp")
+        try:
+            trainer.save_checkpoint(tmp)
+            if trainer.is_global_zero:  # under DDP only rank 0 writes
+                tmp.replace(self.ckpt_path)
+        except Exception as e:  # the run is being stopped anyway: report, do not mask the interrupt
+            log.warning("could not save the interrupted state to %s: %s", self.ckpt_path, e)
+
+
+class ScorerSpec(L.Callback):
+    """Adds the scorer spec to the checkpoints saved while ``spec`` is set (the selected model's)."""
+
+    def __init__(self):
+        self.spec: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if self.spec is not None:
+            checkpoint[SCORER_KEY] = self.spec
+
+
+class SharedCheckpointDir(L.Callback):
+    """Once the process group exists, gives every rank rank 0's run id and checkpoint folder (the other
+    ranks cannot know the MLflow run that rank 0 opened before it started them).
+
+    ``ctx`` is the fit's context (``run_id``, ``ckpt_root``); ``checkpoint`` and ``interrupted`` are the
+    stage's :class:`~lightning.pytorch.callbacks.ModelCheckpoint` and :class:`InterruptedState`.
+    """
+
+    def __init__(self, ctx, checkpoint, interrupted: InterruptedState):
+        self.ctx, self.checkpoint, self.interrupted = ctx, checkpoint, interrupted
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.world_size <= 1:
+            return
+        ctx = self.ctx
+        run_id, root, dirpath = trainer.strategy.broadcast((ctx.run_id, str(ctx.ckpt_root), str(self.checkpoint.dirpath)), src=0)
+        ctx.run_id, ctx.ckpt_root = run_id, Path(root)
+        self.checkpoint.dirpath = dirpath
+        self.interrupted.dirpath = dirpath
+
+
+def save_selected(trainer, path: Path, spec_callback: ScorerSpec, spec: dict[str, Any]) -> None:
+    """Save the selected model's Lightning checkpoint with the scorer spec in it (``ScorerSpec`` adds it).
+
+    Every DDP rank must call it (``trainer.save_checkpoint`` ends with a barrier); only rank 0 writes."""
+    tmp = path.with_suffix(".tmp")
+    spec_callback.spec = spec
+    try:
+        trainer.save_checkpoint(tmp)
+    finally:
+        spec_callback.spec = None
+    if trainer.is_global_zero:
+        tmp.replace(path)

@@ -1,0 +1,226 @@
+"""One stage of a fit: train -> select -> evaluate -> record, each a short function with one job.
+
+Every DDP rank runs the same steps (:func:`run_stages` is the one stage loop); what is written goes
+through the fit's :class:`~dsn.workflows.recorder.Recorder`, which is a no-op on ranks other than 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dsn.workflows import build
+from dsn.workflows.results import Prediction, StageResult, confusion_of, load_predictions
+
+log = logging.getLogger(__name__)
+
+StageCallbacks = Callable[[str], Sequence[Any]]
+
+
+@dataclass
+class FitContext:
+    """What every stage of one fit shares (``ckpt_root`` and the recorder's ``run_id`` are rank 0's once
+    the process group exists: :class:`~dsn.workflows.callbacks.SharedCheckpointDir`)."""
+
+    cfg: Any
+    d: dict  # the config as a plain dict
+    recorder: Any  # dsn.workflows.recorder.Recorder
+    ckpt_root: Path
+    resume: bool
+    callbacks: StageCallbacks | None
+    verbose: bool
+
+    @property
+    def run_id(self) -> str:
+        return self.recorder.run_id
+
+    def info(self, msg: str, *args) -> None:
+        (log.info if self.verbose else log.debug)(msg, *args)
+
+
+def run_stages(ctx: FitContext, dm, start=None) -> list[StageResult]:
+    """The stage loop: each stage in ``cfg.stages`` in turn, the fine-tuning one on the pretrained feature
+    net (this fit's, else ``start``: :func:`dsn.workflows.build.pretrained`)."""
+    results: list[StageResult] = []
+    fnet = build.feature_net(ctx.d)
+    for name in ctx.cfg.stages:
+        system, make_scorer = build.system(name, ctx.d, dm, fnet, start)
+        results.append(run_stage(ctx, name, system, build.stage_data(dm, ctx.cfg, name), make_scorer))
+        fnet = system.feature_net
+    return results
+
+
+def run_stage(ctx: FitContext, name: str, system, dm, make_scorer) -> StageResult:
+    """Train stage ``name`` (or reload it when a resumed run had finished it), select, evaluate, record."""
+    prior = ctx.recorder.find_stage(name) if ctx.resume else None
+    if _finished(prior, ctx.ckpt_root / name):
+        return reload_finished(ctx, name, system, prior, make_scorer)
+    if prior is not None and ctx.recorder.changed:  # its params (immutable) no longer hold: continue in a new run
+        ctx.recorder.supersede(prior)
+        prior = None
+    stage_run = ctx.recorder.open_stage(name, _stage_params(ctx, name), prior)
+    trainer, parts = make_trainer(ctx, name, stage_run)
+    timings = {"train": train(ctx, name, stage_run, trainer, system, dm, parts)}
+    t_eval = time.perf_counter()
+    res = select(ctx, name, trainer, parts, system, make_scorer)
+    res.run_id, res.timings = stage_run, timings
+    evaluate(ctx, name, res, dm, trainer.strategy.root_device)
+    timings["evaluate"] = time.perf_counter() - t_eval
+    record(ctx, res, dm, trainer)
+    return res
+
+
+def _finished(prior, ckpt_dir: Path) -> bool:
+    return prior is not None and prior.info.status == "FINISHED" and (ckpt_dir / "selected.ckpt").is_file()
+
+
+def reload_finished(ctx: FitContext, name: str, system, prior, make_scorer) -> StageResult:
+    """A stage that a resumed run had finished: its selected weights, figures, predictions and model URI."""
+    from dsn.workflows.recorder import MODEL_URI_TAG
+
+    ckpt_dir = ctx.ckpt_root / name
+    ctx.info("[%s] already finished in run %s: loading its selected model.", name, prior.info.run_id)
+    system.load_state_dict(torch.load(ckpt_dir / "selected.ckpt", map_location="cpu", weights_only=True)["state_dict"])
+    preds = {s: load_predictions(p) for s in ("val", "test") if (p := ckpt_dir / f"predictions_{s}.npz").is_file()}
+    metrics = {k[len("selected/"):]: v for k, v in prior.data.metrics.items() if k.startswith("selected/")}
+    epoch = metrics.pop("epoch", None)
+    return StageResult(name, prior.info.run_id, metrics, {s: confusion_of(p) for s, p in preds.items()}, preds,
+                       selected_epoch=None if epoch is None else int(epoch), selected_checkpoint=str(ckpt_dir / "selected.ckpt"),
+                       model_uri=prior.data.tags.get(MODEL_URI_TAG), scorer=make_scorer(system))
+
+
+def _stage_params(ctx: FitContext, name: str) -> dict[str, Any]:
+    cfg = ctx.cfg
+    return {"stage": name, "selection": cfg.selection, "seed_everything": cfg.seed_everything,
+            **{f"{name}.{k}": v for k, v in ctx.d[name].items()}, "net": ctx.d["net"], "data": ctx.d["data"]}
+
+
+@dataclass
+class _Parts:
+    """The stage Trainer's callbacks that the later steps read."""
+
+    checkpoint: Any  # ModelCheckpoint (best + last)
+    interrupted: Any  # callbacks.InterruptedState
+    spec: Any  # callbacks.ScorerSpec
+
+
+def make_trainer(ctx: FitContext, name: str, stage_run: str):
+    """The stage's Trainer (its config's options, dsn's callbacks, the recorder's logger) and its parts."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from dsn.workflows import callbacks as cb
+
+    ckpt_dir = ctx.ckpt_root / name
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor="val/f1_macro", mode="max",
+                                 save_top_k=1, save_last=True, auto_insert_metric_name=False)
+    parts = _Parts(checkpoint, cb.InterruptedState(ckpt_dir), cb.ScorerSpec())
+    trainer = L.Trainer(
+        **ctx.d[name]["trainer"],
+        logger=ctx.recorder.logger(stage_run),
+        callbacks=[cb.SharedCheckpointDir(ctx, checkpoint, parts.interrupted), *_stage_callbacks(ctx, name, checkpoint),
+                   parts.interrupted, parts.spec],
+        default_root_dir=str(ckpt_dir),
+        enable_checkpointing=True,
+        use_distributed_sampler=False,  # dsn's samplers shard across ranks themselves (streams stay contiguous)
+    )
+    return trainer, parts
+
+
+def _stage_callbacks(ctx: FitContext, name: str, checkpoint) -> list:
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from dsn.workflows.callbacks import FiniteLoss
+
+    stage_cfg = ctx.d[name]
+    cbs: list = [checkpoint, FiniteLoss(name)]
+    if stage_cfg.get("ema_decay"):
+        from dsn.systems.averaging import ema_callback
+
+        cbs.insert(0, ema_callback(stage_cfg["ema_decay"]))
+    if stage_cfg.get("early_stopping_patience"):
+        cbs.append(EarlyStopping(monitor="val/f1_macro", mode="max", patience=stage_cfg["early_stopping_patience"]))
+    if ctx.callbacks is not None:
+        cbs += list(ctx.callbacks(name))
+    return cbs
+
+
+def train(ctx: FitContext, name: str, stage_run: str, trainer, system, dm, parts: _Parts) -> float:
+    """``trainer.fit`` (from ``last.ckpt`` when resuming); a Ctrl-C leaves ``last.ckpt`` and raises
+    ``KeyboardInterrupt``. Returns the seconds it took."""
+    last = ctx.ckpt_root / name / "last.ckpt"
+    ckpt_path = str(last) if ctx.resume and last.is_file() else None
+    ctx.info("\n[%s] training (MLflow run %s)%s", name, stage_run,
+             f", resuming from {last}" if ckpt_path else "")
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(system, datamodule=dm, ckpt_path=ckpt_path)
+    except SystemExit:
+        if parts.interrupted.seen:  # Lightning turns Ctrl-C into sys.exit(1) after its graceful shutdown
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            log.warning("[%s] interrupted: the last state is in %s; continue with `dsn fit ... --resume`.", name,
+                        parts.interrupted.ckpt_path)
+            raise KeyboardInterrupt from None
+        raise
+    if parts.interrupted.seen:
+        raise KeyboardInterrupt
+    return time.perf_counter() - t0
+
+
+def select(ctx: FitContext, name: str, trainer, parts: _Parts, system, make_scorer) -> StageResult:
+    """Keep the best (by val/f1_macro) or the last epoch's weights in ``system``; save ``selected.ckpt``."""
+    from dsn.workflows.callbacks import save_selected
+
+    checkpoint = parts.checkpoint
+    best = checkpoint.best_model_path or None
+    epoch = trainer.current_epoch - 1
+    if ctx.cfg.selection == "best" and best and Path(best).is_file():  # (DDP gives rank 0's weights anyway)
+        ck = torch.load(best, map_location="cpu", weights_only=True)
+        system.load_state_dict(ck["state_dict"])
+        epoch = int(ck.get("epoch", epoch))
+        ctx.info("[%s] selected the best epoch by val/f1_macro (%.4f): %s", name, checkpoint.best_model_score, Path(best).name)
+    else:
+        ctx.info("[%s] selected the last epoch", name)
+    scorer = make_scorer(system)
+    selected = Path(checkpoint.dirpath) / "selected.ckpt"  # under DDP: rank 0's folder, on every rank
+    save_selected(trainer, selected, parts.spec, scorer.spec())
+    return StageResult(name, "", selected_epoch=epoch, best_checkpoint=best, selected_checkpoint=str(selected), scorer=scorer)
+
+
+def evaluate(ctx: FitContext, name: str, res: StageResult, dm, device) -> None:
+    """The selected model over whole recordings (whatever ``limit_*_batches`` said) of val (and test):
+    figures, confusion matrices and predictions into ``res``; each split recorded."""
+    from dsn.evaluation import metrics_from_confusion
+
+    scorer = res.scorer.to(device)
+    splits = ["val"] + (["test"] if ctx.cfg.test and dm.recordings.get("test") else [])
+    for split in splits:
+        preds = [Prediction(r.name, r.subject, np.asarray(r.y), scorer.predict_proba(r.x)) for r in dm.recordings[split]]
+        cm = confusion_of(preds, len(scorer.class_names))
+        figures = {f"{split}/{k}": v for k, v in metrics_from_confusion(cm, scorer.class_names).items()}
+        res.metrics.update(figures)
+        res.confusion[split], res.predictions[split] = cm, preds
+        ctx.recorder.record_split(res.run_id, split, figures, cm, preds, Path(res.selected_checkpoint).parent)
+        ctx.info("[%s] %s (%s): acc %.3f, MF1 %.3f, kappa %.3f", name, split, ", ".join(getattr(dm.split, split)),
+                 figures[f"{split}/acc"], figures[f"{split}/f1_macro"], figures[f"{split}/kappa"])
+    scorer.cpu()
+
+
+def record(ctx: FitContext, res: StageResult, dm, trainer) -> None:
+    """Record the selected checkpoint, epoch and model (when ``tracking.log_model``); close the stage run."""
+    t0 = time.perf_counter()
+    example = None
+    if ctx.cfg.tracking.log_model:
+        x = dm.recordings["val"][0].x
+        example = (x[:2] if res.scorer.kind == "epoch" else x[None, : min(len(x), ctx.cfg.finetune.seq_len)]).astype("float32").copy()
+    res.model_uri = ctx.recorder.record_stage(res.run_id, res, example)
+    res.timings["log"] = time.perf_counter() - t0
+    ctx.recorder.close_stage(res.run_id, trainer, res.timings)
