@@ -77,7 +77,7 @@ class SharedCheckpointDir(L.Callback):
     """Once the process group exists, gives every rank rank 0's run id and checkpoint folder (the other
     ranks cannot know the MLflow run that rank 0 opened before it started them).
 
-    ``ctx`` is the fit's context (``run_id``, ``ckpt_root``); ``checkpoint`` and ``interrupted`` are the
+    ``ctx`` is the fit's context (its recorder's ``run_id``, ``ckpt_root``); ``checkpoint`` and ``interrupted`` are the
     stage's :class:`~lightning.pytorch.callbacks.ModelCheckpoint` and :class:`InterruptedState`.
     """
 
@@ -89,7 +89,7 @@ class SharedCheckpointDir(L.Callback):
             return
         ctx = self.ctx
         run_id, root, dirpath = trainer.strategy.broadcast((ctx.run_id, str(ctx.ckpt_root), str(self.checkpoint.dirpath)), src=0)
-        ctx.run_id, ctx.ckpt_root = run_id, Path(root)
+        ctx.recorder.run_id, ctx.ckpt_root = run_id, Path(root)
         self.checkpoint.dirpath = dirpath
         self.interrupted.dirpath = dirpath
 
