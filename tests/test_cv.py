@@ -59,9 +59,11 @@ def test_stage_figures_match_sklearn():
 
 
 @pytest.fixture
-def dsn_log(caplog):
-    """The ``dsn`` loggers' records (also when an earlier test ran the CLI, whose handler does not propagate)."""
+def dsn_log(caplog, monkeypatch):
+    """The ``dsn`` loggers' records, once each (whether or not an earlier test ran the CLI, whose handler
+    stops them propagating to the root logger)."""
     lg = logging.getLogger("dsn")
+    monkeypatch.setattr(lg, "propagate", False)
     lg.addHandler(caplog.handler)
     caplog.set_level(logging.INFO, logger="dsn")
     yield caplog
