@@ -62,22 +62,39 @@ def main() -> None:
     normalised = prep["normalize"] != "none"
     passes = scorer.n_offsets + (1 if normalised else 0)  # LSTM streamings per night
 
-    runs = []
-    for i in range(a.repeats):
+    from dsn.data.psg import read_epochs
+    from dsn.models.scoring import _offset_rows
+
+    x = torch.from_numpy(np.array(read_epochs(psg).x))
+    n_off = scorer.n_offsets
+    offsets = [round(k * scorer.seq_len / n_off) for k in range(n_off)]
+
+    def timed(fn) -> float:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            fn()
+        return time.perf_counter() - t
+
+    def one_by_one(feats):  # the offsets streamed one after the other (the code before the rows of one batch)
+        fwd = None
+        for o in offsets:
+            _, fwd = scorer._official_stream(net, feats, scorer.chunk_bounds(len(feats), o), fwd)
+
+    official = net.bidirectional_mode == "official" and scorer.carry_state and n_off > 1
+    runs, bare, parts = [], [], {"cnn": [], "rows": [], "one_by_one": []}
+    for i in range(a.repeats):  # interleaved, so that a change of the machine's load hits every path alike
         out = tmp / f"out{i}"
         out.mkdir()
         s = score_recording(scorer, psg, out)
         runs.append(s["timings"])
+        bare.append(timed(lambda: torch.softmax(net(x[None]), -1)))
+        if official:
+            with torch.inference_mode():
+                feats = torch.cat([net.feature_net(x[j : j + 256]) for j in range(0, len(x), 256)])
+            parts["cnn"].append(timed(lambda: torch.cat([net.feature_net(x[j : j + 256]) for j in range(0, len(x), 256)])))
+            parts["rows"].append(timed(lambda f=feats: _offset_rows(net, f, offsets, scorer.seq_len)))
+            parts["one_by_one"].append(timed(lambda f=feats: one_by_one(f)))
     n_epochs = s["n_epochs"]
-    from dsn.data.psg import read_epochs
-
-    x = torch.from_numpy(np.array(read_epochs(psg).x))
-    bare = []
-    for _ in range(a.repeats):
-        t = time.perf_counter()
-        with torch.inference_mode():
-            torch.softmax(net(x[None]), -1)
-        bare.append(time.perf_counter() - t)
 
     def stat(key):
         v = sorted(r[key] for r in runs)
@@ -90,6 +107,12 @@ def main() -> None:
         rows.append([label, f"{b:.3f}", f"{m:.3f}"])
     rows.append(["total", f"{min(total):.3f}", f"{sorted(total)[len(total) // 2]:.3f}"])
     rows.append(["bare forward pass (one call)", f"{min(bare):.3f}", f"{sorted(bare)[len(bare) // 2]:.3f}"])
+    for key, label in (("cnn", "  part: CNN over the night (one pass)"),
+                       ("rows", f"  part: LSTM, {n_off} offsets as rows of one batch"),
+                       ("one_by_one", f"  part: LSTM, {n_off} offsets one after the other (before)")):
+        if parts[key]:
+            v = sorted(parts[key])
+            rows.append([label, f"{v[0]:.3f}", f"{v[len(v) // 2]:.3f}"])
     print_table(["step", "best s", "median s"], rows,
                 title=f"dsn predict, {a.hours:g}-h recording ({n_epochs} epochs), {a.config} network, torch threads {torch.get_num_threads()}")
     print(f"\nmodel part / bare forward pass: {stat('model_s')[0] / min(bare):.2f}x (target <= "
@@ -97,6 +120,10 @@ def main() -> None:
              f"the sleep period for the normalisation, {scorer.n_offsets} chunk offsets averaged as rows of one batch"
              if passes > 1 else "1.2x")
           + ")")
+    if parts["rows"]:
+        print(f"LSTM part, offsets as rows / one after the other: {min(parts['rows']) / min(parts['one_by_one']):.2f}x; "
+              f"CNN pass / bare forward pass: {min(parts['cnn']) / min(bare):.2f}x (the CNN runs twice with normalisation: "
+              "the final pass reads the signal scaled by the first pass's sleep period)")
     print(f"epochs per second end to end: {n_epochs / min(total):.0f}")
 
 
