@@ -45,8 +45,16 @@ def _synth(argv: list[str]) -> int:
     p.add_argument("--nights", type=int, choices=(1, 2), default=1, help="nights per subject (default 1)")
     p.add_argument("--hours", type=float, default=8.0, help="recording length in hours (default 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--sfreq", type=float, default=100.0, help="EEG/EOG sampling rate in Hz (default 100)")
+    p.add_argument("--sfreq", type=float, default=100.0, help="EEG/EOG sampling rate in Hz (default 100; sleep-edf layout)")
+    p.add_argument("--layout", choices=("sleep-edf", "nsrr", "bids", "generic"), default="sleep-edf",
+                   help="file layout, channel names and rates, hypnogram format of a data-set profile (default sleep-edf)")
     a = p.parse_args(argv)
+    if a.layout != "sleep-edf":
+        from dsn.data.synth_layouts import write_layout
+
+        pairs = write_layout(a.out_dir, a.layout, subjects=a.subjects, nights=a.nights, hours=a.hours, seed=a.seed)
+        print(f"wrote {len(pairs)} recordings in the {a.layout} layout to {a.out_dir} (read with --data.dataset {a.layout})")
+        return 0
     from dsn.data.synth import write_dataset
 
     pairs = write_dataset(a.out_dir, subjects=a.subjects, nights=a.nights, hours=a.hours, seed=a.seed, sfreq=a.sfreq)

@@ -74,7 +74,7 @@ def test_cache_second_run_does_not_read_edf(synth_dir, tmp_path, monkeypatch):
         raise AssertionError("EDF read although cached")
 
     monkeypatch.setattr(recording_mod, "read_channels", boom)
-    monkeypatch.setattr(recording_mod, "read_hypnogram", boom)
+    monkeypatch.setattr(recording_mod, "stage_labels", boom)
     again = load_recording(files, prep, tmp_path)
     np.testing.assert_array_equal(np.asarray(again.x), np.asarray(first.x))
     # a different parameter is a different entry (and so needs the EDF): channels and aliases included

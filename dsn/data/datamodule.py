@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dsn.data.channels import merge_aliases, pick_channels
+from dsn.data.datasets import load_profile
 from dsn.data.device_sampling import DeviceBatches
 from dsn.data.edf import DataError, RecordingFiles, find_recordings
 from dsn.data.labels import STAGES, class_counts
@@ -33,15 +34,18 @@ SPLITS = ("train", "val", "test")
 logger = logging.getLogger(__name__)
 
 
-def subject_ids(subjects: list[int | str]) -> set[str]:
+def subject_ids(subjects: list[int | str], sleep_edf: bool = True) -> set[str]:
     """Subject ids (``SC401``, ``ST701``) named by ``subjects``: a number ``n`` (or a string of digits) is the
     sleep-cassette subject ``SC4nn``; the telemetry study is selected only by explicit ids (``"ST701"``).
+    With ``sleep_edf=False`` (other data sets) the ids are taken as written (``shhs-200001``, ``sub-01``).
 
     Raises
     ------
     ValueError
         For anything else, naming the value.
     """
+    if not sleep_edf:
+        return {str(s).strip() for s in subjects}
     ids = set()
     for s in subjects:
         text = str(s).strip()
@@ -63,7 +67,12 @@ class SleepEDFDataModule(L.LightningDataModule):
     Parameters
     ----------
     data_dir : str, default "data/demo"
-        Folder with Sleep-EDF ``*-PSG.edf`` / ``*-Hypnogram.edf`` pairs (searched recursively).
+        Folder with the data set's recordings and hypnograms (searched recursively; Sleep-EDF:
+        ``*-PSG.edf`` / ``*-Hypnogram.edf`` pairs).
+    dataset : str, default "sleep-edf"
+        Data-set profile: how recordings are found, paired with their hypnograms, named (subject, night) and
+        labelled. A built-in name (``sleep-edf``, ``nsrr``, ``bids``, ``generic``: ``conf/datasets/``) or the
+        path of a YAML profile; see :mod:`dsn.data.datasets`.
     channels : list of str, default ["EEG Fpz-Cz"]
         The signals the network reads, in order (``net.n_chans`` follows their number). Each is found by its
         exact label, an alias (``Fpz-Cz`` = ``EEG Fpz-Cz``, ``C4-M1`` = ``C4-A1`` = ``EEG C4-A1``, ``E1-M2`` =
@@ -75,7 +84,8 @@ class SleepEDFDataModule(L.LightningDataModule):
         Deprecated spelling of one channel (``channels: [channel]``).
     channel_aliases : dict of str to list of str, optional
         More aliases, ``{canonical: [alias, ...]}`` (added to the built-in table), e.g.
-        ``{Fpz-Cz: [EEG]}`` to read a file's ``EEG`` where a model wants ``Fpz-Cz``.
+        ``{Fpz-Cz: [EEG]}`` to read a file's ``EEG`` where a model wants ``Fpz-Cz``. The data-set profile's
+        ``channel_aliases`` are added as well.
     sfreq : float, default 100.0
         Sampling rate after resampling, Hz.
     epoch_sec : float, default 30.0
@@ -176,6 +186,7 @@ class SleepEDFDataModule(L.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data/demo",
+        dataset: str = "sleep-edf",
         channels: list[str] = ["EEG Fpz-Cz"],  # noqa: B006 - jsonargparse needs a visible default
         channel: str | None = None,
         channel_aliases: dict[str, list[str]] | None = None,
@@ -219,13 +230,14 @@ class SleepEDFDataModule(L.LightningDataModule):
             raise ValueError(f"skip_first={skip_first!r}: must be an integer number of epochs >= 0 (0: off)")
         if normalize not in NORMALIZE_METHODS:
             raise ValueError(f"normalize={normalize!r}: must be one of {list(NORMALIZE_METHODS)}")
-        self._subject_ids = None if subjects is None else subject_ids(subjects)
+        self.profile = load_profile(dataset)
+        self._subject_ids = None if subjects is None else subject_ids(subjects, self.profile.is_default)
         self.save_hyperparameters()
         if channel is not None:
             logger.warning("data.channel is deprecated: use data.channels: [%s]", channel)
         self.prep = Preprocessing(
             tuple(pick_channels(channels, channel)), sfreq, epoch_sec, trim_minutes, unscored, length_mismatch,
-            merge_aliases(channel_aliases) or None,
+            merge_aliases(None if self.profile.is_default else self.profile.channel_aliases, channel_aliases) or None,
         )
         self.mode = mode
         self.shift_samples = int(round(max_shift * self.prep.n_times))
@@ -250,6 +262,8 @@ class SleepEDFDataModule(L.LightningDataModule):
         hp = self.hparams
         data_dir = Path(hp.data_dir)
         if hp.download:
+            if not self.profile.is_default:
+                raise DataError(f"download=True fetches Sleep-EDF only; data.dataset is {hp.dataset!r}.")
             from dsn.data.fetch import fetch_sleep_edf
 
             if not hp.subjects:
@@ -257,7 +271,7 @@ class SleepEDFDataModule(L.LightningDataModule):
             cassette = sorted(int(s[3:]) for s in self._subject_ids if s.startswith("SC4"))
             if cassette:  # MNE's fetcher covers the sleep-cassette study; telemetry files must be in data_dir
                 data_dir = fetch_sleep_edf(cassette, hp.recordings, path=data_dir)
-        files = find_recordings(data_dir)
+        files = find_recordings(data_dir, self.profile)
         if self._subject_ids is not None:
             files = [f for f in files if f.subject in self._subject_ids]
         if hp.recordings is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import mmap
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -36,12 +36,17 @@ class RecordingFiles:
     Attributes
     ----------
     name : str
-        Recording name, the PSG file name without ``-PSG.edf`` (e.g. ``SC4001E0``).
+        Recording name (Sleep-EDF: the PSG file name without ``-PSG.edf``, e.g. ``SC4001E0``; other data
+        sets: the profile's ``recording_name``, by default the file name without extension). Unique in a data set.
     subject : str
-        Subject identifier: study prefix + subject number (``SC400``); unique across SC and ST studies.
+        Subject identifier by the profile's rule (Sleep-EDF: study prefix + subject number, ``SC400``, unique
+        across SC and ST studies; NSRR: ``shhs-200001`` for both visits; BIDS: ``sub-01``).
     night : int
-        Night number (1 or 2).
+        Night number (Sleep-EDF: 1 or 2; NSRR: the visit; BIDS: the session's number).
     psg, hypnogram : Path
+    profile : Profile or None
+        The data-set profile (:class:`dsn.data.datasets.Profile`) that says how the hypnogram is read;
+        ``None`` for the default ``sleep-edf`` profile.
     """
 
     name: str
@@ -49,16 +54,26 @@ class RecordingFiles:
     night: int
     psg: Path
     hypnogram: Path
+    profile: object | None = field(default=None, compare=False, repr=False)
 
 
-def parse_name(path: str | Path) -> dict[str, str | int]:
-    """Parse a Sleep-EDF file name into study, subject, night and kind.
+def parse_name(path: str | Path, profile: object | None = None) -> dict[str, str | int]:
+    """Parse a recording's file name into subject, night and pairing key.
+
+    Without ``profile``, a Sleep-EDF name: study, subject, night, kind (``PSG``/``Hypnogram``) and key
+    (its first 7 characters). With a :class:`~dsn.data.datasets.Profile`: the name is matched against the
+    profile's recording rule, then its hypnogram rule, and ``subject``, ``night``, ``kind``
+    (``recording``/``hypnogram``) and ``key`` come from its templates.
 
     Raises
     ------
     DataError
-        If the name does not follow the Sleep-EDF convention.
+        If the name does not follow the convention.
     """
+    if profile is not None:
+        from dsn.data.datasets import describe_name
+
+        return describe_name(path, profile)
     name = Path(path).name
     m = _NAME_RE.match(name)
     if m is None:
@@ -75,58 +90,25 @@ def parse_name(path: str | Path) -> dict[str, str | int]:
     }
 
 
-def find_recordings(data_dir: str | Path) -> list[RecordingFiles]:
-    """Find PSG/Hypnogram pairs in ``data_dir`` (searched recursively).
+def find_recordings(data_dir: str | Path, profile: str | Path | object | None = None) -> list[RecordingFiles]:
+    """Find recording/hypnogram pairs in ``data_dir`` (searched recursively) by a data-set profile.
 
-    Files are paired by the first 7 characters of their names, as Sleep-EDF requires
-    (``SC4001E0-PSG.edf`` <-> ``SC4001EC-Hypnogram.edf``).
+    ``profile`` is a built-in name (``sleep-edf``, ``nsrr``, ``bids``, ``generic``), a YAML path or a loaded
+    :class:`~dsn.data.datasets.Profile`; ``None`` is ``sleep-edf``, where files are paired by the first 7
+    characters of their names (``SC4001E0-PSG.edf`` <-> ``SC4001EC-Hypnogram.edf``).
 
     Raises
     ------
     DataError
-        If the folder does not exist or holds no PSG file, if a PSG has no hypnogram,
-        or if a PSG has two candidate hypnograms.
+        If the folder does not exist or holds no recording, if a recording has no hypnogram or several, or
+        two recordings share a name or a subject and night (the first such problem; ``dsn data`` lists all).
     """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise DataError(
-            f"{data_dir}: data folder not found. Create one with `dsn synth {data_dir} --subjects 4` "
-            "or download Sleep-EDF (see README, 'Real Sleep-EDF')."
-        )
-    psgs: dict[str, Path] = {}
-    hyps: dict[str, list[Path]] = {}
-    for path in sorted(data_dir.rglob("*.edf")):
-        try:
-            info = parse_name(path)
-        except DataError:
-            continue
-        if info["kind"] == "PSG":
-            psgs[str(info["key"])] = path
-        else:
-            hyps.setdefault(str(info["key"]), []).append(path)
-    if not psgs:
-        raise DataError(f"{data_dir}: no Sleep-EDF PSG files (*-PSG.edf) found.")
-    out = []
-    for key, psg in sorted(psgs.items()):
-        cands = hyps.get(key, [])
-        if not cands:
-            raise DataError(
-                f"{psg}: no hypnogram found. Expected a file named '{key}?-Hypnogram.edf' next to it "
-                "(paired by the first 7 characters). Add it or remove the PSG file."
-            )
-        if len(cands) > 1:
-            raise DataError(f"{psg}: several hypnograms match: {', '.join(str(c) for c in cands)}. Keep one.")
-        info = parse_name(psg)
-        out.append(
-            RecordingFiles(
-                name=psg.name[: -len("-PSG.edf")],
-                subject=str(info["subject"]),
-                night=int(info["night"]),
-                psg=psg,
-                hypnogram=cands[0],
-            )
-        )
-    return out
+    from dsn.data.datasets import scan
+
+    found = scan(data_dir, profile)
+    if found.problems:
+        raise DataError(found.problems[0])
+    return found.recordings
 
 
 def check_edf_size(path: str | Path) -> None:

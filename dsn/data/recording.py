@@ -14,12 +14,11 @@ from dsn.data.channels import DEFAULT_CHANNELS, channel_names, merge_aliases, pa
 from dsn.data.edf import (
     UNANNOTATED,
     RecordingFiles,
-    epoch_labels,
     read_channels,
-    read_hypnogram,
     trim_and_clean,
 )
-from dsn.data.labels import IGNORE_INDEX, RK_TO_AASM
+from dsn.data.hypnograms import stage_labels
+from dsn.data.labels import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -132,10 +131,7 @@ def _prepare(files: RecordingFiles, prep: Preprocessing) -> tuple[np.ndarray, np
     sig = read_channels(files.psg, prep.channels, prep.sfreq, prep.channel_aliases)
     n_times = prep.n_times
     n_epochs = sig.data.shape[1] // n_times
-    onsets, durations, labels = read_hypnogram(files.hypnogram, RK_TO_AASM)
-    y = epoch_labels(
-        onsets, durations, labels, n_epochs, prep.epoch_sec, RK_TO_AASM, prep.length_mismatch, str(files.hypnogram)
-    )
+    y = stage_labels(files, n_epochs, prep.epoch_sec, prep.length_mismatch)
     keep = trim_and_clean(y, prep.trim_minutes, prep.epoch_sec, prep.unscored, source=str(files.hypnogram))
     y = y[keep]
     y[y == UNANNOTATED] = IGNORE_INDEX
@@ -158,6 +154,8 @@ def load_recording(
     reads it; its ``meta.json`` records the file labels read and their rates (``meta["channels"]``).
     """
     params = prep.params()
+    if files.profile is not None:  # how another data set's hypnogram is read (Sleep-EDF keys stay as they were)
+        params["hypnogram"] = files.profile.reading_key()
     folder = None
     if use_cache:
         cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir()
