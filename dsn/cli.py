@@ -1,4 +1,4 @@
-"""The ``dsn`` command: ``synth``, ``fit``, ``sweep``, ``cv``, ``predict``, ``registry``, ``export``, ``ui``.
+"""The ``dsn`` command: ``synth``, ``data``, ``fit``, ``sweep``, ``cv``, ``predict``, ``registry``, ``export``, ``ui``.
 
 One module per command lives in :mod:`dsn.workflows`; this file only parses arguments, prints, and
 turns the library's :class:`~dsn.errors.DsnError` into one ``dsn <cmd>: error: ...`` line (exit 1).
@@ -59,6 +59,17 @@ def _synth(argv: list[str]) -> int:
 
     pairs = write_dataset(a.out_dir, subjects=a.subjects, nights=a.nights, hours=a.hours, seed=a.seed, sfreq=a.sfreq)
     print(f"wrote {len(pairs)} recordings ({2 * len(pairs)} EDF files) to {a.out_dir}")
+    return 0
+
+
+def _data(argv: list[str]) -> int:
+    from dsn.workflows.data import format_report, main
+
+    rep = main(argv)
+    print(format_report(rep))
+    if rep.problems:
+        print(f"dsn data: error: {len(rep.problems)} problem(s) would stop dsn fit (listed above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -318,6 +329,7 @@ def setup_logging(quiet_lightning: bool = False) -> None:
 #: name -> (one-line description, handler, whether it can be resumed)
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int], bool]] = {
     "synth": ("write a synthetic Sleep-EDF-shaped data set (EDF files) for demos and tests", _synth, False),
+    "data": ("list what dsn fit would use from a data folder: pairs, subjects, channels, stages, problems", _data, False),
     "fit": ("train DeepSleepNet (pretrain + fine-tune) from a YAML config, tracked in MLflow", _fit, True),
     "sweep": ("run an Optuna study over config keys (sweeps/<name>.yaml), one tracked fit per trial", _sweep, False),
     "cv": ("subject-wise k-fold cross-validation with pooled test figures (the paper's evaluation)", _cv, True),

@@ -329,3 +329,32 @@ def test_bad_label_in_fit_is_one_line_and_leaves_no_run_no_cache(layouts, tracki
     assert _runs(tracking_home) == []
     cache = tmp_path / "cache"
     assert not any(p.name.startswith("sub-02") for p in cache.iterdir()) if cache.exists() else True
+
+
+# ------------------------------------------------------------------------------------------ dsn data
+def test_dsn_data_lists_recordings_channels_and_stages(layouts, capsys):
+    from dsn.cli import main as cli_main
+
+    assert cli_main(["data", str(layouts["nsrr"]), "--dataset", "nsrr", "--channels", "[C4-A1, EOG(L)]"]) == 0
+    out = capsys.readouterr().out
+    assert "4 recordings, 2 subjects, 4.0 h" in out and "no problems" in out
+    row = next(ln for ln in out.splitlines() if ln.startswith("shhs2-200001"))
+    assert "shhs-200001" in row and "EEG 125 Hz, EOG(L) 50 Hz" in row  # C4-A1 found as EEG by the profile's alias
+    y = hypnograms.stage_labels(find_recordings(layouts["nsrr"], "nsrr")[2], 120)
+    assert row.split()[4:9] == [str(int((y == i).sum())) for i in range(5)]
+
+
+def test_dsn_data_lists_every_problem_and_exits_non_zero(layouts, tmp_path, capsys):
+    from dsn.cli import main as cli_main
+
+    data = _copy(layouts, "generic", tmp_path)
+    (data / "s01_night1.csv").unlink()
+    (data / "s02_night1.csv").write_text((data / "s02_night1.csv").read_text().replace(",N2\n", ",Stage Two\n", 1))
+    rc = cli_main(["data", str(data), "--dataset", "generic", "--channels", "[Fpz-Cz, EMG]"])
+    out, err = capsys.readouterr()
+    problems = [ln.strip() for ln in out.split("problem(s) that would stop dsn fit:")[1].splitlines() if ln.strip()]
+    assert rc == 1 and "4 problem(s) would stop dsn fit" in err
+    assert len(problems) == 4  # no hypnogram, unknown label, and EMG missing in the two recordings left
+    assert any("s01_night1.edf: no hypnogram found" in p for p in problems)
+    assert any("s02_night1.csv: unknown sleep-stage label(s) ['Stage Two']" in p for p in problems)
+    assert sum("channel 'EMG' not found" in p for p in problems) == 2

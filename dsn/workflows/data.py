@@ -1,0 +1,200 @@
+"""``dsn data DIR``: what ``dsn fit`` would use from a data folder, in seconds, without training.
+
+For every recording the data-set profile pairs with a hypnogram: subject, night, hours, the channels found
+and their rates (or only those asked for), and the stage counts of its hypnogram on the recording's
+epoch grid. Every problem that would stop ``dsn fit`` (a recording without hypnogram, an unknown label, a
+hypnogram that does not fit its recording, a missing channel) is one line; the command exits non-zero
+when there is one. Only file headers and hypnograms are read (no signal, no cache entry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsn.data.labels import STAGES
+
+
+@dataclass
+class RecordingReport:
+    """One paired recording: header facts and stage counts (``stages`` empty when its hypnogram failed)."""
+
+    name: str
+    subject: str
+    night: int
+    psg: str
+    hypnogram: str
+    hours: float = float("nan")
+    channels: dict[str, float] = field(default_factory=dict)  # label -> Hz (all, or those asked for)
+    stages: dict[str, int] = field(default_factory=dict)
+    unscored: int = 0
+
+
+@dataclass
+class DataReport:
+    """What :func:`inspect` found; ``problems`` would stop ``dsn fit``, ``notes`` would not."""
+
+    data_dir: str
+    dataset: str
+    profile: str
+    channels: list[str] | None
+    recordings: list[RecordingReport] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def subjects(self) -> list[str]:
+        return sorted({r.subject for r in self.recordings})
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {**asdict(self), "subjects": self.subjects}
+
+
+def find_channel(name: str, labels: Sequence[str], aliases: dict[str, list[str]]) -> str | None:
+    """The label under which channel ``name`` is stored: itself, an alias of the profile
+    (``{canonical: [alias, ...]}``, either way round), or the same name with or without an ``EEG ``/``EOG ``
+    prefix (``Fpz-Cz`` <-> ``EEG Fpz-Cz``); ``None`` when none is there."""
+    def plain(s: str) -> str:
+        return s.removeprefix("EEG ").removeprefix("EOG ").casefold()
+
+    cands = [name]
+    for canon, alts in aliases.items():
+        group = [canon, *alts]
+        if name in group:
+            cands += group
+    for cand in cands:
+        if cand in labels:
+            return cand
+    for cand in cands:
+        for label in labels:
+            if plain(label) == plain(cand):
+                return label
+    return None
+
+
+def _header(path: Path) -> tuple[float, dict[str, float]]:
+    """Duration in seconds and ``{label: Hz}`` of an EDF file's signals (annotation channels left out)."""
+    from edfio import read_edf
+
+    from dsn.data.edf import DataError, check_edf_size
+
+    check_edf_size(path)
+    try:
+        edf = read_edf(path, lazy_load_data=True)
+    except Exception as e:  # edfio raises several types for non-conforming headers
+        raise DataError(f"{path}: could not read the EDF header ({type(e).__name__}: {e}).") from None
+    return float(edf.duration), {s.label: float(s.sampling_frequency) for s in edf.signals}
+
+
+def inspect(
+    data_dir: str | Path,
+    dataset: str = "sleep-edf",
+    channels: Sequence[str] | None = None,
+    epoch_sec: float = 30.0,
+    length_mismatch: str = "raise",
+) -> DataReport:
+    """Pair, read headers and hypnograms, and collect every problem of a data folder (see the module docstring).
+
+    Raises
+    ------
+    DataError
+        Only if the folder does not exist or the profile cannot be loaded (everything else is a problem line).
+    """
+    from dsn.data import hypnograms
+    from dsn.data.datasets import scan
+    from dsn.data.edf import DataError
+    from dsn.data.labels import IGNORE_INDEX
+
+    found = scan(data_dir, dataset)
+    prof = found.profile
+    rep = DataReport(str(data_dir), dataset, prof.source, list(channels) if channels else None,
+                     problems=list(found.problems), notes=list(found.notes))
+    for f in found.recordings:
+        r = RecordingReport(f.name, f.subject, f.night, str(f.psg), str(f.hypnogram))
+        rep.recordings.append(r)
+        try:
+            duration, rates = _header(f.psg)
+        except DataError as e:
+            rep.problems.append(str(e))
+            continue
+        r.hours = duration / 3600
+        if channels:
+            for ch in channels:
+                label = find_channel(ch, list(rates), prof.channel_aliases)
+                if label is None:
+                    tried = [a for c, alts in prof.channel_aliases.items() if ch in (c, *alts) for a in (c, *alts)]
+                    rep.problems.append(
+                        f"{f.psg}: channel '{ch}' not found (aliases tried: {sorted(set(tried) - {ch}) or 'none'}). "
+                        f"Channels in this file: {', '.join(rates)}."
+                    )
+                else:
+                    r.channels[label] = rates[label]
+        else:
+            r.channels = rates
+        try:
+            hyp, codes = hypnograms.read(f)
+            y = hypnograms.place(hyp, codes, int(duration // epoch_sec), epoch_sec, hypnograms.edf_start(f.psg),
+                                 length_mismatch, prof.epoch_sec, str(f.psg))
+        except DataError as e:
+            rep.problems.append(str(e))
+            continue
+        r.stages = {s: int((y == i).sum()) for i, s in enumerate(STAGES)}
+        r.unscored = int(((y == IGNORE_INDEX) | (y < 0)).sum())
+        if not any(r.stages[s] for s in STAGES[1:]):
+            rep.problems.append(f"{f.hypnogram}: no sleep epochs (N1, N2, N3, REM), nothing to train on. "
+                                "Check the hypnogram file, or exclude this recording.")
+    return rep
+
+
+def format_report(rep: DataReport) -> str:
+    """The report as text: one row per recording, totals, then one line per problem and note."""
+    head = f"{'recording':<28} {'subject':<14} {'night':>5} {'hours':>6}  " + " ".join(f"{s:>5}" for s in STAGES)
+    lines = [f"{rep.data_dir}: data set '{rep.dataset}' ({rep.profile})", head + "  unscored  channels"]
+    for r in rep.recordings:
+        counts = " ".join(f"{r.stages.get(s, 0):>5}" if r.stages else f"{'-':>5}" for s in STAGES)
+        chans = ", ".join(f"{k} {v:g} Hz" for k, v in r.channels.items())
+        lines.append(f"{r.name:<28} {r.subject:<14} {r.night:>5} {r.hours:>6.2f}  {counts}  {r.unscored:>8}  {chans}")
+    total = {s: sum(r.stages.get(s, 0) for r in rep.recordings) for s in STAGES}
+    hours = float(np.nansum([r.hours for r in rep.recordings])) if rep.recordings else 0.0
+    lines.append(f"{len(rep.recordings)} recordings, {len(rep.subjects)} subjects, {hours:.1f} h; "
+                 + ", ".join(f"{s} {n}" for s, n in total.items()))
+    if rep.problems:
+        lines.append(f"{len(rep.problems)} problem(s) that would stop dsn fit:")
+        lines += [f"  {p}" for p in rep.problems]
+    else:
+        lines.append("no problems: dsn fit can use this folder.")
+    lines += [f"  note: {n}" for n in rep.notes]
+    return "\n".join(lines)
+
+
+def build_parser():
+    from jsonargparse import ArgumentParser
+
+    p = ArgumentParser(prog="dsn data", description="List what dsn fit would use from a data folder (no training).")
+    p.add_argument("data_dir", type=str, help="data folder (searched recursively)")
+    p.add_argument("--dataset", "--data.dataset", type=str, default="sleep-edf",
+                   help="data-set profile: sleep-edf, nsrr, bids, generic (conf/datasets/) or a YAML path")
+    p.add_argument("--channels", "--data.channels", type=list[str] | None, default=None,
+                   help="channels to look for (aliases applied), e.g. '[EEG, EOG(L)]'; default: list every channel")
+    p.add_argument("--epoch_sec", "--data.epoch_sec", type=float, default=30.0, help="sleep-epoch length, seconds")
+    p.add_argument("--length_mismatch", "--data.length_mismatch", type=str, default="raise",
+                   help="raise or crop: as data.length_mismatch of dsn fit")
+    p.add_argument("--json", type=str | None, default=None, help="also write the report as JSON to this file")
+    return p
+
+
+def main(argv: Sequence[str]) -> DataReport:
+    """``dsn data``: parse the command line and inspect the folder (the CLI prints the report)."""
+    import json
+
+    a = build_parser().parse_args(list(argv))
+    rep = inspect(a.data_dir, a.dataset, a.channels, a.epoch_sec, a.length_mismatch)
+    if a.json:
+        Path(a.json).write_text(json.dumps(rep.as_dict(), indent=1))
+    return rep
