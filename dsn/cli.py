@@ -1,4 +1,4 @@
-"""The ``dsn`` command: ``synth``, ``data``, ``fit``, ``sweep``, ``cv``, ``predict``, ``registry``, ``export``, ``ui``.
+"""The ``dsn`` command: ``synth``, ``data``, ``fit``, ``sweep``, ``cv``, ``predict``, ``evaluate``, ``registry``, ``export``, ``ui``.
 
 One module per command lives in :mod:`dsn.workflows`; this file only parses arguments, prints, and
 turns the library's :class:`~dsn.errors.DsnError` into one ``dsn <cmd>: error: ...`` line (exit 1).
@@ -70,6 +70,15 @@ def _data(argv: list[str]) -> int:
     if rep.problems:
         print(f"dsn data: error: {len(rep.problems)} problem(s) would stop dsn fit (listed above)", file=sys.stderr)
         return 1
+    return 0
+
+
+def _evaluate(argv: list[str]) -> int:
+    from dsn.workflows.evaluate import format_summary, main
+
+    summary = main(argv)
+    print(format_summary(summary))
+    print(f"MLflow run {summary['run_id']}; wrote {summary['json']}")
     return 0
 
 
@@ -334,6 +343,7 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int], bool]] = {
     "sweep": ("run an Optuna study over config keys (sweeps/<name>.yaml), one tracked fit per trial", _sweep, False),
     "cv": ("subject-wise k-fold cross-validation with pooled test figures (the paper's evaluation)", _cv, True),
     "predict": ("score PSG recordings with a trained model: hypnogram CSV / EDF+ / PNG and night statistics", _predict, False),
+    "evaluate": ("score every labelled recording of a data set with a model: pooled and per-recording figures", _evaluate, False),
     "registry": ("list, show, promote and upgrade models in the MLflow Model Registry", _registry, False),
     "export": ("write a model's networks as ONNX or TorchScript (LSTM state as explicit input/output)", _export, False),
     "ui": ("open the MLflow UI on the project's tracking store", _ui, False),

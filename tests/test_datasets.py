@@ -358,3 +358,63 @@ def test_dsn_data_lists_every_problem_and_exits_non_zero(layouts, tmp_path, caps
     assert any("s01_night1.edf: no hypnogram found" in p for p in problems)
     assert any("s02_night1.csv: unknown sleep-stage label(s) ['Stage Two']" in p for p in problems)
     assert sum("channel 'EMG' not found" in p for p in problems) == 2
+
+
+# ------------------------------------------------------------------------------------------ dsn evaluate
+@pytest.fixture
+def model_ckpt(tmp_path) -> Path:
+    """A small untrained sequence model saved as dsn fit saves selected.ckpt (enough to test the plumbing)."""
+    import torch
+
+    from dsn.models import DeepFeatureNet, DeepSleepNet
+    from dsn.models.scoring import SleepScorer
+
+    torch.manual_seed(0)
+    net_cfg = {"n_filters_first": 8, "n_filters": 8}
+    ft_cfg = {"hidden_size": 8, "shortcut_size": 16}
+    pre = {"channel": "EEG Fpz-Cz", "sfreq": 100.0, "epoch_sec": 30.0, "trim_minutes": 30.0, "unscored": "drop",
+           "normalize": "zscore"}
+    scorer = SleepScorer(DeepSleepNet(DeepFeatureNet(**net_cfg), **ft_cfg), pre, {"net": net_cfg, "finetune_net": ft_cfg},
+                         seq_len=5)
+    path = tmp_path / "selected.ckpt"
+    torch.save({"dsn_scorer": scorer.spec(), "state_dict": scorer.state_dict()}, path)
+    return path
+
+
+def test_evaluate_pools_recordings_and_names_a_cross_montage_check(layouts, model_ckpt, tracking_home, tmp_path, capsys):
+    import json
+
+    from dsn.cli import main as cli_main
+
+    out = tmp_path / "out"
+    argv = ["evaluate", "--model", str(model_ckpt), "--data.data_dir", str(layouts["nsrr"]), "--data.dataset", "nsrr",
+            "--data.cache_dir", str(tmp_path / "c"), "--out", str(out), "--tracking.home", str(tracking_home)]
+    assert cli_main(argv) == 1  # Fpz-Cz is not in an NSRR file: one line naming the file and the fix
+    assert "channel 'EEG Fpz-Cz' (for the model's EEG Fpz-Cz) not found" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+    assert cli_main([*argv, "--data.channels", "[EEG]"]) == 0
+    printed = capsys.readouterr().out
+    assert "cross-montage check: the model's EEG Fpz-Cz read from EEG (C4-A1)" in printed
+    s = json.loads((out / "evaluate_summary.json").read_text())
+    assert s["cross_montage"] and s["n_recordings"] == 4 and s["n_subjects"] == 2
+    pooled, per = s["pooled"], s["per_recording"]
+    np.testing.assert_array_equal(np.sum([r["confusion"] for r in per], axis=0), pooled["confusion"])
+    cm = np.array(pooled["confusion"])
+    assert pooled["n_epochs"] == cm.sum() and pooled["acc"] == pytest.approx(np.trace(cm) / cm.sum())
+    import mlflow
+
+    from dsn import tracking
+
+    c = mlflow.MlflowClient(tracking.tracking_uri(None, tracking_home))
+    exp = c.get_experiment_by_name("dsn-evaluate")
+    runs = c.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags["dsn.cross_montage"] == "true"
+    assert runs[0].data.metrics["eval/f1_macro"] == pytest.approx(pooled["f1_macro"])
+
+
+def test_evaluate_finds_the_models_channel_by_alias(layouts, model_ckpt, tmp_path):
+    from dsn.workflows.evaluate import evaluate
+
+    s = evaluate(str(model_ckpt), layouts["bids"], "bids", cache_dir=str(tmp_path / "c"))
+    assert s["channels"][0]["read"] == "Fpz-Cz" and not s["cross_montage"]
+    assert s["pooled"]["n_epochs"] == sum(r["n_epochs"] for r in s["per_recording"]) > 0

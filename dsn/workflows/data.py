@@ -78,7 +78,7 @@ def find_channel(name: str, labels: Sequence[str], aliases: dict[str, list[str]]
     return None
 
 
-def _header(path: Path) -> tuple[float, dict[str, float]]:
+def edf_header(path: Path) -> tuple[float, dict[str, float]]:
     """Duration in seconds and ``{label: Hz}`` of an EDF file's signals (annotation channels left out)."""
     from edfio import read_edf
 
@@ -119,7 +119,7 @@ def inspect(
         r = RecordingReport(f.name, f.subject, f.night, str(f.psg), str(f.hypnogram))
         rep.recordings.append(r)
         try:
-            duration, rates = _header(f.psg)
+            duration, rates = edf_header(f.psg)
         except DataError as e:
             rep.problems.append(str(e))
             continue

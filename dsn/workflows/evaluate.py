@@ -1,0 +1,236 @@
+"""``dsn evaluate``: score every labelled recording of a data set with a trained model.
+
+The cross-data-set check (train on Sleep-EDF, test on another site): the model's channel is read from each
+recording (found by the data-set profile's aliases, or mapped explicitly with ``--data.channels``), the
+recordings are prepared as the model's training data was (sampling rate, epoch length, trimming around sleep,
+normalisation; unscored epochs dropped) and the figures ``dsn cv`` reports are computed: the pooled confusion
+matrix, accuracy, macro-F1, Cohen's kappa, per-class F1 / precision / recall, and the same per recording.
+They go to one MLflow run (metrics ``eval/<name>``, the confusion matrix and its figures) and to
+``<out>/evaluate_summary.json``. Reading a channel in place of another montage (the model's Fpz-Cz from
+NSRR's C4-A1 ``EEG``) is named in the output as a cross-montage check.
+
+Every recording is read and checked before the MLflow run opens, so bad input leaves no run behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsn.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ChannelUse:
+    """Which file channel stands for one of the model's channels.
+
+    Attributes
+    ----------
+    model : the model's channel (``EEG Fpz-Cz``)
+    asked : what ``--data.channels`` named (the model's channel when not given)
+    read : the label read from the files (``EEG``)
+    montage : the derivation the profile calls it (``C4-A1``), else ``read``
+    cross_montage : ``read`` is not ``model`` nor one of its aliases: another derivation stands in for it
+    """
+
+    model: str
+    asked: str
+    read: str
+    montage: str
+    cross_montage: bool
+
+    def describe(self) -> str:
+        if self.cross_montage:
+            return (f"cross-montage check: the model's {self.model} read from {self.read}"
+                    f"{f' ({self.montage})' if self.montage != self.read else ''}")
+        if self.read != self.model:
+            return f"the model's {self.model} read from {self.read} (alias)"
+        return f"the model's {self.model}"
+
+
+def _montage(label: str, aliases: dict[str, list[str]]) -> str:
+    return next((canon for canon, alts in aliases.items() if label == canon or label in alts), label)
+
+
+def channel_uses(model_channels: Sequence[str], asked: Sequence[str] | None, labels: Sequence[str],
+                 aliases: dict[str, list[str]], source: str) -> list[ChannelUse]:
+    """Map the model's channels to a file's labels (see :class:`ChannelUse`).
+
+    Raises
+    ------
+    ConfigError
+        If ``asked`` has another length than the model's channels, or a channel is not in the file.
+    """
+    from dsn.workflows.data import find_channel
+
+    asked = list(asked) if asked else list(model_channels)
+    if len(asked) != len(model_channels):
+        raise ConfigError(f"data.channels={asked}: the model reads {len(model_channels)} channel(s) "
+                          f"({', '.join(model_channels)}); name one file channel for each, in the same order.")
+    out = []
+    for m, a in zip(model_channels, asked, strict=True):
+        label = find_channel(a, labels, aliases)
+        if label is None:
+            raise ConfigError(f"{source}: channel '{a}' (for the model's {m}) not found. Channels in this file: "
+                              f"{', '.join(labels)}. Name one with --data.channels.")
+        same = find_channel(m, [label], aliases) is not None
+        out.append(ChannelUse(m, a, label, _montage(label, aliases), not same))
+    return out
+
+
+def _figures(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    from dsn.hypnogram import agreement
+
+    ag = agreement(y_true, y_pred, class_names)
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ag.items()}
+
+
+def evaluate(
+    model: str,
+    data_dir: str | Path,
+    dataset: str = "sleep-edf",
+    channels: Sequence[str] | None = None,
+    length_mismatch: str = "raise",
+    cache_dir: str | None = None,
+    use_cache: bool = True,
+    uri: str | None = None,
+) -> dict[str, Any]:
+    """Score every paired recording of ``data_dir`` with ``model``; the summary (no MLflow run).
+
+    Returns
+    -------
+    dict
+        ``pooled`` (acc, f1_macro, kappa, f1_/precision_/recall_<class>, confusion, n_epochs), ``per_recording``
+        (the same per recording), ``channels`` (one :class:`ChannelUse` dict per model channel),
+        ``cross_montage``, ``model``, ``data_dir``, ``dataset``, ``class_names``.
+    """
+    from dsn.data.datasets import load_profile
+    from dsn.data.edf import find_recordings
+    from dsn.data.normalize import normalize
+    from dsn.data.recording import Preprocessing, load_recording
+    from dsn.workflows.data import edf_header
+    from dsn.workflows.registry import load_scorer
+
+    scorer = load_scorer(model, uri)
+    prep = scorer.preprocessing
+    model_channels = list(prep.get("channels") or [prep["channel"]])
+    profile = load_profile(dataset)
+    files = find_recordings(data_dir, profile)
+    loaded, uses = [], None
+    for f in files:
+        _, rates = edf_header(f.psg)
+        rec_uses = channel_uses(model_channels, channels, list(rates), profile.channel_aliases, str(f.psg))
+        uses = uses or rec_uses
+        p = Preprocessing(channel=rec_uses[0].read, sfreq=scorer.sfreq, epoch_sec=float(prep.get("epoch_sec", 30.0)),
+                          trim_minutes=prep.get("trim_minutes", 30.0), unscored="drop", length_mismatch=length_mismatch)
+        rec = load_recording(f, p, cache_dir, use_cache)
+        if rec.x.shape[-1] != scorer.n_times:
+            raise ConfigError(f"{f.psg}: epochs of {rec.x.shape[-1]} samples, but the model expects {scorer.n_times}.")
+        loaded.append((f, rec))
+    method = prep.get("normalize", "none")
+    per, y_all, p_all = [], [], []
+    for f, rec in loaded:
+        x = rec.x if method == "none" else normalize(np.asarray(rec.x), method, scorer.sfreq)
+        y_pred = scorer.predict(x)
+        per.append({"name": rec.name, "subject": rec.subject, "night": rec.night, "psg": str(f.psg),
+                    "hypnogram": str(f.hypnogram), **_figures(rec.y, y_pred, scorer.class_names)})
+        y_all.append(rec.y)
+        p_all.append(y_pred)
+    pooled = _figures(np.concatenate(y_all), np.concatenate(p_all), scorer.class_names)
+    return {
+        "model": model, "model_kind": scorer.kind, "data_dir": str(data_dir), "dataset": profile.name,
+        "class_names": list(scorer.class_names), "n_recordings": len(per),
+        "n_subjects": len({r["subject"] for r in per}), "channels": [u.__dict__ for u in uses or []],
+        "cross_montage": any(u.cross_montage for u in uses or []), "pooled": pooled, "per_recording": per,
+    }  # fmt: skip
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The pooled row, one row per recording, and the channel mapping (a cross-montage check named as such)."""
+    names = s["class_names"]
+    cols = ["acc", "f1_macro", "kappa", *[f"f1_{c}" for c in names]]
+    head = f"{'':<30}{'epochs':>8}" + "".join(f"{c.replace('f1_macro', 'MF1').replace('f1_', 'F1 '):>9}" for c in cols)
+
+    def cell(c: str, v: float | None) -> str:
+        if v is None or math.isnan(v):
+            return f"{'n/a':>9}"
+        return f"{v:>9.3f}" if c == "kappa" else f"{100 * v:>9.1f}"
+
+    def row(label: str, fig: dict[str, Any]) -> str:
+        return f"{label[:29]:<30}{fig['n_epochs']:>8}" + "".join(cell(c, fig.get(c, float("nan"))) for c in cols)
+
+    lines = [f"dsn evaluate: {s['model']} on {s['data_dir']} (data set '{s['dataset']}', {s['n_recordings']} recordings, "
+             f"{s['n_subjects']} subjects)"]
+    lines += [f"  {ChannelUse(**u).describe()}" for u in s["channels"]]
+    lines += [head, "-" * len(head), row("pooled", s["pooled"])]
+    lines += [row(f"  {r['name']}", r) for r in s["per_recording"]]
+    return "\n".join(lines)
+
+
+def record(summary: dict[str, Any], uri: str, experiment: str, home: str | Path, run_name: str | None = None) -> str:
+    """Log the summary to a new MLflow run (metrics ``eval/<name>``, confusion matrix, JSON); its id."""
+    from dsn import tracking
+
+    exp = tracking.experiment_id(uri, experiment, home)
+    tags = {"dsn.kind": "evaluate", "dsn.dataset": summary["dataset"],
+            "dsn.cross_montage": str(summary["cross_montage"]).lower(), **tracking.environment_tags()}
+    run_id = tracking.start_run(uri, exp, run_name or f"evaluate-{summary['dataset']}", tags=tags)
+    with tracking.run_guard(uri, [run_id]):
+        tracking.log_params(uri, run_id, {
+            "model": summary["model"], "data_dir": summary["data_dir"], "dataset": summary["dataset"],
+            "channels": "; ".join(ChannelUse(**u).describe() for u in summary["channels"]),
+        })  # fmt: skip
+        pooled = summary["pooled"]
+        metrics = {f"eval/{k}": float(v) for k, v in pooled.items() if isinstance(v, int | float) and not isinstance(v, bool)
+                   and k not in ("n_epochs", "n_ignored") and not math.isnan(float(v))}
+        tracking.log_evaluation(uri, run_id, "eval", metrics, np.asarray(pooled["confusion"]))
+        tracking.log_dict(uri, run_id, summary, "evaluate_summary.json")
+    return run_id
+
+
+def build_parser():
+    from jsonargparse import ArgumentParser
+
+    p = ArgumentParser(prog="dsn evaluate", description="Score every labelled recording of a data set with a model.")
+    p.add_argument("--model", type=str, default="models:/deepsleepnet@champion",
+                   help="model reference: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a selected.ckpt")
+    p.add_argument("--data.data_dir", type=str, required=True, help="data folder (searched recursively)")
+    p.add_argument("--data.dataset", type=str, default="sleep-edf",
+                   help="data-set profile: sleep-edf, nsrr, bids, generic (conf/datasets/) or a YAML path")
+    p.add_argument("--data.channels", type=list[str] | None, default=None,
+                   help="file channel to read for each of the model's channels, e.g. '[EEG]' (another derivation "
+                        "is reported as a cross-montage check); default: the model's channels, found by alias")
+    p.add_argument("--data.length_mismatch", type=str, default="raise", help="raise or crop (as in dsn fit)")
+    p.add_argument("--data.cache_dir", type=str | None, default=None, help="preprocessing cache (default $DSN_CACHE_DIR)")
+    p.add_argument("--data.use_cache", type=bool, default=True, help="read and write the preprocessing cache")
+    p.add_argument("--out", type=str, default="results/evaluate", help="folder of evaluate_summary.json")
+    p.add_argument("--tracking.uri", type=str | None, default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<home>/mlflow.db)")
+    p.add_argument("--tracking.home", type=str, default="mlruns", help="local tracking home")
+    p.add_argument("--tracking.experiment", type=str, default="dsn-evaluate", help="MLflow experiment of the run")
+    p.add_argument("--tracking.run_name", type=str | None, default=None, help="run name (default evaluate-<dataset>)")
+    return p
+
+
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    """``dsn evaluate``: evaluate, then record the run and write the JSON (the CLI prints the summary)."""
+    from dsn import tracking
+
+    a = build_parser().parse_args(list(argv))
+    uri = tracking.tracking_uri(a.tracking.uri, a.tracking.home)
+    tracking.check_tracking(uri)
+    d = a.data
+    summary = evaluate(a.model, d.data_dir, d.dataset, d.channels, d.length_mismatch, d.cache_dir, d.use_cache, uri)
+    summary["run_id"] = record(summary, uri, a.tracking.experiment, a.tracking.home, a.tracking.run_name)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "evaluate_summary.json"
+    path.write_text(json.dumps(summary, indent=1, default=float))
+    summary["json"] = str(path)
+    return summary
