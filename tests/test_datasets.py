@@ -57,15 +57,15 @@ def test_unknown_profile_and_bad_profile_files_are_one_line(tmp_path):
 
 def test_own_profile_extends_a_builtin_one(layouts, tmp_path):
     data = _copy(layouts, "generic", tmp_path)
-    for p in data.glob("*_night1.*"):  # lab names: P01.edf + P01-hypnogram.csv
-        p.rename(p.with_name(p.name.replace("s0", "P0").replace("_night1.csv", "-hypnogram.csv").replace("_night1", "")))
+    for p in data.glob("*_night1.*"):  # lab names: P_01.edf + P_01-hypnogram.csv
+        p.rename(p.with_name(p.name.replace("s0", "P_0").replace("_night1.csv", "-hypnogram.csv").replace("_night1", "")))
     mine = tmp_path / "lab.yaml"
     mine.write_text("extends: generic\nchannel_aliases: {Fpz-Cz: [EEG1]}\n")
     prof = load_profile(mine)
     assert prof.name == "lab" and prof.channel_aliases == {"Fpz-Cz": ["EEG1"]}
     recs = find_recordings(data, mine)
     assert [(r.name, r.subject, r.night, r.hypnogram.name) for r in recs] == [
-        (f"P0{i}", f"P0{i}", 1, f"P0{i}-hypnogram.csv") for i in (1, 2, 3)
+        (f"P_0{i}", f"P_0{i}", 1, f"P_0{i}-hypnogram.csv") for i in (1, 2, 3)
     ]
 
 
@@ -150,9 +150,12 @@ def test_nsrr_xml_reads_stages_only(tmp_path):
 
 def test_bids_events_column_is_configurable(tmp_path):
     path = tmp_path / "x_events.tsv"
-    path.write_text("onset\tduration\ttrial_type\tstage\n0\t30\tsleep\tW\n30\tn/a\tsleep\tN1\n60\t30\tarousal\tn/a\n")
+    path.write_text("onset\tduration\tstage\ttrial_type\n0\t30\tW\tsleep\n30\tn/a\tN1\tsleep\n40\t3\t\tarousal\n"
+                    "60\t30\tn/a\tsleep\n")
     hyp = hypnograms.read_bids_events(path, {"column": "stage"})
-    assert hyp.labels == ["W", "N1"] and list(hyp.durations) == [30, 30]
+    assert hyp.labels == ["W", "N1", "n/a"] and list(hyp.durations) == [30, 30, 30]  # n/a duration: one epoch
+    assert list(map_labels(hyp.labels, resolve_label_map("aasm"), "x")) == [0, 1, IGNORE_INDEX]  # n/a stage: unscored
+    assert hypnograms.read_bids_events(path, {"skip": ["arousal"]}).labels == ["sleep", "sleep", "sleep"]
     with pytest.raises(DataError, match=r"x_events.tsv: events file without column\(s\) \['sleep_stage'\].*column: NAME"):
         hypnograms.read_bids_events(path, {"column": "sleep_stage"})
 

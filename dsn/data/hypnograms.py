@@ -148,8 +148,9 @@ def _number(text: str, path: str | Path, row: int, column: str) -> float:
 
 def read_bids_events(path: str | Path, options: dict[str, Any] | None = None, epoch_sec: float = 30.0) -> Hypnogram:
     """A BIDS ``*_events.tsv``: ``onset`` and ``duration`` in seconds from the recording start and the stage in
-    ``options["column"]`` (default ``trial_type``). Rows whose stage is ``n/a`` or in ``options["skip"]``
-    (other events, e.g. ``arousal``) are left out; an ``n/a`` duration is one scoring epoch."""
+    ``options["column"]`` (default ``trial_type``). Rows whose stage is empty or in ``options["skip"]``
+    (other events, e.g. ``arousal``) are left out; a stage ``n/a`` (BIDS's missing value) is kept as a label
+    (the ``aasm`` map reads it as unscored); an ``n/a`` duration is one scoring epoch."""
     options = options or {}
     column = str(options.get("column", "trial_type"))
     skip = {str(s) for s in options.get("skip", [])}
@@ -169,7 +170,7 @@ def read_bids_events(path: str | Path, options: dict[str, Any] | None = None, ep
     onsets, durations, labels = [], [], []
     for i, row in enumerate(rows, start=2):
         label = (row[column] or "").strip()
-        if not label or label == "n/a" or label in skip:
+        if not label or label in skip:
             continue
         onsets.append(_number(row["onset"], path, i, "onset"))
         dur = (row["duration"] or "").strip()

@@ -70,7 +70,7 @@ LABEL_MAPS: dict[str, dict[str, str]] = {
         "Stage N3": "N3", "Sleep stage 3": "N3", "Sleep stage 4": "N3", "Sleep stage N3": "N3", "SWS": "N3",
         "R": "REM", "REM": "REM", "Stage R": "REM", "Stage REM": "REM", "Sleep stage R": "REM", "Sleep stage REM": "REM",
         "?": UNSCORED, "Unscored": UNSCORED, "Sleep stage ?": UNSCORED, "Movement time": UNSCORED, "Movement": UNSCORED,
-        "MT": UNSCORED, "Artefact": UNSCORED, "Artifact": UNSCORED, "Unknown": UNSCORED,
+        "MT": UNSCORED, "n/a": UNSCORED, "Artefact": UNSCORED, "Artifact": UNSCORED, "Unknown": UNSCORED,
     },
     # NSRR XML ``EventConcept`` values (SHHS, MESA, MrOS, CFS, CHAT): R&K numbering after the bar.
     "nsrr": {
