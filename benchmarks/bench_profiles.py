@@ -45,10 +45,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--full", action="store_true", help="39 recordings x 22 h (the shape of bench_data.py --full)")
     p.add_argument("--recordings", type=int, default=None, help="Sleep-EDF-layout recordings (default 4; --full 39)")
     p.add_argument("--hours", type=float, default=None, help="hours per recording (default 6; --full 22)")
-    p.add_argument("--repeats", type=int, default=5, help="timed passes (default 5)")
+    p.add_argument("--repeats", type=int, default=None, help="timed passes (default 5)")
+    p.add_argument("--data", type=Path, default=None, help="folder for the synthetic data sets (written once, reused)")
+    p.add_argument("--smoke", action="store_true", help="a tiny run (1 recording x 30 min) that checks the script works")
     a = p.parse_args(argv)
-    n_rec = a.recordings or (39 if a.full else 4)
-    hours = a.hours or (22.0 if a.full else 6.0)
+    n_rec = a.recordings or (39 if a.full else 1 if a.smoke else 4)
+    hours = a.hours or (22.0 if a.full else 0.5 if a.smoke else 6.0)
+    repeats = a.repeats or (1 if a.smoke else 5)
 
     from dsn.data.edf import find_recordings
     from dsn.data.recording import Preprocessing, _prepare
@@ -57,10 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     print("bench_profiles: hypnograms through data-set profiles vs the Sleep-EDF-only path")
     for line in machine_lines():
         print("  " + line)
-    data_dir = default_data_dir(f"sleep-edf20-{n_rec}x{hours:g}h")
+    root = a.data or Path(tempfile.gettempdir()) / "dsn-bench"
+    data_dir = root / f"sleep-edf20-{n_rec}x{hours:g}h" if a.data else default_data_dir(f"sleep-edf20-{n_rec}x{hours:g}h")
     data_dir.mkdir(parents=True, exist_ok=True)
     files, _ = ensure_dataset(data_dir, n_rec, hours)
-    nsrr_dir = Path(tempfile.gettempdir()) / "dsn-bench" / f"nsrr-2x{hours:g}h"
+    nsrr_dir = root / f"nsrr-2x{hours:g}h"
     if not any(nsrr_dir.rglob("*.xml")):
         write_layout(nsrr_dir, "nsrr", subjects=2, hours=hours, progress=False)
     nsrr = find_recordings(nsrr_dir, "nsrr")
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     _prepare(nsrr[0], Preprocessing(channel="EEG"))
 
     t_before, t_after, t_find, t_nsrr = [], [], [], []
-    for _ in range(a.repeats):
+    for _ in range(repeats):
         t_find.append(timed(lambda: find_recordings(data_dir))[0])
         tb = ta = 0.0
         for f in files:
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         ["NSRR layout (125 Hz -> 100 Hz, XML)", *(f"{v:.4f}" for v in best_median(t_nsrr)), f"{min(t_nsrr) / bb:.2f}"],
     ]
     print_table(["per recording, s", "best", "median", "x before"], rows,
-                f"{len(files)} Sleep-EDF-layout recordings x {hours:g} h, {a.repeats} passes (same epochs and labels)")
+                f"{len(files)} Sleep-EDF-layout recordings x {hours:g} h, {repeats} passes (same epochs and labels)")
     print(f"\nfind_recordings over {len(files)} recordings: best {min(t_find) * 1e3:.1f} ms")
     print(f"\n{NOISE_NOTE}")
 

@@ -421,3 +421,17 @@ def test_evaluate_finds_the_models_channel_by_alias(layouts, model_ckpt, tmp_pat
     s = evaluate(str(model_ckpt), layouts["bids"], "bids", cache_dir=str(tmp_path / "c"))
     assert s["channels"][0]["read"] == "Fpz-Cz" and not s["cross_montage"]
     assert s["pooled"]["n_epochs"] == sum(r["n_epochs"] for r in s["per_recording"]) > 0
+
+
+@pytest.mark.slow
+def test_bench_profiles_smoke(capsys, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dsn_bench_profiles", Path(__file__).resolve().parents[1] / "benchmarks"
+                                                  / "bench_profiles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--smoke", "--data", str(tmp_path)])
+    out = capsys.readouterr().out
+    for text in ["before profiles (Sleep-EDF path)", "through the sleep-edf profile", "NSRR layout", "find_recordings"]:
+        assert text in out
