@@ -29,7 +29,7 @@ def before(files, prep):
     from dsn.data.edf import UNANNOTATED, epoch_labels, read_eeg, read_hypnogram, trim_and_clean
     from dsn.data.labels import IGNORE_INDEX, RK_TO_AASM
 
-    signal, _ = read_eeg(files.psg, prep.channel, prep.sfreq)
+    signal, _ = read_eeg(files.psg, prep.channels[0], prep.sfreq)
     n_epochs = len(signal) // prep.n_times
     onsets, durations, labels = read_hypnogram(files.hypnogram, RK_TO_AASM)
     y = epoch_labels(onsets, durations, labels, n_epochs, prep.epoch_sec, RK_TO_AASM, prep.length_mismatch,
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     for f in files[:1]:  # first-call costs (imports, profile parsing) outside the timings
         before(f, prep)
         _prepare(f, prep)
-    _prepare(nsrr[0], Preprocessing(channel="EEG"))
+    _prepare(nsrr[0], Preprocessing(channels=("EEG",)))
 
     t_before, t_after, t_find, t_nsrr = [], [], [], []
     for _ in range(repeats):
@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> None:
             tb += dt
             dt, new = timed(lambda f=f: _prepare(f, prep))
             ta += dt
-            assert np.array_equal(old[1], new[1]) and np.array_equal(old[2], new[2]) and np.array_equal(old[0], new[0])
+            assert all(np.array_equal(o, n) for o, n in zip(old, new[:3], strict=True))
         t_before.append(tb / len(files))
         t_after.append(ta / len(files))
-        t_nsrr.append(sum(timed(lambda f=f: _prepare(f, Preprocessing(channel="EEG")))[0] for f in nsrr) / len(nsrr))
+        t_nsrr.append(sum(timed(lambda f=f: _prepare(f, Preprocessing(channels=("EEG",))))[0] for f in nsrr) / len(nsrr))
 
     (bb, bm), (ab, am) = best_median(t_before), best_median(t_after)
     rows = [

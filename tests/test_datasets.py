@@ -232,7 +232,7 @@ def test_overrun_raises_naming_seconds_or_crops():
 @pytest.mark.parametrize("layout", ["nsrr", "bids", "generic"])
 def test_each_layout_loads_the_same_stages_as_it_was_written(layouts, layout, tmp_path):
     files = find_recordings(layouts[layout], layout)[0]
-    rec = load_recording(files, Preprocessing(channel=CH[layout], trim_minutes=None, unscored="mask"), tmp_path)
+    rec = load_recording(files, Preprocessing(channels=(CH[layout],), trim_minutes=None, unscored="mask"), tmp_path)
     assert rec.x.shape == (120, 1, 3000) and rec.sfreq == 100.0
     # the generator's stages of subject 0 night 1, written in every layout's own spelling
     ref = find_recordings(layouts["generic"], "generic")[0]
@@ -250,7 +250,7 @@ def test_unknown_label_stops_loading_and_leaves_no_cache_entry(layouts, tmp_path
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match=r"shhs1-200001-nsrr.xml: unknown sleep-stage label\(s\) \['Stage N2 sleep\|2'\]"
                                         r".*label_map of the 'nsrr' profile"):
-        load_recording(files, Preprocessing(channel="EEG"), cache)
+        load_recording(files, Preprocessing(channels=("EEG",)), cache)
     assert not cache.exists() or not any(cache.iterdir())
 
 
@@ -270,10 +270,10 @@ def test_renamed_hypnogram_of_another_night_is_refused(synth_dir, tmp_path):
 
 def test_cache_key_follows_the_profile_reading(layouts, tmp_path):
     files = find_recordings(layouts["generic"], "generic")[0]
-    a = load_recording(files, Preprocessing(channel="Fpz-Cz"), tmp_path)
+    a = load_recording(files, Preprocessing(channels=("Fpz-Cz",)), tmp_path)
     mine = tmp_path / "int.yaml"
     mine.write_text("extends: generic\nlabel_map: [aasm, int-aasm, {N1: N2}]\n")
-    b = load_recording(find_recordings(layouts["generic"], mine)[0], Preprocessing(channel="Fpz-Cz"), tmp_path)
+    b = load_recording(find_recordings(layouts["generic"], mine)[0], Preprocessing(channels=("Fpz-Cz",)), tmp_path)
     assert len(list(tmp_path.glob("s01_night1-*"))) == 2  # another label map is another entry
     assert (a.y == 1).any() and not (b.y == 1).any()
 
@@ -291,7 +291,7 @@ def test_real_sleep_edf_labels_through_the_profile_equal_the_direct_reading(tmp_
 # ------------------------------------------------------------------------------------------ training
 def _fit_argv(data, layout, home, tmp_path, *extra):
     return ["fit", "--config", "conf/demo.yaml", "--config", "conf/debug.yaml", "--data.dataset", layout,
-            "--data.data_dir", str(data), "--data.channel", CH[layout], "--data.cache_dir", str(tmp_path / "cache"),
+            "--data.data_dir", str(data), "--data.channels", f"[{CH[layout]}]", "--data.cache_dir", str(tmp_path / "cache"),
             "--data.n_folds", "3", "--data.progress", "false", "--net.small_kernel", "50",
             "--finetune.net.hidden_size", "16", "--finetune.net.shortcut_size", "32", "--finetune.batch_size", "2",
             "--finetune.seq_len", "5", "--tracking.home", str(home), *extra]
@@ -393,7 +393,8 @@ def test_evaluate_pools_recordings_and_names_a_cross_montage_check(layouts, mode
     argv = ["evaluate", "--model", str(model_ckpt), "--data.data_dir", str(layouts["nsrr"]), "--data.dataset", "nsrr",
             "--data.cache_dir", str(tmp_path / "c"), "--out", str(out), "--tracking.home", str(tracking_home)]
     assert cli_main(argv) == 1  # Fpz-Cz is not in an NSRR file: one line naming the file and the fix
-    assert "channel 'EEG Fpz-Cz' (for the model's EEG Fpz-Cz) not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "channel 'EEG Fpz-Cz' not found" in err and "(for the model's EEG Fpz-Cz)" in err and "--data.channels" in err
     assert not (tmp_path / "c").exists()
     assert cli_main([*argv, "--data.channels", "[EEG]"]) == 0
     printed = capsys.readouterr().out

@@ -56,28 +56,6 @@ class DataReport:
         return {**asdict(self), "subjects": self.subjects}
 
 
-def find_channel(name: str, labels: Sequence[str], aliases: dict[str, list[str]]) -> str | None:
-    """The label under which channel ``name`` is stored: itself, an alias of the profile
-    (``{canonical: [alias, ...]}``, either way round), or the same name with or without an ``EEG ``/``EOG ``
-    prefix (``Fpz-Cz`` <-> ``EEG Fpz-Cz``); ``None`` when none is there."""
-    def plain(s: str) -> str:
-        return s.removeprefix("EEG ").removeprefix("EOG ").casefold()
-
-    cands = [name]
-    for canon, alts in aliases.items():
-        group = [canon, *alts]
-        if name in group:
-            cands += group
-    for cand in cands:
-        if cand in labels:
-            return cand
-    for cand in cands:
-        for label in labels:
-            if plain(label) == plain(cand):
-                return label
-    return None
-
-
 def edf_header(path: Path) -> tuple[float, dict[str, float]]:
     """Duration in seconds and ``{label: Hz}`` of an EDF file's signals (annotation channels left out)."""
     from edfio import read_edf
@@ -107,6 +85,7 @@ def inspect(
         Only if the folder does not exist or the profile cannot be loaded (everything else is a problem line).
     """
     from dsn.data import hypnograms
+    from dsn.data.channels import ChannelLookupError, resolve_channels
     from dsn.data.datasets import scan
     from dsn.data.edf import DataError
     from dsn.data.labels import IGNORE_INDEX
@@ -126,15 +105,14 @@ def inspect(
         r.hours = duration / 3600
         if channels:
             for ch in channels:
-                label = find_channel(ch, list(rates), prof.channel_aliases)
-                if label is None:
-                    tried = [a for c, alts in prof.channel_aliases.items() if ch in (c, *alts) for a in (c, *alts)]
-                    rep.problems.append(
-                        f"{f.psg}: channel '{ch}' not found (aliases tried: {sorted(set(tried) - {ch}) or 'none'}). "
-                        f"Channels in this file: {', '.join(rates)}."
-                    )
-                else:
-                    r.channels[label] = rates[label]
+                try:
+                    (_, plus, minus), = resolve_channels([ch], list(rates), prof.channel_aliases)
+                except (ChannelLookupError, ValueError) as e:
+                    rep.problems.append(f"{f.psg}: {e}. Set --channels to channels of this file, or add an alias "
+                                        f"to the profile's channel_aliases ({prof.source}).")
+                    continue
+                label = plus if minus is None else f"{plus} - {minus}"
+                r.channels[label] = min(rates[plus], rates[minus]) if minus else rates[plus]
         else:
             r.channels = rates
         try:
@@ -181,7 +159,8 @@ def build_parser():
     p.add_argument("--dataset", "--data.dataset", type=str, default="sleep-edf",
                    help="data-set profile: sleep-edf, nsrr, bids, generic (conf/datasets/) or a YAML path")
     p.add_argument("--channels", "--data.channels", type=list[str] | None, default=None,
-                   help="channels to look for (aliases applied), e.g. '[EEG, EOG(L)]'; default: list every channel")
+                   help="channels to look for, as data.channels of dsn fit (aliases, NAME=PLUS-MINUS derivations), "
+                        "e.g. '[EEG, EOG(L)]'; default: list every channel")
     p.add_argument("--epoch_sec", "--data.epoch_sec", type=float, default=30.0, help="sleep-epoch length, seconds")
     p.add_argument("--length_mismatch", "--data.length_mismatch", type=str, default="raise",
                    help="raise or crop: as data.length_mismatch of dsn fit")

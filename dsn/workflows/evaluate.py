@@ -67,7 +67,7 @@ def channel_uses(model_channels: Sequence[str], asked: Sequence[str] | None, lab
     ConfigError
         If ``asked`` has another length than the model's channels, or a channel is not in the file.
     """
-    from dsn.workflows.data import find_channel
+    from dsn.data.channels import ChannelLookupError, find_label
 
     asked = list(asked) if asked else list(model_channels)
     if len(asked) != len(model_channels):
@@ -75,17 +75,21 @@ def channel_uses(model_channels: Sequence[str], asked: Sequence[str] | None, lab
                           f"({', '.join(model_channels)}); name one file channel for each, in the same order.")
     out = []
     for m, a in zip(model_channels, asked, strict=True):
-        label = find_channel(a, labels, aliases)
-        if label is None:
-            raise ConfigError(f"{source}: channel '{a}' (for the model's {m}) not found. Channels in this file: "
-                              f"{', '.join(labels)}. Name one with --data.channels.")
-        same = find_channel(m, [label], aliases) is not None
+        try:
+            label = find_label(a, labels, aliases)
+        except ChannelLookupError as e:
+            raise ConfigError(f"{source}: {e} (for the model's {m}). Name the file channel to read for it with "
+                              "--data.channels.") from None
+        try:
+            same = find_label(m, [label], aliases) == label
+        except ChannelLookupError:
+            same = False
         out.append(ChannelUse(m, a, label, _montage(label, aliases), not same))
     return out
 
 
 def _figures(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
-    from dsn.hypnogram import agreement
+    from dsn.evaluation import agreement
 
     ag = agreement(y_true, y_pred, class_names)
     return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ag.items()}
@@ -127,7 +131,7 @@ def evaluate(
         _, rates = edf_header(f.psg)
         rec_uses = channel_uses(model_channels, channels, list(rates), profile.channel_aliases, str(f.psg))
         uses = uses or rec_uses
-        p = Preprocessing(channel=rec_uses[0].read, sfreq=scorer.sfreq, epoch_sec=float(prep.get("epoch_sec", 30.0)),
+        p = Preprocessing(channels=tuple(u.read for u in rec_uses), sfreq=scorer.sfreq, epoch_sec=float(prep.get("epoch_sec", 30.0)),
                           trim_minutes=prep.get("trim_minutes", 30.0), unscored="drop", length_mismatch=length_mismatch)
         rec = load_recording(f, p, cache_dir, use_cache)
         if rec.x.shape[-1] != scorer.n_times:
