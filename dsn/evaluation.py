@@ -41,10 +41,16 @@ from dsn.data.labels import IGNORE_INDEX, STAGES
 
 __all__ = [
     "agreement",
+    "apply_temperature",
+    "brier_score",
+    "confidence",
     "confusion_matrix",
     "confusion_of",
+    "expected_calibration_error",
+    "fit_temperature",
     "format_report",
     "metrics_from_confusion",
+    "reliability_bins",
 ]
 
 
@@ -200,6 +206,194 @@ def agreement(y_true: Any, y_pred: Any, class_names: Sequence[str] = STAGES) -> 
     out: dict[str, Any] = {"confusion": cm, "n_epochs": n_epochs, "n_ignored": int(np.size(y_true)) - n_epochs}
     out |= metrics_from_confusion(cm, class_names, precision_recall=True)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration and confidence of class probabilities
+# --------------------------------------------------------------------------------------------
+def _scored(proba: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, C)`` float64 probabilities and ``(n,)`` labels of the scored epochs (negative labels dropped)."""
+    p = np.asarray(proba, dtype=np.float64)
+    t = np.asarray(y).reshape(-1).astype(np.int64, copy=False)
+    if p.ndim != 2 or p.shape[0] != t.size:
+        raise ValueError(f"proba must be (n_epochs, n_classes) with n_epochs = {t.size} labels, got {p.shape}")
+    keep = t >= 0
+    return p[keep], t[keep]
+
+
+def reliability_bins(proba: Any, y: Any, n_bins: int = 15) -> dict[str, np.ndarray]:
+    """Top-label reliability: per confidence bin, the mean confidence, the accuracy and the count.
+
+    Parameters
+    ----------
+    proba : array_like, shape (n_epochs, n_classes)
+        Class probabilities.
+    y : array_like of int, shape (n_epochs,)
+        True classes; negative (unscored) epochs are left out.
+    n_bins : int, default 15
+        Equal-width bins over ``[0, 1]``; an epoch of confidence ``c`` falls in bin
+        ``ceil(c * n_bins) - 1`` (right edges included, ``c = 0`` in the first bin).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``edges`` ``(n_bins + 1,)``, ``confidence`` and ``accuracy`` ``(n_bins,)`` (NaN in empty bins),
+        ``count`` ``(n_bins,)`` int64.
+    """
+    p, t = _scored(proba, y)
+    conf = p.max(axis=1) if p.size else np.zeros(0)
+    correct = (p.argmax(axis=1) == t).astype(np.float64) if p.size else np.zeros(0)
+    which = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    count = np.bincount(which, minlength=n_bins)
+    return {
+        "edges": np.linspace(0.0, 1.0, n_bins + 1),
+        "confidence": _ratio(np.bincount(which, weights=conf, minlength=n_bins), count),
+        "accuracy": _ratio(np.bincount(which, weights=correct, minlength=n_bins), count),
+        "count": count,
+    }
+
+
+def expected_calibration_error(proba: Any, y: Any, n_bins: int = 15) -> float:
+    """Top-label expected calibration error: ``sum_b (n_b / n) |accuracy_b - confidence_b|``.
+
+    Parameters
+    ----------
+    proba, y, n_bins
+        As in :func:`reliability_bins` (15 equal-width bins by default; unscored epochs left out).
+
+    Returns
+    -------
+    float
+        ECE in ``[0, 1]``; NaN without scored epochs.
+    """
+    b = reliability_bins(proba, y, n_bins)
+    n = b["count"].sum()
+    if n == 0:
+        return float("nan")
+    filled = b["count"] > 0
+    gap = np.abs(b["accuracy"][filled] - b["confidence"][filled])
+    return float((b["count"][filled] * gap).sum() / n)
+
+
+def brier_score(proba: Any, y: Any) -> float:
+    """Multi-class Brier score: mean over epochs of ``sum_c (p_c - [y = c])^2`` (0 is perfect, 2 the worst).
+
+    Parameters
+    ----------
+    proba, y
+        ``(n_epochs, n_classes)`` probabilities and ``(n_epochs,)`` true classes (negative: left out).
+
+    Returns
+    -------
+    float
+        The score; NaN without scored epochs.
+    """
+    p, t = _scored(proba, y)
+    if t.size == 0:
+        return float("nan")
+    onehot = np.zeros_like(p)
+    onehot[np.arange(t.size), t] = 1.0
+    return float(((p - onehot) ** 2).sum(axis=1).mean())
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def fit_temperature(logits: Any, y: Any, bounds: tuple[float, float] = (0.05, 20.0), tol: float = 1e-6) -> float:
+    """The temperature ``T`` minimising the negative log-likelihood of ``softmax(logits / T)``.
+
+    Parameters
+    ----------
+    logits : array_like, shape (n_epochs, n_classes)
+        Logits, or log-probabilities (``log(proba)``: the same softmax, so the same ``T``).
+    y : array_like of int, shape (n_epochs,)
+        True classes; negative (unscored) epochs are left out.
+    bounds : (float, float), default (0.05, 20)
+        Search interval of ``T``.
+    tol : float, default 1e-6
+        Tolerance on ``log T``.
+
+    Returns
+    -------
+    float
+        ``T > 0``: above 1 softens over-confident probabilities, below 1 sharpens them; 1.0 without scored
+        epochs.
+
+    Notes
+    -----
+    The NLL is convex in ``1 / T`` (a log-sum-exp of a linear function of it, minus a linear term), so it
+    has one minimum, found by golden-section search over ``log T``.
+    """
+    z, t = _scored(np.nan_to_num(np.asarray(logits, dtype=np.float64), neginf=-1e4), y)
+    if t.size == 0:
+        return 1.0
+    z_true = z[np.arange(t.size), t]
+
+    def nll(log_t: float) -> float:
+        zs = z / math.exp(log_t)
+        m = zs.max(axis=1)
+        return float((m + np.log(np.exp(zs - m[:, None]).sum(axis=1)) - z_true / math.exp(log_t)).mean())
+
+    lo, hi = math.log(bounds[0]), math.log(bounds[1])
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    while hi - lo > tol:
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(b)
+    return float(math.exp((lo + hi) / 2.0))
+
+
+def apply_temperature(proba: Any, temperature: float) -> np.ndarray:
+    """Recalibrate probabilities: ``softmax(log(proba) / T)`` (the same class order and argmax).
+
+    Parameters
+    ----------
+    proba : array_like, shape (..., n_classes)
+        Class probabilities (a softmax, or an average of softmaxes).
+    temperature : float
+        ``T > 0`` from :func:`fit_temperature`; 1 returns the probabilities unchanged (renormalised).
+
+    Returns
+    -------
+    numpy.ndarray
+        Float32 probabilities of the same shape, rows summing to 1.
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        z = np.maximum(np.log(p), -1e4) / float(temperature)
+    return np.exp(_log_softmax(z)).astype(np.float32)
+
+
+def confidence(proba: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-epoch confidence: the top-class probability and the normalised entropy.
+
+    Parameters
+    ----------
+    proba : array_like, shape (n_epochs, n_classes)
+        Class probabilities.
+
+    Returns
+    -------
+    top : numpy.ndarray, shape (n_epochs,)
+        Probability of the predicted class, in ``[1 / C, 1]``.
+    entropy : numpy.ndarray, shape (n_epochs,)
+        ``-sum_c p_c log p_c / log C`` in ``[0, 1]``: 0 for a certain prediction, 1 for a uniform one.
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"proba must be (n_epochs, n_classes >= 2), got {p.shape}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1) / math.log(p.shape[1])
+    return p.max(axis=1), np.clip(h, 0.0, 1.0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -268,8 +268,15 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         raise
 
 
-class HypnogramTable(NamedTuple):
-    """A per-epoch prediction table as read by :func:`read_csv`.
+class _Columns(NamedTuple):
+    onsets: np.ndarray
+    stages: np.ndarray
+    proba: np.ndarray
+    class_names: tuple[str, ...]
+
+
+class HypnogramTable(_Columns):
+    """A per-epoch prediction table as read by :func:`read_csv` (unpacks as its first four attributes).
 
     Attributes
     ----------
@@ -281,12 +288,19 @@ class HypnogramTable(NamedTuple):
         Class probabilities.
     class_names : tuple of str
         Class names from the ``p_<name>`` columns, in column order.
+    confidence, entropy : ndarray, shape (n_epochs,), float64, or None
+        Top-class probability and normalised entropy (None in files written without them).
+    low_confidence : ndarray, shape (n_epochs,), bool, or None
+        The low-confidence flag (None in files written without it).
     """
 
-    onsets: np.ndarray
-    stages: np.ndarray
-    proba: np.ndarray
-    class_names: tuple[str, ...]
+    confidence: np.ndarray | None = None
+    entropy: np.ndarray | None = None
+    low_confidence: np.ndarray | None = None
+
+
+#: Per-epoch confidence columns written after the probabilities (``write_csv(..., low_confidence=...)``).
+CONFIDENCE_COLUMNS = ("confidence", "entropy", "low_confidence")
 
 
 def write_csv(
@@ -295,8 +309,13 @@ def write_csv(
     stages: np.ndarray,
     proba: np.ndarray,
     class_names: Sequence[str] = STAGES,
+    low_confidence: float | None = None,
 ) -> Path:
     """Write one row per epoch: ``onset_s, stage, p_<name>...`` (e.g. ``p_W, p_N1, p_N2, p_N3, p_REM``).
+
+    With ``low_confidence`` three columns follow: ``confidence`` (top-class probability), ``entropy``
+    (normalised, :func:`dsn.evaluation.confidence`) and ``low_confidence`` (1 when ``confidence`` is below
+    the threshold, else 0).
 
     Parameters
     ----------
@@ -310,6 +329,8 @@ def write_csv(
         Class probabilities, written with 6 decimals.
     class_names : sequence of str, default ``STAGES``
         Names of the classes in index order.
+    low_confidence : float, optional
+        Threshold of the low-confidence flag; None writes no confidence columns.
 
     Returns
     -------
@@ -331,11 +352,16 @@ def write_csv(
             f"({y.size},), ({y.size},) and ({y.size}, {len(names)}) for classes {', '.join(names)}."
         )
     labels = [names[v] if v >= 0 else UNSCORED_NAME for v in y.tolist()]
+    extra: list[list[str]] = [[] for _ in labels]
+    if low_confidence is not None and y.size:
+        top, ent = evaluation.confidence(p)
+        extra = [[f"{c:.6f}", f"{h:.6f}", str(int(c < low_confidence))] for c, h in zip(top.tolist(), ent.tolist())]
     with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["onset_s", "stage", *(f"p_{n}" for n in names)])
-        for onset, label, row in zip(t.tolist(), labels, p):
-            w.writerow([np.format_float_positional(onset, trim="-"), label, *(f"{v:.6f}" for v in row.tolist())])
+        w.writerow(["onset_s", "stage", *(f"p_{n}" for n in names),
+                    *(CONFIDENCE_COLUMNS if low_confidence is not None else ())])
+        for onset, label, row, more in zip(t.tolist(), labels, p, extra):
+            w.writerow([np.format_float_positional(onset, trim="-"), label, *(f"{v:.6f}" for v in row.tolist()), *more])
     return Path(path)
 
 
@@ -365,17 +391,20 @@ def read_csv(path: str | Path) -> HypnogramTable:
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     header = rows[0] if rows else []
-    if len(header) < 3 or header[:2] != ["onset_s", "stage"] or not all(h.startswith("p_") for h in header[2:]):
+    n_extra = len(CONFIDENCE_COLUMNS) if tuple(header[-len(CONFIDENCE_COLUMNS):]) == CONFIDENCE_COLUMNS else 0
+    p_cols = header[2 : len(header) - n_extra]
+    if len(p_cols) < 1 or header[:2] != ["onset_s", "stage"] or not all(h.startswith("p_") for h in p_cols):
         raise DataError(
             f"{path}: not a dsn hypnogram CSV: the header should be 'onset_s,stage,p_W,p_N1,...', got "
             f"{','.join(header) or 'an empty file'}. Pass a file written by `dsn predict`."
         )
-    names = tuple(h[2:] for h in header[2:])
+    names = tuple(h[2:] for h in p_cols)
     index = {n: i for i, n in enumerate(names)} | {UNSCORED_NAME: IGNORE_INDEX}
     n = len(rows) - 1
     onsets = np.empty(n, dtype=np.float64)
     stages = np.empty(n, dtype=np.int64)
     proba = np.empty((n, len(names)), dtype=np.float64)
+    more = np.empty((n, n_extra), dtype=np.float64)
     for i, row in enumerate(rows[1:]):
         try:
             if len(row) != len(header):
@@ -384,12 +413,16 @@ def read_csv(path: str | Path) -> HypnogramTable:
                 raise ValueError(f"unknown stage {row[1]!r} (expected one of {', '.join(index)})")
             onsets[i] = float(row[0])
             stages[i] = index[row[1]]
-            proba[i] = [float(v) for v in row[2:]]
+            proba[i] = [float(v) for v in row[2 : 2 + len(names)]]
+            more[i] = [float(v) for v in row[2 + len(names) :]]
         except ValueError as e:
             raise DataError(
                 f"{path}, line {i + 2}: {e}. The file is damaged; write it again with `dsn predict`."
             ) from None
-    return HypnogramTable(onsets, stages, proba, names)
+    table = HypnogramTable(onsets, stages, proba, names)
+    if n_extra:
+        table.confidence, table.entropy, table.low_confidence = more[:, 0], more[:, 1], more[:, 2] > 0
+    return table
 
 
 def write_edf_hypnogram(

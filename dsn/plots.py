@@ -255,6 +255,7 @@ def hypnodensity_figure(
     epoch_sec: float = 30.0,
     title: str | None = None,
     class_names: Sequence[str] = STAGES,
+    low_confidence: np.ndarray | None = None,
 ) -> Figure:
     """Plot a predicted night: the hypnogram on top, the hypnodensity beneath.
 
@@ -275,6 +276,8 @@ def hypnodensity_figure(
         Figure title.
     class_names : sequence of str, default ``STAGES``
         Class names in index order (``C`` of them).
+    low_confidence : numpy.ndarray, optional
+        ``(T,)`` booleans: epochs flagged as low-confidence, shaded (hatched red) on the hypnogram.
 
     Returns
     -------
@@ -312,6 +315,15 @@ def hypnodensity_figure(
     ax_hyp.step(hours, np.append(lv, lv[-1:]), where="post", color="tab:orange", linewidth=1.2)
     for start, stop in _runs(~valid):
         ax_hyp.axvspan(hours[start], hours[stop], color="0.85", linewidth=0, zorder=0)
+    if low_confidence is not None:
+        flagged = np.asarray(low_confidence, dtype=bool).reshape(-1)
+        if flagged.shape != y.shape:
+            raise ValueError(f"low_confidence must have shape {y.shape} to match stages, got {flagged.shape}")
+        for i, (start, stop) in enumerate(_runs(flagged)):
+            ax_hyp.axvspan(hours[start], hours[stop], color="tab:red", alpha=0.18, linewidth=0, zorder=0,
+                           label="low confidence" if i == 0 else None)
+        if flagged.any():
+            ax_hyp.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     ax_hyp.set_yticks(range(n_classes), labels=[class_names[i] for i in order])
     ax_hyp.set_ylim(n_classes - 0.5, -0.5)
     ax_hyp.set_ylabel("Stage")
@@ -348,3 +360,46 @@ def hypnodensity_figure(
 
 
 __all__ += ["hypnodensity_figure"]
+
+
+def reliability_figure(raw: Mapping[str, np.ndarray], calibrated: Mapping[str, np.ndarray] | None = None,
+                       title: str = "") -> Figure:
+    """Reliability diagram: accuracy against confidence per bin, before and after calibration.
+
+    Parameters
+    ----------
+    raw, calibrated : mapping
+        Outputs of :func:`dsn.evaluation.reliability_bins` (``edges``, ``confidence``, ``accuracy``,
+        ``count``) for the raw and the calibrated probabilities (``calibrated`` optional).
+    title : str, default ""
+        Axes title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes, both in ``[0, 1]``: the diagonal (perfect calibration), one marker line per input (empty
+        bins left out) and, beneath, the share of epochs per bin of the raw probabilities as bars.
+    """
+    fig = _new_figure((5.2, 5.0))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
+    edges = np.asarray(raw["edges"])
+    share = np.asarray(raw["count"], dtype=np.float64) / max(1, int(np.sum(raw["count"])))
+    ax.bar(edges[:-1], share, width=np.diff(edges), align="edge", color="0.85", label="share of epochs")
+    for bins, label, color in ((raw, "raw softmax", "tab:orange"), (calibrated, "calibrated", "tab:blue")):
+        if bins is None:
+            continue
+        filled = np.asarray(bins["count"]) > 0
+        ax.plot(np.asarray(bins["confidence"])[filled], np.asarray(bins["accuracy"])[filled], marker="o",
+                markersize=4, color=color, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("Confidence (top-class probability)")
+    ax.set_ylabel("Accuracy")
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+__all__ += ["reliability_figure"]
