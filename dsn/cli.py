@@ -153,6 +153,10 @@ def _predict(argv: list[str]) -> int:
                         "order; default: the model's channels, found by name or alias)")
     p.add_argument("--hypnogram", action="append", default=None,
                    help="expert hypnogram(s) of the recording(s), in the same order: report agreement")
+    p.add_argument("--no_calibration", action="store_true",
+                   help="write the network's raw softmax instead of the probabilities calibrated on validation subjects")
+    p.add_argument("--low_confidence", type=float, default=None,
+                   help="flag epochs whose top-class probability is below this (default 0.5)")
     _tracking_args(p, experiment=None)
     a = p.parse_args(argv)
     from dsn.workflows.predict import main

@@ -92,7 +92,7 @@ def test_streaming_equals_chunks_fed_one_by_one(fitted):
     res, _, _ = fitted
     scorer = res.stage("finetune").scorer.eval()
     x = np.random.default_rng(0).standard_normal((23, 1, 3000)).astype(np.float32)
-    proba = scorer.predict_proba(x, batch_size=7)
+    proba = scorer.raw_proba(x, batch_size=7)  # the network's own softmax (predict_proba is calibrated)
     state, outs = None, []
     with torch.no_grad():
         for i in range(0, 23, scorer.seq_len):
@@ -128,3 +128,42 @@ def test_registry_show(fitted, capsys):
     assert info["scorer"]["preprocessing"]["channels"] == ["EEG Fpz-Cz"] and info["scorer"]["class_names"][1] == "N1"
     assert info["scorer"]["preprocessing"]["source_sfreq"] == [100.0] and info["scorer"]["preprocessing"]["channel_aliases"] == {}
     assert info["tags"]["channel"] == "EEG Fpz-Cz" and "git_commit" in info["tags"] or "dataset" in info["tags"]
+
+
+def test_predict_confidence_columns_flags_and_annotations(fitted, synth_dir, tmp_path, capsys):
+    import mne
+
+    from dsn.hypnogram import read_csv
+
+    res, home, _ = fitted
+    psg = sorted(Path(synth_dir).glob("*-PSG.edf"))[0]
+    name = psg.name[: -len("-PSG.edf")]
+    ckpt = str(home / "checkpoints" / res.run_id / "finetune" / "selected.ckpt")
+    first = tmp_path / "first"
+    assert cli(["predict", str(psg), "--model", ckpt, "--out", str(first)]) == 0
+    # a threshold at the night's median confidence flags about half the epochs, whatever the tiny model does
+    threshold = float(np.median(read_csv(first / f"{name}_hypnogram.csv").proba.max(1)))
+    out = tmp_path / "out"
+    assert cli(["predict", str(psg), "--model", ckpt, "--out", str(out), "--low_confidence", str(threshold)]) == 0
+    printed = capsys.readouterr().out
+    table = read_csv(out / f"{name}_hypnogram.csv")
+    np.testing.assert_allclose(table.confidence, table.proba.max(1), atol=1e-6)
+    p = np.clip(table.proba, 1e-12, 1)
+    np.testing.assert_allclose(table.entropy, -(p * np.log(p)).sum(1) / np.log(5), atol=1e-4)
+    np.testing.assert_array_equal(table.low_confidence, table.confidence < threshold)
+    flagged = table.low_confidence
+    assert 0 < flagged.sum() < len(flagged)
+    summary = json.loads((out / f"{name}_summary.json").read_text())
+    c = summary["confidence"]
+    assert c["threshold"] == pytest.approx(threshold) and c["low_confidence_epochs"] == int(flagged.sum())
+    assert c["low_confidence_minutes"] == pytest.approx(flagged.sum() * 0.5)
+    assert sum(c["low_confidence_stages_min"].values()) == pytest.approx(c["low_confidence_minutes"])
+    assert c["low_confidence_stages_min"]["W"] == pytest.approx(0.5 * ((table.stages == 0) & flagged).sum())
+    assert f"{c['low_confidence_minutes']:.1f} min" in printed
+    # the flagged epochs, as EDF+ annotations of their own file
+    ann = mne.read_annotations(out / f"{name}_low_confidence.edf")
+    assert set(ann.description) == {"Low confidence"}
+    covered = np.zeros(len(flagged), dtype=bool)
+    for onset, duration in zip(ann.onset, ann.duration):
+        covered[int(round(onset / 30)) : int(round((onset + duration) / 30))] = True
+    np.testing.assert_array_equal(covered, flagged)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from dsn.data.labels import STAGES
 from dsn.errors import ModelError
+from dsn.evaluation import apply_temperature
 from dsn.models.deepsleepnet import DeepFeatureNet, DeepSleepNet, FeatureClassifierNet
 
 __all__ = ["SPEC_FORMAT", "SleepScorer", "build_scorer", "scorer_from_legacy", "upgrade_spec"]
@@ -125,9 +126,46 @@ class SleepScorer(nn.Module):
     def forward(self, x: Tensor, *args, **kwargs):
         return self.net(x, *args, **kwargs)
 
+    # --- trust (dsn.workflows.calibration): two spec keys kept in ``extra`` -----------------------------
+    @property
+    def calibration(self) -> dict[str, Any]:
+        """``{"temperature": T}`` fitted on the validation subjects by ``dsn fit`` (spec key; empty: raw softmax)."""
+        return self.extra.get("calibration") or {}
+
+    @calibration.setter
+    def calibration(self, value: dict[str, Any] | None) -> None:
+        self.extra["calibration"] = dict(value or {})
+
+    @property
+    def familiarity(self) -> dict[str, Any]:
+        """:func:`dsn.familiarity.describe` of the training nights (spec key; empty: no check)."""
+        return self.extra.get("familiarity") or {}
+
+    @familiarity.setter
+    def familiarity(self, value: dict[str, Any] | None) -> None:
+        self.extra["familiarity"] = dict(value or {})
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature (1.0: uncalibrated)."""
+        return float(self.calibration.get("temperature", 1.0))
+
+    def predict_proba(
+        self, x: np.ndarray | Tensor, batch_size: int = 256, n_offsets: int | None = None, calibrated: bool = True
+    ) -> np.ndarray:
+        """Class probabilities of every epoch of a night, calibrated by the scorer's temperature.
+
+        :meth:`raw_proba` followed by :func:`dsn.evaluation.apply_temperature` with :attr:`temperature`
+        (unless ``calibrated=False`` or the scorer has no calibration); same parameters and shapes.
+        """
+        proba = self.raw_proba(x, batch_size, n_offsets)
+        if not calibrated or self.temperature == 1.0:
+            return proba
+        return apply_temperature(proba, self.temperature)
+
     @torch.inference_mode()
-    def predict_proba(self, x: np.ndarray | Tensor, batch_size: int = 256, n_offsets: int | None = None) -> np.ndarray:
-        """Class probabilities of every epoch of a night.
+    def raw_proba(self, x: np.ndarray | Tensor, batch_size: int = 256, n_offsets: int | None = None) -> np.ndarray:
+        """Class probabilities of every epoch of a night (the network's softmax, uncalibrated).
 
         Parameters
         ----------

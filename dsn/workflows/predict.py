@@ -4,11 +4,16 @@ For each recording: read the model's channels (found by name or alias, resampled
 30-s epochs, normalise them as the model's training data was (:func:`scaled_proba`), stream the sequence model
 over the night with its LSTM state carried from chunk to chunk, and write, next to each other in ``--out``:
 
-- ``<name>_hypnogram.csv``: epoch onset (s), stage, one probability column per class;
+- ``<name>_hypnogram.csv``: epoch onset (s), stage, one probability column per class (calibrated with the
+  model's temperature unless ``--no_calibration``), then ``confidence`` (top-class probability), ``entropy``
+  (normalised to [0, 1]) and ``low_confidence`` (1 when ``confidence < --low_confidence``);
 - ``<name>_hypnogram.edf``: an EDF+ hypnogram with Sleep-EDF-style annotations (``Sleep stage W/1/2/3/R``);
-- ``<name>_hypnogram.png``: the hypnogram with the hypnodensity (class probabilities) beneath it;
-- ``<name>_summary.json``: night statistics (YASA definitions), the model, timings, and with an expert
-  hypnogram the agreement (per-class F1, kappa, confusion matrix).
+- ``<name>_low_confidence.edf``: an annotations-only EDF+ file, one ``Low confidence`` annotation per run of
+  flagged epochs;
+- ``<name>_hypnogram.png``: the hypnogram (flagged epochs shaded) with the hypnodensity beneath it;
+- ``<name>_summary.json``: night statistics (YASA definitions), the model, timings, the confidence summary
+  (low-confidence minutes and their stage mix), and with an expert hypnogram the agreement (per-class F1,
+  kappa, confusion matrix).
 
 The output names never end in ``-Hypnogram.edf``, so they are never mistaken for expert hypnograms by
 ``dsn fit``'s file discovery.
@@ -38,14 +43,14 @@ def expert_labels(path: str | Path, n_epochs: int, epoch_sec: float = 30.0) -> n
     return y
 
 
-def scaled_proba(scorer, x: np.ndarray, source: str = "recording") -> np.ndarray:
+def scaled_proba(scorer, x: np.ndarray, source: str = "recording", return_input: bool = False):
     """The scorer's probabilities for a whole night, normalised as its training data was.
 
     Training normalised each recording with the statistics of its epochs trimmed to the sleep period, which
     needs a hypnogram. Here the model finds the sleep period itself: a first pass with the statistics of the
     whole night (one streaming, no offset averaging) gives a hypnogram, and the final pass uses the statistics of that hypnogram's sleep period
     plus ``trim_minutes`` (:func:`dsn.data.normalize.sleep_window`). One pass when the model was trained on
-    raw signals (``normalize: none``).
+    raw signals (``normalize: none``). ``return_input``: return ``(proba, the normalised epochs)``.
     """
     from dsn.data.normalize import normalize, sleep_window
 
@@ -53,10 +58,13 @@ def scaled_proba(scorer, x: np.ndarray, source: str = "recording") -> np.ndarray
     method = prep.get("normalize", "none")
     try:
         if method == "none":
-            return scorer.predict_proba(x)
-        first = scorer.predict_proba(normalize(x, method, scorer.sfreq), n_offsets=1).argmax(-1)  # a rough hypnogram
-        window = sleep_window(first, prep.get("trim_minutes"), float(prep.get("epoch_sec", 30.0)))
-        return scorer.predict_proba(normalize(x, method, scorer.sfreq, stats_from=x[window]))
+            x_in = x
+        else:
+            first = scorer.predict_proba(normalize(x, method, scorer.sfreq), n_offsets=1).argmax(-1)  # rough hypnogram
+            window = sleep_window(first, prep.get("trim_minutes"), float(prep.get("epoch_sec", 30.0)))
+            x_in = normalize(x, method, scorer.sfreq, stats_from=x[window])
+        proba = scorer.predict_proba(x_in)
+        return (proba, x_in) if return_input else proba
     except ValueError as e:
         raise ConfigError(f"{source}: {e}") from None
 
@@ -79,16 +87,56 @@ def _channels_to_read(prep: dict[str, Any], channel: str | Sequence[str] | None,
     return given
 
 
+def confidence_summary(stages: np.ndarray, proba: np.ndarray, threshold: float, epoch_sec: float,
+                       class_names: Sequence[str]) -> tuple[dict[str, Any], np.ndarray]:
+    """The summary's ``confidence`` entry and the ``(n_epochs,)`` low-confidence flags of a scored night."""
+    from dsn.evaluation import confidence
+
+    top, ent = confidence(proba) if len(stages) else (np.zeros(0), np.zeros(0))
+    flagged = top < threshold
+    minutes = epoch_sec / 60.0
+    return {
+        "threshold": float(threshold), "mean_confidence": float(top.mean()) if top.size else float("nan"),
+        "mean_entropy": float(ent.mean()) if ent.size else float("nan"),
+        "low_confidence_epochs": int(flagged.sum()), "low_confidence_minutes": float(flagged.sum() * minutes),
+        "low_confidence_stages_min": {c: float(((stages == i) & flagged).sum() * minutes) for i, c in enumerate(class_names)},
+    }, flagged  # fmt: skip
+
+
+def night_familiarity(scorer, x: np.ndarray, proba: np.ndarray) -> dict[str, Any] | None:
+    """:func:`dsn.familiarity.check` of a night (``x`` the normalised epochs, ``proba`` the calibrated
+    probabilities) against the scorer's training nights; None for a model saved without a description."""
+    from dsn import familiarity
+    from dsn.evaluation import confidence
+
+    desc = getattr(scorer, "familiarity", None)
+    if not desc or not len(x):
+        return None
+    feats = familiarity.night_features(x, scorer.sfreq, float(confidence(proba)[0].mean()))
+    return familiarity.check(feats, desc)
+
+
 def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str | Sequence[str] | None = None,
-                    hypnogram: str | Path | None = None, model_ref: str = "") -> dict[str, Any]:
-    """Score one recording and write its four outputs; returns the summary (also written as JSON).
+                    hypnogram: str | Path | None = None, model_ref: str = "",
+                    low_confidence: float | None = None) -> dict[str, Any]:
+    """Score one recording and write its five outputs; returns the summary (also written as JSON).
 
     The model's channels are read by their names and aliases (its ``channel_aliases``); ``channel`` reads
     other labels of this file in their place (one per model channel, in the model's order).
+    ``low_confidence``: threshold of the per-epoch flag on the top-class probability (default
+    :data:`dsn.workflows.calibration.LOW_CONFIDENCE`).
     """
     from dsn import plots
     from dsn.data.psg import read_epochs
-    from dsn.hypnogram import agreement, atomic_write, sleep_statistics, write_csv, write_edf_hypnogram
+    from dsn.hypnogram import (
+        agreement,
+        atomic_write,
+        sleep_statistics,
+        write_csv,
+        write_edf_annotations,
+        write_edf_hypnogram,
+    )
+    from dsn.workflows.calibration import LOW_CONFIDENCE
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -100,23 +148,33 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
     t = time.perf_counter()
     if inp.x.shape[-1] != scorer.n_times:
         raise ConfigError(f"{path}: epochs of {inp.x.shape[-1]} samples, but the model expects {scorer.n_times}.")
-    proba = scaled_proba(scorer, inp.x, str(path))
+    proba, x_in = scaled_proba(scorer, inp.x, str(path), return_input=True)
     stages = proba.argmax(-1)
     timings["model_s"] = time.perf_counter() - t
+    familiar = night_familiarity(scorer, x_in, proba)
     t = time.perf_counter()
     out = Path(out_dir)
     files = {"csv": out / f"{inp.name}_hypnogram.csv", "edf": out / f"{inp.name}_hypnogram.edf",
+             "low_confidence": out / f"{inp.name}_low_confidence.edf",
              "png": out / f"{inp.name}_hypnogram.png", "summary": out / f"{inp.name}_summary.json"}
-    write_csv(files["csv"], inp.onsets, stages, proba, scorer.class_names)
+    threshold = LOW_CONFIDENCE if low_confidence is None else float(low_confidence)
+    conf, flagged = confidence_summary(stages, proba, threshold, epoch_sec, scorer.class_names)
+    conf["temperature"] = scorer.temperature
+    write_csv(files["csv"], inp.onsets, stages, proba, scorer.class_names, low_confidence=threshold)
     write_edf_hypnogram(files["edf"], stages, epoch_sec, start=inp.start)
-    fig = plots.hypnodensity_figure(stages, proba, epoch_sec, title=f"{inp.name}: dsn hypnogram and hypnodensity")
+    runs = np.flatnonzero(np.diff(np.r_[0, flagged.astype(np.int8), 0]))  # starts and stops of flagged runs
+    write_edf_annotations(files["low_confidence"], [(float(a * epoch_sec), float((b - a) * epoch_sec), "Low confidence")
+                                                    for a, b in zip(runs[::2], runs[1::2])], start=inp.start)
+    fig = plots.hypnodensity_figure(stages, proba, epoch_sec, title=f"{inp.name}: dsn hypnogram and hypnodensity",
+                                    low_confidence=flagged)
     with atomic_write(files["png"]) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     summary: dict[str, Any] = {
         "recording": str(path), "name": inp.name, "channel": inp.channel, "channels": inp.channels,
         "labels": inp.labels, "source_sfreq": inp.source_sfreq, "source_sfreqs": inp.source_sfreqs,
         "sfreq": inp.sfreq, "n_epochs": int(len(stages)), "model": model_ref, "model_kind": scorer.kind,
-        "statistics": sleep_statistics(stages, epoch_sec), "files": {k: str(v) for k, v in files.items()},
+        "statistics": sleep_statistics(stages, epoch_sec), "confidence": conf, "familiarity": familiar,
+        "files": {k: str(v) for k, v in files.items()},
     }  # fmt: skip
     if hypnogram is not None:
         y_true = expert_labels(hypnogram, len(stages), epoch_sec)
@@ -151,6 +209,8 @@ def main(a) -> list[dict[str, Any]]:
     uri = tracking.tracking_uri(a.tracking_uri, a.tracking_home)
     t = time.perf_counter()
     scorer = load_scorer(a.model, uri)
+    if getattr(a, "no_calibration", False):
+        scorer.calibration = {}  # the raw softmax
     load_s = time.perf_counter() - t
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,14 +219,24 @@ def main(a) -> list[dict[str, Any]]:
     results = []
     for i, rec in enumerate(a.recordings):
         hyp = a.hypnogram[i] if a.hypnogram else None
-        s = score_recording(scorer, rec, out, a.channel, hyp, a.model)
+        s = score_recording(scorer, rec, out, a.channel, hyp, a.model, getattr(a, "low_confidence", None))
         results.append(s)
         tm = s["timings"]
         print(f"\n{s['name']}: {s['n_epochs']} epochs scored in {sum(tm.values()):.2f} s "
               f"(read {tm['read_s']:.2f}, model {tm['model_s']:.2f}, write {tm['write_s']:.2f})")
         print(format_sleep_statistics(s["statistics"]))
+        c = s["confidence"]
+        mix = ", ".join(f"{k} {v:.1f}" for k, v in c["low_confidence_stages_min"].items() if v > 0)
+        print(f"low confidence (top-class probability < {c['threshold']:g}, temperature {c['temperature']:.2f}): "
+              f"{c['low_confidence_minutes']:.1f} min" + (f" ({mix} min)" if mix else ""))
         if "agreement" in s:
             print(f"\nagreement with {hyp}:")
             print(format_agreement(s["agreement"], scorer.class_names))
+        fam = s.get("familiarity")
+        if fam:
+            print(f"familiarity score {fam['score']:.1f} (threshold {fam['threshold']:.1f}): "
+                  + ("like the training nights" if fam["familiar"] else "this night is unlike the training data"))
+            for line in fam["warnings"]:
+                print(f"warning: {line}")
         print("wrote " + ", ".join(Path(p).name for p in s["files"].values()) + f" to {out}")
     return results
