@@ -214,3 +214,20 @@ def test_training_on_device_batches_gives_the_same_weights(synth_dir, tmp_path, 
     assert weights[0].keys() == weights[1].keys()
     for k in weights[0]:
         assert torch.equal(weights[0][k], weights[1][k]), k
+
+
+@pytest.mark.slow
+def test_bench_protocol_runs_folds_in_parallel(capsys, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_protocol.py"
+    spec = importlib.util.spec_from_file_location("bench_protocol", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--scale", "0.005", "--subjects", "3", "--folds", "2", "--parallel", "1", "2", "--data", str(tmp_path / "d"),
+              "--config", "conf/demo.yaml", "--", "--config", "conf/debug.yaml", "--net.small_kernel", "50",
+              "--finetune.net.hidden_size", "16", "--finetune.net.shortcut_size", "32"])
+    out = capsys.readouterr().out
+    assert "--parallel 2" in out and "2 fold(s) of the protocol at scale 0.005" in out
+    assert len(list((tmp_path / "d").glob("*-PSG.edf"))) == 6  # 3 subjects x 2 nights
