@@ -95,7 +95,7 @@ def read_artifact(path: str | Path, source: str | None = None, map_location: str
     spec = read_spec(path, source)
     w = Path(path) / WEIGHTS_FILE
     try:
-        state = torch.load(w, map_location=map_location, weights_only=True)
+        state = torch.load(w, map_location=map_location, weights_only=True, mmap=True)  # pages read on use
     except FileNotFoundError:
         raise ModelError(f"{source}: no {WEIGHTS_FILE} in {path}; the model folder is incomplete.") from None
     except Exception as e:

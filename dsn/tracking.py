@@ -407,10 +407,33 @@ def log_model(uri: str, run_id: str | None, model, input_example: np.ndarray, na
     return info.model_uri
 
 
+def _local_model_dir(model_uri: str) -> Path | None:
+    """The folder of a ``models:/`` model in a local artifact store (read in place), else None."""
+    from urllib.parse import unquote, urlparse
+
+    try:
+        from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+        underlying = ModelsArtifactRepository.get_underlying_uri(model_uri)
+    except Exception:
+        return None
+    parsed = urlparse(underlying)
+    if parsed.scheme not in ("file", ""):
+        return None
+    path = Path(unquote(parsed.path))
+    return path if (path / "MLmodel").is_file() else None
+
+
 def download_model(model_uri: str, tracking: str | None = None, dst: str | Path | None = None) -> Path:
-    """Download a logged model's files (``models:/...``, ``runs:/...``) to ``dst`` (a new temporary folder)."""
+    """A logged model's files (``models:/...``, ``runs:/...``): downloaded to ``dst`` (a new temporary folder),
+    or, without ``dst``, the model's own folder when the artifact store is local (nothing copied)."""
     import mlflow
 
+    if dst is None and model_uri.startswith("models:/"):
+        with _global_uri(tracking_uri(tracking)):
+            local = _local_model_dir(model_uri)
+        if local is not None:
+            return local
     dst = Path(dst or tempfile.mkdtemp(prefix="dsn-model-"))
     bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no progress bars on a few small files

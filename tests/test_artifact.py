@@ -292,7 +292,9 @@ def test_mlflow_models_serve_answers_a_rest_request(tracking_home, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    # MLflow starts `uvicorn` by name: the environment's scripts must be on PATH (as in an activated venv)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/deepsleepnet@champion",
                              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
