@@ -12,7 +12,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -20,13 +20,60 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 RESUME_HINT = " (continue with the same command and --resume)"
 
 
-def _tracking_args(p: argparse.ArgumentParser, experiment: str | None = "dsn") -> None:
-    """The tracking flags, spelt as in the training config (``--tracking.uri`` ...)."""
-    p.add_argument("--tracking.uri", dest="tracking_uri", default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<home>/mlflow.db)")
-    p.add_argument("--tracking.home", dest="tracking_home", default="mlruns", help="local tracking home (default mlruns)")
-    p.add_argument("--tracking.experiment", dest="tracking_experiment", default=experiment,
-                   help=f"MLflow experiment (default {experiment})" if experiment else "MLflow experiment")
+# ----------------------------------------------------------------------------- the parsing style
+# Every command parses its options with a jsonargparse ArgumentParser made by `command_parser`: options spelt
+# with underscores or as dotted keys (`--n_trials`, `--tracking.home`), each with `type=`, `default=` and
+# `help=`, so `dsn <command> --help` lists every option with its type and default. Old spellings stay as
+# hidden aliases, rewritten by `parse_command` before parsing (`--n-trials` -> `--n_trials`).
+def command_parser(name: str, description: str | None = None, epilog: str | None = None):
+    """A jsonargparse ``ArgumentParser`` for ``dsn NAME`` (its description: the command's line in ``COMMANDS``).
+
+    Add options with ``type=``, ``default=`` and ``help=``; parse with :func:`parse_command`.
+    """
+    from jsonargparse import ArgumentParser
+
+    return ArgumentParser(prog=f"dsn {name}", description=description or COMMANDS[name][0], epilog=epilog)
+
+
+def tracking_options(p, experiment: str | None = None, experiment_help: str = "the command's default") -> None:
+    """``--tracking.uri``, ``--tracking.home``, ``--tracking.experiment``, spelt as in the training config."""
+    p.add_argument("--tracking.uri", type=str | None, default=None,
+                   help="MLflow tracking URI (null: $MLFLOW_TRACKING_URI, else sqlite:///<home>/mlflow.db).")
+    p.add_argument("--tracking.home", type=str, default="mlruns", help="Local tracking home (database, artifacts).")
+    p.add_argument("--tracking.experiment", type=str | None, default=experiment,
+                   help=f"MLflow experiment (null: {experiment_help})." if experiment is None else "MLflow experiment.")
+
+
+def rewrite_aliases(argv: Sequence[str], aliases: Mapping[str, str] | None = None,
+                    appends: Sequence[str] = ()) -> list[str]:
+    """``argv`` with old spellings replaced (``aliases``: ``{"--n-trials": "--n_trials"}``, also in the
+    ``--old=value`` form) and each ``--flag X`` of a list option in ``appends`` turned into ``--flag+ X``, so a
+    repeated flag adds to the list as argparse's ``append`` did (``--flag [a, b]`` still sets it whole)."""
+    out = []
+    for a in argv:
+        flag, eq, value = a.partition("=")
+        flag = (aliases or {}).get(flag, flag)
+        out.append(flag + eq + value if eq else flag)
+    for i, a in enumerate(out[:-1]):
+        if a in appends and not out[i + 1].lstrip().startswith("["):
+            out[i] = a + "+"
+    return out
+
+
+def parse_command(p, argv: Sequence[str], aliases: Mapping[str, str] | None = None,
+                  appends: Sequence[str] = ()) -> argparse.Namespace:
+    """Parse ``argv`` with a :func:`command_parser` parser (old spellings first rewritten, see
+    :func:`rewrite_aliases`); a usage error prints ``dsn NAME: error: ...`` and exits 2.
+
+    Returns a flat ``argparse.Namespace`` with dots turned into underscores (``--tracking.home`` ->
+    ``a.tracking_home``), what the workflows' ``main(a)`` functions read.
+    """
+    ns = p.parse_args(rewrite_aliases(argv, aliases, appends))
+    return _flat(ns)
+
+
+def _flat(ns) -> argparse.Namespace:
+    return argparse.Namespace(**{k.replace(".", "_"): v for k, v in ns.items()})
 
 
 def _uri(a) -> str:
@@ -39,16 +86,16 @@ def _uri(a) -> str:
 
 # ----------------------------------------------------------------------------- commands
 def _synth(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="dsn synth", description=COMMANDS["synth"][0])
-    p.add_argument("out_dir", help="folder to write SC4ssNE0-PSG.edf / SC4ssNEX-Hypnogram.edf pairs into")
-    p.add_argument("--subjects", type=int, default=4, help="number of subjects (default 4, at most 100)")
-    p.add_argument("--nights", type=int, choices=(1, 2), default=1, help="nights per subject (default 1)")
-    p.add_argument("--hours", type=float, default=8.0, help="recording length in hours (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--sfreq", type=float, default=100.0, help="EEG/EOG sampling rate in Hz (default 100; sleep-edf layout)")
-    p.add_argument("--layout", choices=("sleep-edf", "nsrr", "bids", "generic"), default="sleep-edf",
-                   help="file layout, channel names and rates, hypnogram format of a data-set profile (default sleep-edf)")
-    a = p.parse_args(argv)
+    p = command_parser("synth")
+    p.add_argument("out_dir", type=str, help="Folder to write SC4ssNE0-PSG.edf / SC4ssNEX-Hypnogram.edf pairs into.")
+    p.add_argument("--subjects", type=int, default=4, help="Number of subjects (at most 100).")
+    p.add_argument("--nights", type=Literal[1, 2], default=1, help="Nights per subject.")
+    p.add_argument("--hours", type=float, default=8.0, help="Recording length in hours.")
+    p.add_argument("--seed", type=int, default=0, help="Random seed.")
+    p.add_argument("--sfreq", type=float, default=100.0, help="EEG/EOG sampling rate in Hz (sleep-edf layout).")
+    p.add_argument("--layout", type=Literal["sleep-edf", "nsrr", "bids", "generic"], default="sleep-edf",
+                   help="File layout, channel names and rates, hypnogram format of a data-set profile.")
+    a = parse_command(p, argv)
     if a.layout != "sleep-edf":
         from dsn.data.synth_layouts import write_layout
 
@@ -110,20 +157,68 @@ def render_fit(res) -> str:
     return "\n".join(lines)
 
 
+
+SWEEP_EPILOG = ("Any key of the base config can be overridden for every trial as a dotted flag, as in `dsn fit` "
+                "(e.g. --data.data_dir data/demo --data.n_folds 4); `dsn fit --help` lists them.")
+
+
+def sweep_parser():
+    """``dsn sweep``'s own options (base-config overrides are split off first, see :func:`split_overrides`)."""
+    p = command_parser("sweep", epilog=SWEEP_EPILOG)
+    p.add_argument("spec", type=str, help="Sweep file (sweeps/<name>.yaml).")
+    p.add_argument("--n_trials", type=int | None, default=None, help="Trials to add in this run (null: the spec's n_trials).")
+    p.add_argument("--study", type=str | None, default=None,
+                   help="Study name (null: the spec's file name); the same name continues the study.")
+    p.add_argument("--storage", type=str | None, default=None,
+                   help="Optuna storage URL (null: sqlite:///<tracking home>/optuna.db); e.g. "
+                        "postgresql+psycopg://user@host/db for several machines.")
+    p.add_argument("--workers", type=int, default=1, help="Worker processes on this machine sharing the study.")
+    p.add_argument("--export", type=str | None, default=None, help="Write the best trial as a config overlay (e.g. conf/best.yaml).")
+    p.add_argument("--register", type=str | None, default=None, help="Register the best trial's model under this name.")
+    tracking_options(p, experiment_help="the base config's tracking.experiment")
+    return p
+
+
+def split_overrides(argv: Sequence[str], own: set[str]) -> tuple[list[str], dict[str, str]]:
+    """``argv`` without the base-config overrides, and those as ``{dotted key: text}`` (read as YAML later).
+
+    An override is a dotted flag that is not one of the command's ``own`` (``--data.data_dir X`` or
+    ``--data.data_dir=X``) or the old ``--set KEY=VALUE``.
+
+    Raises
+    ------
+    ConfigError
+        For ``--set`` without ``KEY=VALUE`` or a dotted flag without a value.
+    """
+    from dsn.errors import ConfigError
+
+    rest, overrides, i = [], {}, 0
+    while i < len(argv):
+        a = argv[i]
+        flag, eq, value = a.partition("=")
+        if flag == "--set" or (flag.startswith("--") and "." in flag and flag not in own):
+            if not eq:
+                if i + 1 == len(argv):
+                    raise ConfigError(f"{flag}: give a value (e.g. --data.data_dir data/demo).")
+                value, i = argv[i + 1], i + 1
+            if flag == "--set":
+                key, eq, value = value.partition("=")
+                if not eq:
+                    raise ConfigError(f"--set {key}: use KEY=VALUE (better: --{key} VALUE).")
+                flag = "--" + key
+            overrides[flag[2:]] = value
+        else:
+            rest.append(a)
+        i += 1
+    return rest, overrides
+
+
 def _sweep(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="dsn sweep", description=COMMANDS["sweep"][0])
-    p.add_argument("spec", help="sweep file (sweeps/<name>.yaml)")
-    p.add_argument("--n-trials", type=int, default=None, help="trials to add in this run (default: the spec's n_trials)")
-    p.add_argument("--study", default=None, help="study name (default: the spec's file name); the same name continues it")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///<tracking home>/optuna.db); "
-                   "e.g. postgresql+psycopg://user@host/db for several machines")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine sharing the study (default 1)")
-    p.add_argument("--export", default=None, help="write the best trial as a config overlay (e.g. conf/best.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a base-config key for every trial (e.g. --set data.data_dir=data/demo); repeatable")
-    p.add_argument("--register", default=None, metavar="NAME", help="register the best trial's model under NAME")
-    _tracking_args(p, experiment=None)
-    a = p.parse_args(argv)
+    p = sweep_parser()
+    own = {s for action in p._actions for s in action.option_strings}
+    rest, overrides = split_overrides(argv, own)
+    a = parse_command(p, rest, aliases={"--n-trials": "--n_trials"})
+    a.overrides = overrides
     from dsn.workflows.sweep import main
 
     main(a)
@@ -142,83 +237,67 @@ def _cv(argv: list[str]) -> int:
 
 
 def _predict(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="dsn predict", description=COMMANDS["predict"][0])
-    p.add_argument("recordings", nargs="+", help="PSG EDF file(s) to score (no hypnogram needed)")
-    p.add_argument("--model", default="models:/deepsleepnet@champion",
-                   help="model reference: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a checkpoint path "
-                        "(default models:/deepsleepnet@champion)")
-    p.add_argument("--out", required=True, help="output folder (CSV, EDF+ hypnogram, PNG, summary JSON per recording)")
-    p.add_argument("--channel", default=None, action="append",
+    p = command_parser("predict")
+    p.add_argument("recordings", nargs="+", type=str, help="PSG EDF file(s) to score (no hypnogram needed).")
+    p.add_argument("--model", type=str, default="models:/deepsleepnet@champion", help=REF_HELP)
+    p.add_argument("--out", type=str, required=True,
+                   help="Output folder (CSV, EDF+ hypnogram, PNG, summary JSON per recording).")
+    p.add_argument("--channel", type=list[str] | None, default=None,
                    help="A channel of the file to read in place of the model's (repeat once per model channel, in its "
-                        "order; default: the model's channels, found by name or alias)")
-    p.add_argument("--hypnogram", action="append", default=None,
-                   help="expert hypnogram(s) of the recording(s), in the same order: report agreement")
-    p.add_argument("--no_calibration", action="store_true",
-                   help="write the network's raw softmax instead of the probabilities calibrated on validation subjects")
-    p.add_argument("--low_confidence", type=float, default=None,
-                   help="flag epochs whose top-class probability is below this (default 0.5)")
-    _tracking_args(p, experiment=None)
-    a = p.parse_args(argv)
+                        "order; null: the model's channels, found by name or alias).")
+    p.add_argument("--hypnogram", type=list[str] | None, default=None,
+                   help="Expert hypnogram(s) of the recording(s), in the same order (repeat the flag): report agreement.")
+    p.add_argument("--no_calibration", type=bool, default=False,
+                   help="Write the network's raw softmax instead of the probabilities calibrated on validation subjects.")
+    p.add_argument("--low_confidence", type=float | None, default=None,
+                   help="Flag epochs whose top-class probability is below this (null: 0.5).")
+    tracking_options(p, experiment_help="none needed")
+    argv = [x for a in argv for x in ((a, "true") if a == "--no_calibration" else (a,))]  # a bare flag, as before
+    a = parse_command(p, argv, appends=("--hypnogram", "--channel"))
     from dsn.workflows.predict import main
 
     main(a)
     return 0
 
 
-def _jparser(prog: str, description: str, tracking: bool = True):
-    """A jsonargparse parser whose ``--help`` lists types and defaults, with the ``--tracking.*`` options."""
-    from jsonargparse import ArgumentParser, DefaultHelpFormatter
+REF_HELP = "Model reference: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, a model folder or a checkpoint path."
 
-    p = ArgumentParser(prog=prog, description=description, formatter_class=DefaultHelpFormatter)
-    if tracking:
-        p.add_argument("--tracking.uri", type=str | None, default=None,
-                       help="MLflow tracking URI (null: $MLFLOW_TRACKING_URI or sqlite:///<home>/mlflow.db)")
-        p.add_argument("--tracking.home", type=str, default="mlruns", help="local tracking home")
+
+def registry_parser():
+    """``dsn registry ACTION``: one sub-parser per action (each made with :func:`command_parser`)."""
+    p = command_parser("registry")
+    sub = p.add_subcommands(dest="action", required=True)
+    ls = command_parser("registry list", "Registered models, versions, aliases and key metrics.")
+    pr = command_parser("registry promote", "Set an alias (e.g. champion) on a model version.")
+    pr.add_argument("name", type=str, help="Registered model name.")
+    pr.add_argument("version", type=str, help="Model version.")
+    pr.add_argument("--alias", type=str, default="champion", help="Alias to set.")
+    sh = command_parser("registry show", "What a model reference resolves to.")
+    sh.add_argument("ref", type=str, help=REF_HELP)
+    up = command_parser("registry upgrade", "Rewrite a pickled model of an older dsn in the current format, as a new "
+                        "version with the same tags and aliases (unpickles it once: upgrade only models you trust).")
+    up.add_argument("ref", type=str, help="models:/NAME/VERSION or models:/NAME@ALIAS.")
+    for name, q in (("list", ls), ("promote", pr), ("show", sh), ("upgrade", up)):
+        tracking_options(q, experiment_help="none needed")
+        sub.add_subcommand(name, q, help=q.description)
     return p
 
 
-def _juri(a) -> str:
-    from dsn import tracking
-
-    uri = tracking.tracking_uri(a.tracking.uri, a.tracking.home)
-    tracking.check_tracking(uri)
-    return uri
-
-
-REF_HELP = "model reference: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, a model folder or a checkpoint path"
-
-
 def _registry(argv: list[str]) -> int:
-    p = _jparser("dsn registry", COMMANDS["registry"][0], tracking=False)
-    sub = p.add_subcommands(dest="action", required=True)
-    ls = _jparser("dsn registry list", "registered models, versions, aliases and key metrics")
-    sub.add_subcommand("list", ls, help=ls.description)
-    pr = _jparser("dsn registry promote", "set an alias (e.g. champion) on a model version")
-    pr.add_argument("name", type=str, help="registered model name")
-    pr.add_argument("version", type=str, help="model version")
-    pr.add_argument("--alias", type=str, default="champion", help="alias to set")
-    sub.add_subcommand("promote", pr, help=pr.description)
-    sh = _jparser("dsn registry show", "what a model reference resolves to")
-    sh.add_argument("ref", type=str, help=REF_HELP)
-    sub.add_subcommand("show", sh, help=sh.description)
-    up = _jparser("dsn registry upgrade", "rewrite a pickled model of an older dsn in the current format, as a new "
-                  "version with the same tags and aliases (unpickles it once: upgrade only models you trust)")
-    up.add_argument("ref", type=str, help="models:/NAME/VERSION or models:/NAME@ALIAS")
-    sub.add_subcommand("upgrade", up, help=up.description)
-    ns = p.parse_args(argv)
-    a = ns[ns.action]
+    ns = registry_parser().parse_args(list(argv))
+    a = argparse.Namespace(action=ns.action, **vars(_flat(getattr(ns, ns.action))))
     import json
 
     from dsn.workflows import registry
 
-    uri = _juri(a)
-    if ns.action == "list":
+    uri = _uri(a)
+    if a.action == "list":
         rows = registry.list_models(uri)
         print(registry.format_table(rows, ["name", "version", "aliases", "stage", "dataset", "channel", "f1_macro", "kappa", "run_id"]))
-    elif ns.action == "promote":
+    elif a.action == "promote":
         registry.promote(uri, a.name, a.version, a.alias)
         print(f"models:/{a.name}@{a.alias} -> version {a.version}")
-    elif ns.action == "upgrade":
+    elif a.action == "upgrade":
         r = registry.upgrade(uri, a.ref)
         moved = f"; aliases {', '.join(r['aliases'])} moved to it" if r["aliases"] else ""
         print(f"models:/{r['name']}/{r['old_version']} (pickled) -> models:/{r['name']}/{r['new_version']} "
@@ -235,26 +314,28 @@ def _spec_format() -> str:
 
 
 def _export(argv: list[str]) -> int:
-    p = _jparser("dsn export", COMMANDS["export"][0])
+    p = command_parser("export")
     p.add_argument("ref", type=str, help=REF_HELP)
-    p.add_argument("--format", type=Literal["onnx", "torchscript"], default="onnx", help="file format")
-    p.add_argument("--out", type=str, required=True, help="file to write (e.g. model.onnx, model.pt)")
-    a = p.parse_args(argv)
+    p.add_argument("--format", type=Literal["onnx", "torchscript"], default="onnx", help="File format.")
+    p.add_argument("--out", type=str, required=True, help="File to write (e.g. model.onnx, model.pt).")
+    tracking_options(p, experiment_help="none needed")
+    a = parse_command(p, argv)
     from dsn import tracking
     from dsn.workflows.export import main
 
-    uri = tracking.tracking_uri(a.tracking.uri, a.tracking.home) if "://" in a.ref or a.ref.startswith(("models:/", "runs:/")) else None
+    remote = "://" in a.ref or a.ref.startswith(("models:/", "runs:/"))
+    uri = tracking.tracking_uri(a.tracking_uri, a.tracking_home) if remote else None
     out = main(a.ref, a.format, a.out, uri)
     print(f"wrote {out} ({a.format}, {out.stat().st_size / 1e6:.2f} MB) from {a.ref}")
     return 0
 
 
 def _ui(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="dsn ui", description=COMMANDS["ui"][0])
-    p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--host", default="127.0.0.1", help="interface to serve on (default: loopback only)")
-    _tracking_args(p, experiment=None)
-    a = p.parse_args(argv)
+    p = command_parser("ui")
+    p.add_argument("--port", type=int, default=5000, help="Port to serve on.")
+    p.add_argument("--host", type=str, default="127.0.0.1", help="Interface to serve on (default: loopback only).")
+    tracking_options(p, experiment_help="the experiment used last")
+    a = parse_command(p, argv)
     import subprocess
 
     from dsn import tracking

@@ -1,11 +1,13 @@
-"""The `dsn` command line: help, synth, ui."""
+"""The `dsn` command line: help, one parsing style, synth, ui."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import mne
+import pytest
 
 from dsn.cli import main
 
@@ -50,3 +52,52 @@ def test_ui_serves_project_store_on_loopback(tmp_path, monkeypatch, capsys):
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5123"
     assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{(tmp_path / 'home').resolve()}/mlflow.db"
     assert "http://127.0.0.1:5123/" in capsys.readouterr().out
+
+
+def _help(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["synth"], ["sweep"], ["predict"], ["registry", "list"], ["registry", "promote"],
+                                  ["registry", "show"], ["ui"], ["cv"]])
+def test_every_command_help_lists_types_and_defaults(argv, capsys):
+    out = _help(argv, capsys)
+    entries = re.split(r"\n(?=  \S)", out.split("\noptions:", 1)[1] if "\noptions:" in out else out)
+    opts = [e for e in entries if e.lstrip().startswith("--") and not e.lstrip().startswith(("--config", "--print_config"))
+            and "Path to a configuration file" not in e and "Show the help for" not in e]  # jsonargparse's own
+    assert opts, out
+    for e in opts:  # every option says its type and its default (or that it is required)
+        assert "type:" in e and ("default:" in e or "required" in e), e
+    positional = out.split("positional arguments:", 1)[1].split("options:")[0] if "positional arguments:" in out else ""
+    assert all("type:" in e for e in re.split(r"\n(?=  \S)", positional) if e.strip()), positional
+    # one spelling: underscores and dotted keys, no dashes inside option names
+    assert not re.findall(r"--\w+-\w+", out), out
+
+
+def test_old_sweep_spellings_are_hidden_aliases(capsys):
+    from dsn.cli import parse_command, split_overrides, sweep_parser
+
+    out = _help(["sweep"], capsys)
+    assert "--n-trials" not in out and "--set" not in out and "--n_trials" in out
+    p = sweep_parser()
+    own = {s for a in p._actions for s in a.option_strings}
+    rest, over = split_overrides(["s.yaml", "--n-trials", "3", "--set", "data.n_folds=4", "--data.data_dir", "d",
+                                  "--net.drop_prob=0.3", "--tracking.home", "h"], own)
+    assert over == {"data.n_folds": "4", "data.data_dir": "d", "net.drop_prob": "0.3"}
+    a = parse_command(p, rest, aliases={"--n-trials": "--n_trials"})
+    assert (a.spec, a.n_trials, a.tracking_home, a.workers) == ("s.yaml", 3, "h", 1)
+    from dsn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--set data.n_folds: use KEY=VALUE"):
+        split_overrides(["s.yaml", "--set", "data.n_folds"], own)
+
+
+def test_repeated_list_flag_appends():
+    from dsn.cli import rewrite_aliases
+
+    assert rewrite_aliases(["r.edf", "--hypnogram", "a", "--hypnogram", "b"], appends=("--hypnogram",)) == [
+        "r.edf", "--hypnogram+", "a", "--hypnogram+", "b"]
+    assert rewrite_aliases(["--hypnogram", "[a, b]"], appends=("--hypnogram",)) == ["--hypnogram", "[a, b]"]

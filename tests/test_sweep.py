@@ -17,8 +17,8 @@ from dsn.errors import ConfigError, Pruned
 from dsn.workflows import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_SET = ["--set", "data.n_folds=3", "--set", "data.progress=false", "--set", "pretrain.trainer.enable_progress_bar=false",
-            "--set", "net.small_kernel=50"]
+DATA_SET = ["--data.n_folds", "3", "--data.progress", "false", "--pretrain.trainer.enable_progress_bar", "false",
+            "--net.small_kernel", "50"]
 
 
 @pytest.fixture(autouse=True)
@@ -27,8 +27,8 @@ def _project_root(monkeypatch):
 
 
 def _argv(synth_dir, home, tmp_path, *extra):
-    return ["sweep", "sweeps/tiny.yaml", *DATA_SET, "--set", f"data.data_dir={synth_dir}",
-            "--set", f"data.cache_dir={tmp_path / 'cache'}", "--tracking.home", str(home), *extra]
+    return ["sweep", "sweeps/tiny.yaml", *DATA_SET, "--data.data_dir", str(synth_dir),
+            "--data.cache_dir", str(tmp_path / "cache"), "--tracking.home", str(home), *extra]
 
 
 def _trial_runs(home, study):
@@ -183,8 +183,8 @@ def test_sweep_twice_continues_the_study(synth_dir, tracking_home, tmp_path, cap
     from dsn.cli import main
 
     export = tmp_path / "best.yaml"
-    assert main(_argv(synth_dir, tracking_home, tmp_path, "--n-trials", "2", "--study", "s")) == 0
-    assert main(_argv(synth_dir, tracking_home, tmp_path, "--n-trials", "2", "--study", "s", "--export", str(export))) == 0
+    assert main(_argv(synth_dir, tracking_home, tmp_path, "--n_trials", "2", "--study", "s")) == 0
+    assert main(_argv(synth_dir, tracking_home, tmp_path, "--n_trials", "2", "--study", "s", "--export", str(export))) == 0
     out = capsys.readouterr().out
     parents, trials = _trial_runs(tracking_home, "s")
     assert len(parents) == 1 and len(trials) == 4
@@ -254,7 +254,7 @@ def test_sigterm_during_a_trial_closes_the_trial_and_its_runs(synth_dir, trackin
 
 def test_two_workers_share_one_study(synth_dir, tracking_home, tmp_path):
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    cmd = [sys.executable, "-m", "dsn", *_argv(synth_dir, tracking_home, tmp_path, "--n-trials", "3", "--study", "w", "--workers", "2")]
+    cmd = [sys.executable, "-m", "dsn", *_argv(synth_dir, tracking_home, tmp_path, "--n_trials", "3", "--study", "w", "--workers", "2")]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     study = optuna.load_study(study_name="w", storage=f"sqlite:///{tracking_home.resolve() / 'optuna.db'}")

@@ -413,7 +413,7 @@ def run_sweep(
             raise ConfigError("workers > 1 needs the dsn sweep command line to start the other workers.")
         for i, share in enumerate(shares[1:], start=1):
             if share:
-                argv = [*worker_argv, "--n-trials", str(share), "--workers", "1", "--study", study_name, "--storage", storage]
+                argv = [*worker_argv, "--n_trials", str(share), "--workers", "1", "--study", study_name, "--storage", storage]
                 procs.append(subprocess.Popen([sys.executable, "-m", "dsn", "sweep", *argv], env={**os.environ, "DSN_SWEEP_WORKER": str(i)}))
     objective = _objective(spec, base, study_name, parent, uri, exp_id, verbose)
     if is_worker:  # a helper process started by another `dsn sweep --workers K`: trials only
@@ -661,13 +661,8 @@ def main(a) -> SweepResult:
     import yaml
 
     spec = load_spec(a.spec)
-    overrides = {}
-    for item in a.set:
-        if "=" not in item:
-            raise ConfigError(f"--set {item}: use KEY=VALUE (e.g. --set data.data_dir=data/demo).")
-        k, v = item.split("=", 1)
-        overrides[k] = yaml.safe_load(v)
-    worker_argv = [a.spec, *sum((["--set", s] for s in a.set), [])]
+    overrides = {k: yaml.safe_load(v) for k, v in a.overrides.items()}
+    worker_argv = [a.spec, *sum(([f"--{k}", v] for k, v in a.overrides.items()), [])]
     for flag, value in (("--tracking.uri", a.tracking_uri), ("--tracking.home", a.tracking_home),
                         ("--tracking.experiment", a.tracking_experiment)):
         if value:
