@@ -175,6 +175,11 @@ def sweep_parser():
     p.add_argument("--workers", type=int, default=1, help="Worker processes on this machine sharing the study.")
     p.add_argument("--export", type=str | None, default=None, help="Write the best trial as a config overlay (e.g. conf/best.yaml).")
     p.add_argument("--register", type=str | None, default=None, help="Register the best trial's model under this name.")
+    p.add_argument("--heartbeat_interval", type=int, default=30,
+                   help="Seconds between a running trial's heartbeats in the study storage (0: none).")
+    p.add_argument("--grace_period", type=int, default=60,
+                   help="A trial without a heartbeat for this many seconds (its process died) is failed when a sweep "
+                        "of the study starts, and its parameters are tried again.")
     tracking_options(p, experiment_help="the base config's tracking.experiment")
     return p
 
@@ -219,9 +224,18 @@ def _sweep(argv: list[str]) -> int:
     rest, overrides = split_overrides(argv, own)
     a = parse_command(p, rest, aliases={"--n-trials": "--n_trials"})
     a.overrides = overrides
-    from dsn.workflows.sweep import main
+    import optuna
 
-    main(a)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from dsn.workflows.sweep import format_summary, main
+
+    res = main(a)
+    if not os.environ.get("DSN_SWEEP_WORKER"):
+        print("\n" + format_summary(res))
+        if res.registered:
+            print(f"Registered the best trial's model as '{a.register}' version {res.registered}")
+        if res.exported:
+            print(f"wrote {res.exported}")
     return 0
 
 
@@ -334,6 +348,8 @@ def _ui(argv: list[str]) -> int:
     p = command_parser("ui")
     p.add_argument("--port", type=int, default=5000, help="Port to serve on.")
     p.add_argument("--host", type=str, default="127.0.0.1", help="Interface to serve on (default: loopback only).")
+    p.add_argument("--study", type=str | None, default=None,
+                   help="Also print the link that opens this sweep study's complete trials side by side.")
     tracking_options(p, experiment_help="the experiment used last")
     a = parse_command(p, argv)
     import subprocess
@@ -341,6 +357,11 @@ def _ui(argv: list[str]) -> int:
     from dsn import tracking
 
     uri = tracking.tracking_uri(a.tracking_uri, a.tracking_home)
+    compare = None
+    if a.study:  # before the server starts: a wrong name is one line
+        from dsn.workflows.sweep import study_compare_url
+
+        compare = study_compare_url(uri, a.study, a.tracking_experiment, f"http://{a.host}:{a.port}/")
     exp = None
     try:  # link to the named experiment, else to the one used last
         c = tracking.client(uri)
@@ -352,7 +373,10 @@ def _ui(argv: list[str]) -> int:
             exp = max(exps, key=lambda e: e.last_update_time or 0).experiment_id if exps else None
     except Exception:
         pass
-    print(f"MLflow UI for {uri}\n  open {tracking.ui_url(a.port, exp, a.host)}\n  (Ctrl-C to stop)")
+    print(f"MLflow UI for {uri}\n  open {tracking.ui_url(a.port, exp, a.host)}")
+    if compare:
+        print(f"  study '{a.study}', its trials side by side:\n  {compare}")
+    print("  (Ctrl-C to stop)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", a.host, "--port", str(a.port)]
     try:
         return subprocess.call(cmd)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ DEFAULT_EXPERIMENT = "dsn"
 PARENT_TAG = "mlflow.parentRunId"
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+_log = logging.getLogger(__name__)
 
 
 class TrackingError(DsnError, RuntimeError):
@@ -100,16 +102,27 @@ def ui_url(port: int, exp_id: str | None = None, host: str = "127.0.0.1") -> str
     return f"{base}#/experiments/{exp_id}?workflowType=machine_learning" if exp_id else base
 
 
+def compare_url(run_ids: list[str], exp_ids: list[str], base: str = "http://127.0.0.1:5000/") -> str:
+    """Link to the MLflow 3 UI's side-by-side comparison of ``run_ids`` (parallel coordinates, scatter and
+    contour plots of their params against their metrics): ``<base>#/compare-runs?runs=[...]&experiments=[...]``
+    with the JSON lists URL-encoded. ``base``: the UI's address (a tracking server's URI, or `dsn ui`'s)."""
+    from urllib.parse import quote
+
+    runs = quote(json.dumps(list(run_ids), separators=(",", ":")), safe="")
+    exps = quote(json.dumps(list(dict.fromkeys(exp_ids)), separators=(",", ":")), safe="")
+    return f"{base.rstrip('/')}/#/compare-runs?runs={runs}&experiments={exps}"
+
+
 # ----------------------------------------------------------------------------- runs
 class Terminated(BaseException):
     """Raised from SIGTERM so that runs are closed as KILLED (like Ctrl-C)."""
 
 
 @contextlib.contextmanager
-def run_guard(uri: str, run_ids: list[str]) -> Iterator[None]:
-    """Close every run in ``run_ids`` as FINISHED on success, KILLED on Ctrl-C / SIGTERM / a pruner
-    (:class:`~dsn.errors.Pruned`) and FAILED on an error, so no run is left RUNNING forever. ``run_ids`` may change inside the block: add a run when it
-    opens, remove it once it has been closed for good."""
+def sigterm_raises() -> Iterator[None]:
+    """Inside the block SIGTERM raises :class:`Terminated` in the main thread (so ``finally`` clauses and
+    :func:`run_guard` close what is open); the previous handler comes back afterwards. Outside the main
+    thread (where Python cannot install handlers) nothing changes."""
     previous = None
     if hasattr(signal, "SIGTERM"):
         with contextlib.suppress(ValueError):  # not in the main thread
@@ -118,9 +131,23 @@ def run_guard(uri: str, run_ids: list[str]) -> Iterator[None]:
                 raise Terminated()
 
             previous = signal.signal(signal.SIGTERM, _raise)
-    status = "FINISHED"
     try:
         yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def run_guard(uri: str, run_ids: list[str]) -> Iterator[None]:
+    """Close every run in ``run_ids`` as FINISHED on success, KILLED on Ctrl-C / SIGTERM / a pruner
+    (:class:`~dsn.errors.Pruned`) and FAILED on an error, so no run is left RUNNING forever. ``run_ids`` may
+    change inside the block: add a run when it opens, remove it once it has been closed for good. A run
+    that cannot be closed (the store is gone) is named in a warning of the ``dsn.tracking`` logger."""
+    status = "FINISHED"
+    try:
+        with sigterm_raises():
+            yield
     except (KeyboardInterrupt, Terminated, Pruned):
         status = "KILLED"
         raise
@@ -128,12 +155,13 @@ def run_guard(uri: str, run_ids: list[str]) -> Iterator[None]:
         status = "FAILED"
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         c = client(uri)
         for rid in reversed(run_ids):
-            with contextlib.suppress(Exception):
+            try:
                 c.set_terminated(rid, status)
+            except Exception as e:
+                _log.warning("could not close MLflow run %s as %s (%s: %s): it may show RUNNING", rid, status,
+                             type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
 
 
 def start_run(uri: str, exp_id: str, name: str | None = None, parent: str | None = None, tags: Mapping[str, str] | None = None) -> str:

@@ -62,7 +62,7 @@ def _help(argv: list[str], capsys) -> str:
 
 
 @pytest.mark.parametrize("argv", [["synth"], ["sweep"], ["predict"], ["registry", "list"], ["registry", "promote"],
-                                  ["registry", "show"], ["ui"], ["cv"]])
+                                  ["registry", "show"], ["registry", "upgrade"], ["export"], ["ui"], ["cv"]])
 def test_every_command_help_lists_types_and_defaults(argv, capsys):
     out = _help(argv, capsys)
     entries = re.split(r"\n(?=  \S)", out.split("\noptions:", 1)[1] if "\noptions:" in out else out)
