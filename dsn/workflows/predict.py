@@ -22,6 +22,7 @@ The output names never end in ``-Hypnogram.edf``, so they are never mistaken for
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from dsn.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def expert_labels(path: str | Path, n_epochs: int, epoch_sec: float = 30.0) -> np.ndarray:
@@ -214,7 +217,7 @@ def main(a) -> list[dict[str, Any]]:
     load_s = time.perf_counter() - t
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"model {a.model}: {scorer.kind} model, channels {', '.join(model_channels(scorer.preprocessing))}, {scorer.sfreq:g} Hz "
+    log.info(f"model {a.model}: {scorer.kind} model, channels {', '.join(model_channels(scorer.preprocessing))}, {scorer.sfreq:g} Hz "
           f"(loaded in {load_s:.2f} s)")
     results = []
     for i, rec in enumerate(a.recordings):
@@ -222,21 +225,21 @@ def main(a) -> list[dict[str, Any]]:
         s = score_recording(scorer, rec, out, a.channel, hyp, a.model, getattr(a, "low_confidence", None))
         results.append(s)
         tm = s["timings"]
-        print(f"\n{s['name']}: {s['n_epochs']} epochs scored in {sum(tm.values()):.2f} s "
+        log.info(f"\n{s['name']}: {s['n_epochs']} epochs scored in {sum(tm.values()):.2f} s "
               f"(read {tm['read_s']:.2f}, model {tm['model_s']:.2f}, write {tm['write_s']:.2f})")
-        print(format_sleep_statistics(s["statistics"]))
+        log.info(format_sleep_statistics(s["statistics"]))
         c = s["confidence"]
         mix = ", ".join(f"{k} {v:.1f}" for k, v in c["low_confidence_stages_min"].items() if v > 0)
-        print(f"low confidence (top-class probability < {c['threshold']:g}, temperature {c['temperature']:.2f}): "
+        log.info(f"low confidence (top-class probability < {c['threshold']:g}, temperature {c['temperature']:.2f}): "
               f"{c['low_confidence_minutes']:.1f} min" + (f" ({mix} min)" if mix else ""))
         if "agreement" in s:
-            print(f"\nagreement with {hyp}:")
-            print(format_agreement(s["agreement"], scorer.class_names))
+            log.info(f"\nagreement with {hyp}:")
+            log.info(format_agreement(s["agreement"], scorer.class_names))
         fam = s.get("familiarity")
         if fam:
-            print(f"familiarity score {fam['score']:.1f} (threshold {fam['threshold']:.1f}): "
+            log.info(f"familiarity score {fam['score']:.1f} (threshold {fam['threshold']:.1f}): "
                   + ("like the training nights" if fam["familiar"] else "this night is unlike the training data"))
             for line in fam["warnings"]:
-                print(f"warning: {line}")
-        print("wrote " + ", ".join(Path(p).name for p in s["files"].values()) + f" to {out}")
+                log.warning(f"warning: {line}")
+        log.info("wrote " + ", ".join(Path(p).name for p in s["files"].values()) + f" to {out}")
     return results
