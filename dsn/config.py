@@ -46,6 +46,11 @@ def add_training_arguments(p) -> None:
     p.add_argument("--selection", type=Literal["best", "last"], default="best",
                    help="Model kept from each stage: best validation macro-F1, or the last epoch (the paper).")
     p.add_argument("--test", type=bool, default=True, help="Evaluate the selected model on the test subjects.")
+    p.add_argument("--init", type=str | None, default=None,
+                   help="Start both stages from this model's weights instead of random ones (adapting a model to a new "
+                        "site): models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, a model folder or a "
+                        "selected.ckpt. Its channels, data.sfreq and net.* / finetune.net.* keys must match the config's "
+                        "(drop_prob and bn_momentum may differ); null: random weights.")
     add_tracking_arguments(p)
     p.add_argument("--tracking.run_name", type=str | None, default=None, help="Name of the top-level run.")
     p.add_argument("--tracking.log_model", type=bool, default=True, help="Log each stage's final model as an MLflow model.")

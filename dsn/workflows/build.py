@@ -54,10 +54,41 @@ def _scorer_kwargs(d: dict, dm) -> dict[str, Any]:
             "seq_len": d["finetune"]["seq_len"]}
 
 
-def pretrained(d: dict, stages, uri: str):
-    """The feature net that ``finetune.system.pretrained`` names, loaded now (a bad path or reference is a
-    ``ConfigError`` before any run opens); None when the fit pretrains itself or starts from scratch."""
+#: Keys of ``net`` / ``finetune.net`` that are training settings, not architecture: an ``init`` model may have
+#: been trained with other values.
+TRAINING_ONLY_NET_KEYS = ("drop_prob", "bn_momentum")
+
+
+def load_model(source: str, uri: str, key: str):
+    """The :class:`~dsn.models.scoring.SleepScorer` that config key ``key`` names (a registry or run reference,
+    a model folder or a ``selected.ckpt``), loaded through :func:`dsn.workflows.registry.load_scorer` (no
+    unpickling); a bad reference is a ``ConfigError`` naming ``key``."""
+    from dsn.errors import ModelError
+    from dsn.workflows.registry import load_scorer
+
+    try:
+        return load_scorer(source, uri)
+    except ModelError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def start_weights(d: dict, stages, uri: str):
+    """The weights the fit starts from instead of random ones, loaded now (a bad path, reference or
+    architecture is a ``ConfigError`` before any run opens); None: random weights (or this fit's own pretraining).
+
+    - ``init`` (a model reference, see :func:`load_model`): a :class:`~dsn.models.scoring.SleepScorer` whose
+      networks start both stages (:func:`system`); its architecture must match the config (:func:`check_init`);
+    - else ``finetune.system.pretrained`` for a fine-tuning-only fit: the feature net it names.
+    """
+    init = d.get("init")
     source = d["finetune"]["system"].get("pretrained")
+    if init is not None:
+        if source is not None:
+            raise ConfigError(f"init={init!r} and finetune.system.pretrained={source!r} both name starting weights: "
+                              "give one (init starts both stages, the whole sequence net included).")
+        scorer = load_model(init, uri, "init")
+        check_init(scorer, d, init)
+        return scorer
     if "pretrain" in stages or "finetune" not in stages:
         return None  # the weights come from this fit's own pretraining
     if source is None:
@@ -66,31 +97,93 @@ def pretrained(d: dict, stages, uri: str):
     from dsn.systems.finetune import load_pretrained
 
     if is_model_uri(source):  # a model reference, resolved in this fit's tracking store
-        from dsn.workflows.registry import load_scorer
-
-        source = load_scorer(source, uri)
+        source = load_model(source, uri, "finetune.system.pretrained")
     try:
         return load_pretrained(feature_net(d), source)
     except ValueError as e:
         raise ConfigError(f"finetune.system.pretrained: {e}") from None
 
 
+def check_init(scorer, d: dict, source: str) -> None:
+    """Raise ``ConfigError`` (one line: the key, both values, the fix) when the ``init`` model's spec and the
+    config disagree on the architecture: the channels (names and number), ``data.sfreq``, the ``net.*`` keys
+    and, when fine-tuning starts from a sequence model, the ``finetune.net.*`` keys and the number of classes.
+    ``drop_prob`` and ``bn_momentum`` (:data:`TRAINING_ONLY_NET_KEYS`) may differ."""
+    from dsn.data.channels import channel_names, parse_channel, pick_channels
+
+    prep, spec_cfg = scorer.preprocessing, scorer.config
+    model_ch = channel_names(parse_channel(c) for c in (prep.get("channels") or [prep["channel"]]))
+    ours = channel_names(pick_channels(d["data"].get("channels"), d["data"].get("channel")))
+    head = f"init={source}:"
+    if ours != model_ch:
+        raise ConfigError(f"{head} data.channels is {ours} but the model reads {model_ch}; give --data.channels "
+                          f"'{model_ch}' (map this site's labels to them with data.channel_aliases, e.g. "
+                          f"{{{model_ch[0]}: [LABEL]}}) or train without --init.")
+    if float(prep["sfreq"]) != float(d["data"]["sfreq"]):
+        raise ConfigError(f"{head} data.sfreq is {d['data']['sfreq']} but the model was trained at {prep['sfreq']} Hz; "
+                          f"give --data.sfreq {prep['sfreq']} (the recordings are resampled) or train without --init.")
+    checks = [("net", d["net"], spec_cfg.get("net") or {})]
+    if "finetune" in d["stages"] and scorer.kind == "sequence":
+        checks.append(("finetune.net", d["finetune"]["net"], spec_cfg.get("finetune_net") or {}))
+        n_model, n_ours = len(scorer.class_names), d["finetune"]["net"].get("n_outputs", len(scorer.class_names))
+        if n_model != n_ours:
+            raise ConfigError(f"{head} finetune.net.n_outputs is {n_ours} but the model has {n_model} classes "
+                              f"({scorer.class_names}); give --finetune.net.n_outputs {n_model} or train without --init.")
+    for section, mine, theirs in checks:
+        for k, v in theirs.items():
+            if k in TRAINING_ONLY_NET_KEYS or k in ("sfreq", "n_chans", "n_outputs") or k not in mine or mine[k] == v:
+                continue
+            if section == "net" and k == "n_times" and mine[k] is None and scorer.n_times == v:
+                continue
+            raise ConfigError(f"{head} {section}.{k} is {mine[k]!r} but the model was built with {v!r}; give "
+                              f"--{section}.{k} {v} (the model's value) or train without --init.")
+    if prep.get("normalize", "none") != d["data"].get("normalize", "none"):
+        log.warning("warning: init=%s was trained with data.normalize=%s, this fit uses %s: its first layers see "
+                    "inputs of another scale.", source, prep.get("normalize", "none"), d["data"].get("normalize", "none"))
+
+
+def _load_init(stage: str, d: dict, init, target) -> None:
+    """Copy the ``init`` model's weights into ``target`` (stage ``stage``'s network), in place: pretraining's
+    ``FeatureClassifierNet`` gets the feature net (and the classifier of an epoch model), fine-tuning's
+    ``DeepSleepNet`` the whole sequence net of a sequence model (its feature net only when the fit did not
+    pretrain), else the feature net of an epoch model (when the fit did not pretrain)."""
+    own = init.net.state_dict()
+    pretrained_here = "pretrain" in d["stages"]
+    if stage == "pretrain":
+        keys = [k for k in target.state_dict() if k in own and (k.startswith("feature_net.") or init.kind == "epoch")]
+    elif init.kind == "sequence":
+        keys = [k for k in target.state_dict() if k in own and not (pretrained_here and k.startswith("feature_net."))]
+    else:
+        keys = [] if pretrained_here else [k for k in target.state_dict() if k.startswith("feature_net.") and k in own]
+    target.load_state_dict({k: own[k] for k in keys}, strict=False)
+    log.debug("[%s] %d tensors from the init model", stage, len(keys))
+
+
 def system(stage: str, d: dict, dm, fnet, start=None) -> tuple[Any, Callable[[Any], Any]]:
-    """Stage ``stage``'s Lightning system around ``fnet`` (fine-tuning: with ``start``'s weights when given,
-    see :func:`pretrained`), and ``make_scorer(system) -> SleepScorer`` (preprocessing from ``dm``)."""
+    """Stage ``stage``'s Lightning system around ``fnet`` and ``make_scorer(system) -> SleepScorer`` (preprocessing
+    from ``dm``). ``start`` (:func:`start_weights`): an ``init`` model whose weights the stage's network starts
+    from, or a pretrained feature net that fine-tuning starts from."""
     from dsn.models.scoring import SleepScorer
+
+    init = start if isinstance(start, SleepScorer) else None
 
     kw = _scorer_kwargs(d, dm)
     if stage == "pretrain":
         from dsn.systems.pretrain import PretrainSystem
 
-        return PretrainSystem(fnet, **d["pretrain"]["system"]), lambda s: SleepScorer(s.model, **kw)
+        pre = PretrainSystem(fnet, **d["pretrain"]["system"])
+        if init is not None:
+            _load_init(stage, d, init, pre.model)
+        return pre, lambda s: SleepScorer(s.model, **kw)
     from dsn.models import DeepSleepNet
     from dsn.systems.finetune import FinetuneSystem
 
-    if start is not None:
+    if start is not None and init is None:
         fnet.load_state_dict(start.state_dict())
     ft = {k: v for k, v in d["finetune"]["system"].items() if k != "pretrained"}
     carry = bool(ft.get("carry_state", True))
-    return (FinetuneSystem(DeepSleepNet(fnet, **d["finetune"]["net"]), **ft),
+    net = DeepSleepNet(fnet, **d["finetune"]["net"])
+    if init is not None:
+        _load_init(stage, d, init, net)
+    return (FinetuneSystem(net, **ft),
             lambda s: SleepScorer(s.net, **kw, carry_state=carry, n_offsets=d["finetune"]["n_offsets"]))

@@ -9,7 +9,8 @@ errors, logs its progress on the ``dsn`` loggers and returns a :class:`~dsn.work
 
 A reader's path: :func:`run_fit` (check, data) -> :func:`dsn.workflows.recorder.open_recorder` (the
 fit's run) -> :func:`dsn.workflows.stage.run_stages` (train -> select -> evaluate -> record per stage,
-systems from :mod:`dsn.workflows.build`) -> :meth:`~dsn.workflows.recorder.Recorder.finish_fit`.
+systems from :mod:`dsn.workflows.build`, started from
+``init``'s weights when it is set) -> :meth:`~dsn.workflows.recorder.Recorder.finish_fit`.
 
 Distributed training (``trainer.strategy: ddp``, ``devices: N``, ``num_nodes``): Lightning's launcher runs
 the same command again in every other process. Every rank loads the same data, builds the same systems,
@@ -100,9 +101,11 @@ def _run_fit(cfg, *, parent_run_id, callbacks, tags, run_name, kind, resume, all
     uri = tracking.tracking_uri(cfg.tracking.uri, Path(cfg.tracking.home))
     tracking.check_tracking(uri)  # before anything slow
     d = config.to_dict(cfg)
+    start = build.start_weights(d, cfg.stages, uri)  # a bad init / pretrained model fails before the data is read
     dm = build.data_module(d, cfg)
     summary = dm.summary()
-    start = build.pretrained(d, cfg.stages, uri)
+    if cfg.init is not None:
+        tags = {**(tags or {}), "dsn.init": str(cfg.init)}
     rec = recorder.open_recorder(cfg, uri, resume=resume, kind=kind, parent_run_id=parent_run_id,
                                  allow_config_change=allow_config_change, tags=tags, run_name=run_name)
     ctx = stage.FitContext(cfg, d, rec, Path(cfg.tracking.home) / "checkpoints" / (rec.run_id or "pending-rank0"),

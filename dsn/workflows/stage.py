@@ -48,7 +48,7 @@ class FitContext:
 
 def run_stages(ctx: FitContext, dm, start=None) -> list[StageResult]:
     """The stage loop: each stage in ``cfg.stages`` in turn, the fine-tuning one on the pretrained feature
-    net (this fit's, else ``start``: :func:`dsn.workflows.build.pretrained`)."""
+    net (this fit's, else ``start``); ``start``: :func:`dsn.workflows.build.start_weights`."""
     results: list[StageResult] = []
     fnet = build.feature_net(ctx.d)
     for name in ctx.cfg.stages:
