@@ -95,8 +95,25 @@ def _synth(argv: list[str]) -> int:
     p.add_argument("--sfreq", type=float, default=100.0, help="EEG/EOG sampling rate in Hz (sleep-edf layout).")
     p.add_argument("--layout", type=Literal["sleep-edf", "nsrr", "bids", "generic"], default="sleep-edf",
                    help="File layout, channel names and rates, hypnogram format of a data-set profile.")
+    p.add_argument("--site", type=Literal["A", "B"], default="A",
+                   help="Recording site: A (the generator's) or B (a second lab: 0.6 x amplitude, 3 uV noise, 5 uV of "
+                        "60-Hz mains, a central EEG C4-A1 channel), for adapting a model to a new site (dsn fit --init).")
+    p.add_argument("--site_gain", type=float | None, default=None, help="Amplitude factor of the EEG/EOG (null: the site's).")
+    p.add_argument("--site_noise", type=float | None, default=None, help="White amplifier noise, uV RMS (null: the site's).")
+    p.add_argument("--site_mains", type=float | None, default=None, help="Mains interference, uV (null: the site's).")
+    p.add_argument("--site_mains_freq", type=float | None, default=None, help="Mains frequency, Hz (null: the site's).")
+    p.add_argument("--site_channel", type=str | None, default=None,
+                   help="Label of the first EEG channel instead of 'EEG Fpz-Cz' (null: the site's).")
+    p.add_argument("--site_mix", type=float | None, default=None,
+                   help="Fraction of Pz-Oz in that channel, another derivation (null: the site's).")
     a = parse_command(p, argv)
+    from dsn.errors import ConfigError
+
+    site = _site(a)
     if a.layout != "sleep-edf":
+        if site is not None:
+            raise ConfigError(f"--site {a.site} / --site_*: a new site is written in the sleep-edf layout only "
+                              f"(drop --layout {a.layout}).")
         from dsn.data.synth_layouts import write_layout
 
         pairs = write_layout(a.out_dir, a.layout, subjects=a.subjects, nights=a.nights, hours=a.hours, seed=a.seed)
@@ -104,9 +121,27 @@ def _synth(argv: list[str]) -> int:
         return 0
     from dsn.data.synth import write_dataset
 
-    pairs = write_dataset(a.out_dir, subjects=a.subjects, nights=a.nights, hours=a.hours, seed=a.seed, sfreq=a.sfreq)
-    print(f"wrote {len(pairs)} recordings ({2 * len(pairs)} EDF files) to {a.out_dir}")
+    pairs = write_dataset(a.out_dir, subjects=a.subjects, nights=a.nights, hours=a.hours, seed=a.seed, sfreq=a.sfreq,
+                          site=site)
+    print(f"wrote {len(pairs)} recordings ({2 * len(pairs)} EDF files) to {a.out_dir}"
+          + (f" as site {a.site} ({site.describe()})" if site is not None else ""))
+    if site is not None and site.channel:
+        print(f"  (the EEG channel is {site.channel!r}: for a model's EEG Fpz-Cz give "
+              f"--data.channel_aliases '{{EEG Fpz-Cz: [{site.channel}]}}')")
     return 0
+
+
+def _site(a):
+    """The :class:`~dsn.data.synth.SiteShift` of ``dsn synth``'s site options; None for the generator's own site."""
+    from dsn.data.synth import SiteShift, site_shift
+    from dsn.errors import ConfigError
+
+    try:
+        site = site_shift(a.site, gain=a.site_gain, noise=a.site_noise, mains=a.site_mains, mains_freq=a.site_mains_freq,
+                          channel=a.site_channel, mix=a.site_mix)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return None if site == SiteShift() else site
 
 
 def _data(argv: list[str]) -> int:

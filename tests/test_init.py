@@ -126,3 +126,54 @@ def test_init_is_part_of_the_resume_and_cv_identity(trained, synth_dir, tmp_path
     ckpt = res.stage("finetune").selected_checkpoint
     with pytest.raises(ConfigError, match=r"--resume .*init: None -> "):
         fit_main(_args(synth_dir, home, tmp, "--init", ckpt, "--resume", res.parent_run_id))
+
+
+# ----------------------------------------------------------------------------- a synthetic new site (dsn synth --site)
+def _read(psg) -> dict:
+    from edfio import read_edf
+
+    return {s.label: s.data for s in read_edf(psg).signals}
+
+
+def test_site_shift_changes_only_the_recorder(tmp_path):
+    """Site B records the same nights (same seed) through another amplifier and montage."""
+    import numpy as np
+
+    from dsn.data.synth import SiteShift, write_recording
+
+    a = _read(write_recording(tmp_path / "a", 0, 1, hours=0.1, seed=3)[0])
+    g = _read(write_recording(tmp_path / "g", 0, 1, hours=0.1, seed=3, site=SiteShift(gain=0.5))[0])
+    for name in ("EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal"):
+        np.testing.assert_allclose(g[name], 0.5 * a[name], atol=0.05)  # uV, up to EDF quantisation
+    np.testing.assert_array_equal(g["Resp oro-nasal"], a["Resp oro-nasal"])
+    m = _read(write_recording(tmp_path / "m", 0, 1, hours=0.1, seed=3, site=SiteShift(channel="EEG C4-A1", mix=0.5))[0])
+    assert "EEG Fpz-Cz" not in m and "EEG Pz-Oz" in m
+    np.testing.assert_allclose(m["EEG C4-A1"], 0.5 * (a["EEG Fpz-Cz"] + a["EEG Pz-Oz"]), atol=0.05)
+    n = _read(write_recording(tmp_path / "n", 0, 1, hours=0.1, seed=3, site=SiteShift(noise=3.0, mains=5.0))[0])
+    extra = n["EEG Pz-Oz"] - a["EEG Pz-Oz"]
+    spec = np.abs(np.fft.rfft(extra)) / len(extra) * 2
+    freqs = np.fft.rfftfreq(len(extra), 1 / 100.0)
+    peak = freqs[np.argmax(spec)]
+    assert abs(peak - 40.0) < 0.1  # 60-Hz mains aliased at 100 Hz, as an unfiltered recorder would
+    assert spec.max() == pytest.approx(5.0, rel=0.05)
+    assert np.sqrt(np.var(extra) - 5.0**2 / 2) == pytest.approx(3.0, rel=0.1)  # the white noise's RMS
+    with pytest.raises(ValueError, match="gain must be positive"):
+        SiteShift(gain=0)
+
+
+def test_synth_site_cli_and_a_model_reads_it_through_an_alias(tmp_path, capsys):
+    from dsn.cli import main as cli_main
+    from dsn.data.channels import BUILTIN_ALIASES, find_label, merge_aliases
+
+    assert cli_main(["synth", str(tmp_path / "b"), "--subjects", "1", "--hours", "0.05", "--site", "B",
+                     "--site_noise", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "as site B (gain 0.6, noise 1 uV, 60-Hz mains 5 uV, EEG C4-A1 = 0.5 x Fpz-Cz + 0.5 x Pz-Oz)" in out
+    labels = list(_read(next((tmp_path / "b").glob("*PSG.edf"))))
+    assert "EEG C4-A1" in labels and "EEG Fpz-Cz" not in labels
+    assert find_label("EEG Fpz-Cz", labels, merge_aliases(BUILTIN_ALIASES, {"EEG Fpz-Cz": ["EEG C4-A1"]})) == "EEG C4-A1"
+    assert cli_main(["synth", str(tmp_path / "c"), "--site", "B", "--layout", "nsrr"]) == 1
+    assert cli_main(["synth", str(tmp_path / "c"), "--site_mix", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "sleep-edf layout only" in err and "site mix must be in [0, 1], got 2.0" in err
+    assert not (tmp_path / "c").exists()

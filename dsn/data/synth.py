@@ -17,6 +17,10 @@ Two layers:
   waves, sawtooth waves, blinks, saccades, rapid eye movements, movement artefacts) are drawn
   from non-homogeneous Poisson processes and rendered in one vectorised pass.
 
+A :class:`SiteShift` turns the same generator into a second recording site ("a new site" for adapting a
+model): another amplifier gain, added amplifier noise and mains interference, and another EEG derivation under
+another label (``dsn synth --site B``, or the ``--site_*`` options one by one).
+
 Stages overlap on purpose: N1 shares alpha with drowsy wake and theta/low amplitude with REM,
 every component carries per-epoch and per-subject variability (:class:`SubjectProfile`), so a
 classifier trained on some subjects generalises to others but the task is not trivial.
@@ -46,12 +50,15 @@ from dsn.data.labels import RK_LABELS, RK_TO_AASM, STAGES
 __all__ = [
     "EPOCH_SEC",
     "PSG_CHANNELS",
+    "SITE_PRESETS",
+    "SiteShift",
     "SubjectProfile",
     "generate_eeg",
     "generate_hypnogram",
     "generate_signals",
     "hypnogram_annotations",
     "psg_filename",
+    "site_shift",
     "stage_proportions",
     "write_dataset",
     "write_recording",
@@ -892,6 +899,106 @@ def _slow_channels(codes: np.ndarray, rng: np.random.Generator, prof: SubjectPro
 
 
 # --------------------------------------------------------------------------------------------
+# A second recording site
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SiteShift:
+    """How a second recording site's signals differ from the generator's (a synthetic "new site").
+
+    Applied to the EEG/EOG channels after they are generated, with its own random stream, so that the same
+    seed gives the same nights (hypnograms, brain signals) at both sites and only the site's traits differ.
+
+    Parameters
+    ----------
+    gain : float, default 1.0
+        Amplitude factor of every EEG/EOG channel (amplifier calibration, electrode impedance, a shorter
+        inter-electrode distance), > 0.
+    noise : float, default 0.0
+        RMS (uV) of white amplifier noise added to every EEG/EOG channel, >= 0.
+    mains : float, default 0.0
+        Amplitude (uV) of mains interference added to every EEG/EOG channel, >= 0.
+    mains_freq : float, default 60.0
+        Mains frequency in Hz (aliased when above the Nyquist frequency, as an unfiltered recorder would).
+    channel : str, optional
+        Label of the first EEG channel (``EEG Fpz-Cz`` at the generator's site), e.g. ``EEG C4-A1``.
+    mix : float, default 0.0
+        Another derivation for that channel: ``(1 - mix) * Fpz-Cz + mix * Pz-Oz`` (in [0, 1]).
+    """
+
+    gain: float = 1.0
+    noise: float = 0.0
+    mains: float = 0.0
+    mains_freq: float = 60.0
+    channel: str | None = None
+    mix: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.gain > 0:
+            raise ValueError(f"site gain must be positive, got {self.gain}")
+        for name in ("noise", "mains"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"site {name} must be >= 0 uV, got {getattr(self, name)}")
+        if not self.mains_freq > 0:
+            raise ValueError(f"site mains_freq must be a positive number of Hz, got {self.mains_freq}")
+        if not 0.0 <= self.mix <= 1.0:
+            raise ValueError(f"site mix must be in [0, 1], got {self.mix}")
+        if self.channel is not None and (not self.channel.strip() or self.channel in PSG_CHANNELS and self.channel != "EEG Fpz-Cz"):
+            raise ValueError(f"site channel {self.channel!r}: give a new label (not empty, not another channel's)")
+
+    def describe(self) -> str:
+        """One line: what this site changes (e.g. ``gain 0.6, noise 3 uV, 60-Hz mains 5 uV, EEG C4-A1 = ...``)."""
+        parts = [f"gain {self.gain:g}"] if self.gain != 1.0 else []
+        parts += [f"noise {self.noise:g} uV"] if self.noise else []
+        parts += [f"{self.mains_freq:g}-Hz mains {self.mains:g} uV"] if self.mains else []
+        if self.channel or self.mix:
+            derivation = f"{1 - self.mix:g} x Fpz-Cz + {self.mix:g} x Pz-Oz" if self.mix else "Fpz-Cz"
+            parts.append(f"{self.label('EEG Fpz-Cz')} = {derivation}")
+        return ", ".join(parts) or "the generator's site"
+
+    def label(self, name: str) -> str:
+        """The label channel ``name`` (a generator label) has at this site."""
+        return self.channel if name == "EEG Fpz-Cz" and self.channel else name
+
+    def apply(self, fast: dict[str, np.ndarray], sfreq: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """This site's version of :func:`generate_signals`' output (volts in, volts out, same keys)."""
+        out = dict(fast)
+        if self.mix:
+            out["EEG Fpz-Cz"] = (1.0 - self.mix) * fast["EEG Fpz-Cz"] + self.mix * fast["EEG Pz-Oz"]
+        n = len(out["EEG Fpz-Cz"])
+        t = np.arange(n) / float(sfreq)
+        for name in ("EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal"):
+            x = self.gain * out[name]
+            if self.noise:
+                x = x + self.noise * 1e-6 * rng.standard_normal(n)
+            if self.mains:
+                x = x + self.mains * 1e-6 * np.sin(2 * np.pi * self.mains_freq * t + rng.uniform(0, 2 * np.pi))
+            out[name] = x
+        return out
+
+
+#: ``dsn synth --site NAME``: ``A`` is the generator's site; ``B`` a second lab whose recorder reads 0.6 x the
+#: amplitude, adds 3 uV of amplifier noise and 5 uV of 60-Hz mains, and whose first EEG channel is a central
+#: derivation labelled ``EEG C4-A1`` (half Fpz-Cz, half Pz-Oz).
+SITE_PRESETS: dict[str, SiteShift] = {
+    "A": SiteShift(),
+    "B": SiteShift(gain=0.6, noise=3.0, mains=5.0, mains_freq=60.0, channel="EEG C4-A1", mix=0.5),
+}
+
+
+def site_shift(preset: str = "A", **changes) -> SiteShift:
+    """The :data:`SITE_PRESETS` entry ``preset`` with the given fields changed (``None`` values keep the preset's).
+
+    Raises
+    ------
+    ValueError
+        For an unknown preset or a bad value.
+    """
+    if preset not in SITE_PRESETS:
+        raise ValueError(f"site {preset!r}: not a site preset (one of {', '.join(SITE_PRESETS)})")
+    return dataclasses.replace(SITE_PRESETS[preset], **{k: v for k, v in changes.items() if v is not None})
+
+
+# --------------------------------------------------------------------------------------------
 # EDF writing
 # --------------------------------------------------------------------------------------------
 def psg_filename(subject: int, night: int) -> str:
@@ -911,7 +1018,8 @@ def _check_ids(subject: int, night: int) -> None:
 
 
 def write_recording(
-    out_dir: str | Path, subject: int, night: int, hours: float = 8.0, seed: int = 0, sfreq: float = 100.0
+    out_dir: str | Path, subject: int, night: int, hours: float = 8.0, seed: int = 0, sfreq: float = 100.0,
+    site: SiteShift | None = None,
 ) -> tuple[Path, Path]:
     """Generate one night of one subject and write its PSG/Hypnogram EDF pair.
 
@@ -932,6 +1040,8 @@ def write_recording(
         Non-negative master seed.
     sfreq : float
         Sampling frequency of the EEG/EOG channels in Hz.
+    site : SiteShift, optional
+        Record the night at another site (its own random stream: the night itself does not change).
 
     Returns
     -------
@@ -957,6 +1067,8 @@ def write_recording(
     stages = [RK_LABELS[c] for c in codes]
     fast = generate_signals(stages, sfreq, night_rng, prof_n)
     slow = _slow_channels(codes, night_rng, prof_n)
+    if site is not None:
+        fast = site.apply(fast, sfreq, np.random.default_rng(np.random.SeedSequence([int(seed), int(subject), int(night), 5173])))
     start = _dt.datetime.combine(first_night + _dt.timedelta(days=night - 1), _dt.time(21, 30)) + _dt.timedelta(
         seconds=int(night_rng.integers(0, 150 * 60))
     )
@@ -983,7 +1095,7 @@ def write_recording(
             EdfSignal(
                 np.clip(data, *rng_phys),
                 fs_ch,
-                label=label,
+                label=site.label(label) if site is not None else label,
                 transducer_type="Ag-AgCl electrode" if unit == "uV" and is_fast else "",
                 physical_dimension=unit,
                 physical_range=rng_phys,
@@ -1011,6 +1123,7 @@ def write_dataset(
     seed: int = 0,
     sfreq: float = 100.0,
     progress: bool = True,
+    site: SiteShift | None = None,
 ) -> list[tuple[Path, Path]]:
     """Write ``subjects`` x ``nights`` synthetic sleep-cassette recordings as EDF pairs.
 
@@ -1030,6 +1143,8 @@ def write_dataset(
         Sampling frequency of the EEG/EOG channels in Hz (the other channels are 1 Hz).
     progress : bool
         Show a tqdm progress bar over recordings.
+    site : SiteShift, optional
+        Record every night at another site (see :class:`SiteShift`, :data:`SITE_PRESETS`).
 
     Returns
     -------
@@ -1061,7 +1176,7 @@ def write_dataset(
     jobs = [(s, n) for s in range(int(subjects)) for n in range(1, int(nights) + 1)]
     pairs = []
     for s, n in tqdm(jobs, desc="synthetic PSG", unit="rec", disable=not progress):
-        pairs.append(write_recording(out_dir, s, n, hours=hours, seed=seed, sfreq=sfreq))
+        pairs.append(write_recording(out_dir, s, n, hours=hours, seed=seed, sfreq=sfreq, site=site))
     return pairs
 
 
