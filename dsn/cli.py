@@ -299,7 +299,8 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("--no_calibration", type=bool, default=False,
                    help="Write the network's raw softmax instead of the probabilities calibrated on validation subjects.")
     p.add_argument("--low_confidence", type=float | None, default=None,
-                   help="Flag epochs whose top-class probability is below this (null: 0.5).")
+                   help="Flag epochs whose top-class probability is below this (null: the model's threshold, chosen on its "
+                        "validation subjects; 0.5 for a model without one or with --no_calibration).")
     tracking_options(p, experiment_help="none needed")
     argv = [x for a in argv for x in ((a, "true") if a == "--no_calibration" else (a,))]  # a bare flag, as before
     a = parse_command(p, argv, appends=("--hypnogram", "--channel"))

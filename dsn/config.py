@@ -28,7 +28,7 @@ NON_TRAINING_KEYS = ("config", "__path__", "resume", "allow_config_change", "pri
 NON_WEIGHT_KEYS = (
     "tracking.uri", "tracking.home", "tracking.run_name", "tracking.log_model", "tracking.register", "tracking.register_alias",
     "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.progress", "data.cache_dir", "data.use_cache",
-    "data.download", "*.trainer.log_every_n_steps", "*.trainer.enable_progress_bar", "*.trainer.enable_model_summary",
+    "data.download", "calibration.*", "*.trainer.log_every_n_steps", "*.trainer.enable_progress_bar", "*.trainer.enable_model_summary",
 )  # fmt: skip
 
 
@@ -51,6 +51,9 @@ def add_training_arguments(p) -> None:
                         "site): models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, a model folder or a "
                         "selected.ckpt. Its channels, data.sfreq and net.* / finetune.net.* keys must match the config's "
                         "(drop_prob and bn_momentum may differ); null: random weights.")
+    p.add_argument("--calibration.low_confidence", type=float | None, default=None,
+                   help="Low-confidence threshold stored in the model (epochs whose calibrated top-class probability is "
+                        "below it are flagged); null: chosen on the validation subjects (README: Trustworthy scores).")
     add_tracking_arguments(p)
     p.add_argument("--tracking.run_name", type=str | None, default=None, help="Name of the top-level run.")
     p.add_argument("--tracking.log_model", type=bool, default=True, help="Log each stage's final model as an MLflow model.")
@@ -288,6 +291,9 @@ def check(cfg) -> None:
                           f"finetune.seq_len={d['finetune']['seq_len']} (1: no averaging).")
     if not d["stages"]:
         raise ConfigError("stages is empty: give at least one of [pretrain, finetune].")
+    low = (d.get("calibration") or {}).get("low_confidence")
+    if low is not None and not 0.0 < low < 1.0:
+        raise ConfigError(f"calibration.low_confidence={low}: must be in (0, 1), e.g. 0.5 (null: chosen on validation).")
     _check_run_options(d)
 
 

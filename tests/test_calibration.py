@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +85,164 @@ def test_pooled_calibration_uses_each_folds_temperature() -> None:
     top = np.concatenate(cal_parts).max(1)
     assert out["flagged_frac"] == pytest.approx((top < 0.5).mean())
     assert pooled_calibration(folds, "pretrain") == {}
+
+
+def test_low_confidence_threshold_rule() -> None:
+    from dsn.workflows.calibration import THRESHOLD_BOUNDS, low_confidence_threshold
+
+    def proba_of(top):  # 5 classes: class 0 at `top`, the rest shared
+        top = np.asarray(top, dtype=np.float64)
+        return np.column_stack([top, *[(1 - top) / 4] * 4])
+
+    top = np.array([0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.9, 0.95])
+    # right (class 0) from the 4th least confident on: the 3 below 0.5 are all wrong, the 4 below 0.6 right 1/4,
+    # the 5 below 0.7 right 2/5, the 6 below 0.9 right 3/6 (not less than half): the threshold flags the 5 least confident
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    t = low_confidence_threshold(proba_of(top), y)
+    assert t == pytest.approx((0.6 + 0.7) / 2)
+    flagged = top < t
+    assert flagged.sum() == 5 and (y[flagged] == 0).mean() < 0.5 <= (y[top < 0.9] == 0).mean()
+    # bounded, and the lower bound when even the least confident epochs are mostly right
+    assert low_confidence_threshold(proba_of(top), np.ones(8, dtype=int)) == THRESHOLD_BOUNDS[1]
+    assert low_confidence_threshold(proba_of(top), np.zeros(8, dtype=int)) == THRESHOLD_BOUNDS[0]
+    assert low_confidence_threshold(proba_of(top), -np.ones(8, dtype=int)) == THRESHOLD_BOUNDS[0]  # unscored only
+
+
+def _tiny_cfg(synth_dir, home, tmp_path, **extra):
+    from dsn import config
+
+    return config.load_config(["conf/demo.yaml", "conf/debug.yaml"], {
+        "data.n_folds": 3, "data.progress": False, "net.small_kernel": 50, "stages": ["pretrain"],
+        "pretrain.trainer.enable_progress_bar": False, "data.data_dir": str(synth_dir),
+        "data.cache_dir": str(tmp_path / "cache"), "tracking.home": str(home), **extra})  # fmt: skip
+
+
+@pytest.fixture
+def _project_root(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+
+
+def test_fit_calibrates_on_validation_and_stores_it_everywhere(synth_dir, tracking_home, tmp_path, _project_root) -> None:
+    """A fit's selected.ckpt and its logged model carry the temperature and threshold fitted on the saved
+    validation predictions (so never on the test subjects'), figures for val and test are logged (finite
+    only) with a reliability diagram each, the familiarity description is stored, a resumed finished stage
+    restores them all, and `dsn predict` flags with the model's threshold."""
+    import json
+
+    import mlflow
+    import torch
+
+    from dsn.cli import main as cli
+    from dsn.workflows.calibration import low_confidence_threshold
+    from dsn.workflows.registry import load_scorer
+    from dsn.workflows.results import load_predictions
+    from dsn.workflows.run import run_fit
+
+    cfg = _tiny_cfg(synth_dir, tracking_home, tmp_path, **{"tracking.log_model": True})
+    res = run_fit(cfg, verbose=False)
+    st = res.stage("pretrain")
+    ckpt_dir = Path(st.selected_checkpoint).parent
+    val = load_predictions(ckpt_dir / "predictions_val.npz")
+    proba, y = np.concatenate([p.proba for p in val]), np.concatenate([p.y_true for p in val])
+    t_val = evaluation.fit_temperature(np.log(np.clip(proba, 1e-12, None)), y)
+    thr_val = low_confidence_threshold(evaluation.apply_temperature(proba, t_val), y)
+    test = load_predictions(ckpt_dir / "predictions_test.npz")
+    proba_t, y_t = np.concatenate([p.proba for p in test]), np.concatenate([p.y_true for p in test])
+    assert t_val != pytest.approx(evaluation.fit_temperature(np.log(np.clip(proba_t, 1e-12, None)), y_t), rel=1e-3)
+
+    spec = torch.load(st.selected_checkpoint, map_location="cpu", weights_only=True)["dsn_scorer"]
+    assert spec["calibration"]["temperature"] == pytest.approx(t_val, rel=1e-9)
+    assert spec["calibration"]["threshold"] == pytest.approx(thr_val)
+    assert spec["familiarity"]["n_nights"] == {"train": len(res.data_summary["recordings"]["train"]),
+                                               "val": len(val)}
+    logged = load_scorer(st.model_uri, res.tracking_uri)
+    assert logged.calibration == spec["calibration"] and logged.familiarity["threshold"] == spec["familiarity"]["threshold"]
+
+    # figures: val and test, before and after, finite; logged on the stage run (selected/...) and the fit run
+    c = mlflow.MlflowClient(res.tracking_uri)
+    stage_metrics = c.get_run(st.run_id).data.metrics
+    for split in ("val", "test"):
+        for k in ("ece_raw", "ece", "brier_raw", "brier", "flagged_frac"):
+            assert f"{split}/{k}" in st.metrics and f"selected/{split}/{k}" in stage_metrics
+        assert f"{split}/acc_confident" in st.metrics or f"{split}/acc_flagged" in st.metrics
+    assert st.metrics["val/ece"] <= st.metrics["val/ece_raw"] + 1e-9  # the temperature minimises the val NLL
+    assert st.metrics["test/ece"] == pytest.approx(evaluation.expected_calibration_error(
+        evaluation.apply_temperature(proba_t, t_val), y_t))
+    assert st.metrics["calibration/temperature"] == pytest.approx(t_val)
+    assert all(np.isfinite(v) for v in st.metrics.values())
+    assert all(np.isfinite(v) for v in c.get_run(res.run_id).data.metrics.values())
+    arts = {a.path for a in c.list_artifacts(st.run_id, "calibration")}
+    assert arts == {"calibration/reliability_val.png", "calibration/reliability_test.png"}
+    assert "familiarity.json" in {a.path for a in c.list_artifacts(st.run_id)}
+
+    # a resumed finished fit reloads the stage with its calibration and description
+    again = run_fit(cfg, resume=res.run_id, verbose=False).stage("pretrain")
+    assert again.scorer.calibration == spec["calibration"] and again.scorer.familiarity == spec["familiarity"]
+    assert again.metrics["calibration/temperature"] == pytest.approx(t_val)
+
+    # dsn predict flags with the model's threshold unless --low_confidence is given
+    psg = sorted(Path(synth_dir).glob("*-PSG.edf"))[0]
+    assert cli(["predict", str(psg), "--model", st.selected_checkpoint, "--out", str(tmp_path / "out")]) == 0
+    summary = json.loads(next((tmp_path / "out").glob("*_summary.json")).read_text())
+    assert summary["confidence"]["threshold"] == pytest.approx(thr_val)
+    assert summary["confidence"]["temperature"] == pytest.approx(t_val)
+
+
+def test_fit_without_test_subjects_calibrates_and_the_threshold_key_overrides(synth_dir, tracking_home, tmp_path,
+                                                                             _project_root) -> None:
+    import torch
+
+    from dsn.workflows.run import run_fit
+
+    cfg = _tiny_cfg(synth_dir, tracking_home, tmp_path, **{"test": False, "tracking.log_model": False,
+                                                           "calibration.low_confidence": 0.42})
+    st = run_fit(cfg, verbose=False).stage("pretrain")
+    assert "test" not in st.predictions and not any(k.startswith("test/") for k in st.metrics)
+    spec = torch.load(st.selected_checkpoint, map_location="cpu", weights_only=True)["dsn_scorer"]
+    assert spec["calibration"]["threshold"] == 0.42 and spec["calibration"]["temperature"] != 1.0
+    assert st.metrics["calibration/threshold"] == 0.42 and "val/ece" in st.metrics
+    top = evaluation.apply_temperature(np.concatenate([p.proba for p in st.predictions["val"]]),
+                                       spec["calibration"]["temperature"]).max(1)
+    assert st.metrics["val/flagged_frac"] == pytest.approx((top < 0.42).mean())
+
+
+def test_calibration_key_is_checked() -> None:
+    from dsn import config
+    from dsn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"calibration.low_confidence=1.5"):
+        config.check(config.parse(["--calibration.low_confidence", "1.5"]))
+
+
+def test_cv_summary_holds_the_pooled_calibration_block() -> None:
+    from dsn.data.labels import STAGES
+    from dsn.workflows import cv
+    from dsn.workflows.calibration import pooled_calibration
+    from dsn.workflows.results import Prediction
+
+    rng = np.random.default_rng(2)
+
+    def preds(n, k):
+        y = rng.integers(0, 5, n)
+        z = rng.normal(size=(n, 5)) + 3.0 * np.eye(5)[y] * (rng.random(n) < 0.7)[:, None]
+        return [Prediction(f"r{k}", f"s{k}", y, np.exp(evaluation._log_softmax(z * 2)).astype(np.float32))]
+
+    folds = []
+    for k, t in enumerate((0.6, 2.0, 1.3)):
+        metrics = {"calibration/temperature": t, "calibration/threshold": 0.3 + 0.1 * k}
+        folds.append({"fold": k, "predictions": {"finetune": preds(300, k)}, "val_predictions": {"finetune": preds(100, k)},
+                      "metrics": {"finetune": metrics}})
+    summary = cv.summarise(folds, ["finetune"], STAGES)
+    assert summary["calibration"] == summary["stages"]["finetune"]["calibration"] == pooled_calibration(folds, "finetune")
+    assert summary["validation"]["finetune"]["calibration"] == pooled_calibration(folds, "finetune", "val_predictions")
+    c = summary["calibration"]
+    assert c["n_epochs"] == 900 and c["ece"] != c["ece_raw"]
+    # each fold's own threshold flags its epochs
+    flagged = sum(int((evaluation.apply_temperature(f["predictions"]["finetune"][0].proba, f["metrics"]["finetune"]["calibration/temperature"])
+                       .max(1) < f["metrics"]["finetune"]["calibration/threshold"]).sum()) for f in folds)
+    assert c["flagged_frac"] == pytest.approx(flagged / 900)
+    table = cv.format_summary(summary)
+    assert f"ECE {c['ece_raw']:.3f} -> {c['ece']:.3f}" in table
+    assert f"accuracy {100 * c['acc_confident']:.1f}% on confident vs {100 * c['acc_flagged']:.1f}%" in table

@@ -124,6 +124,12 @@ def test_cv_pools_folds_and_a_rerun_skips_them(synth_dir, tracking_home, tmp_pat
     assert "cv_summary.json" in arts
     table = cv.format_summary(summary)
     assert "paper: Sleep-EDF-20 Fpz-Cz" in table and "full model (finetune), pooled" in table
+    # calibration: pooled ECE / Brier before -> after and confident vs flagged accuracy, in the JSON, table and metrics
+    cal = on_disk["stages"]["finetune"]["calibration"]
+    assert cal["n_epochs"] == on_disk["n_epochs"] and {"ece_raw", "ece", "brier_raw", "brier", "flagged_frac"} <= set(cal)
+    assert f"finetune: ECE {cal['ece_raw']:.3f} -> {cal['ece']:.3f}" in table
+    cv_metrics = cv_runs[0].data.metrics
+    assert cv_metrics["finetune/pooled/ece"] == pytest.approx(cal["ece"]) and "pooled/brier_raw" in cv_metrics
     assert "validation subjects, pooled" in table
 
     # a third run of the same command, with overlays that cannot change the weights, trains nothing

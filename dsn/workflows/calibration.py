@@ -1,13 +1,18 @@
-"""Calibration of a selected model: a temperature fitted on the validation subjects, and its figures.
+"""Calibration of a selected model: a temperature and a low-confidence threshold fitted on the validation
+subjects, the description of its training nights, and their figures.
 
-``dsn fit`` calls :func:`calibrate_selected` once per stage, after selection and evaluation: the
-temperature is fitted on the validation subjects' predictions only (never the test subjects'), stored in
-the scorer (``spec()["calibration"]``) so that ``dsn predict``, the hypnodensity and the CSV use it, and
-the expected calibration error and Brier score are reported before (``*_raw``) and after on every split.
-``dsn cv`` pools the same figures over folds with :func:`pooled_calibration`.
+``dsn fit`` calls :func:`calibrate_selected` and :func:`describe_nights` once per stage, after selection and
+evaluation (:func:`dsn.workflows.stage.calibrate`): the temperature and the threshold are fitted on the
+validation subjects' predictions only (never the test subjects'), stored in the scorer
+(``spec()["calibration"] = {"temperature": T, "threshold": t}``, ``spec()["familiarity"]``) so that
+``selected.ckpt``, the logged model, ``dsn predict``, the hypnodensity and the CSV use them, and the expected
+calibration error and Brier score are reported before (``*_raw``) and after on every split, with the accuracy
+of the confident and the flagged epochs. ``dsn cv`` pools the same figures over folds with
+:func:`pooled_calibration`; a resumed finished stage gets them back with :func:`restore_trust`.
 
-Predictions (:class:`dsn.workflows.fit.Prediction`) keep the network's raw probabilities; the calibrated
-ones are :func:`dsn.evaluation.apply_temperature` of them.
+Predictions (:class:`dsn.workflows.results.Prediction`) keep the network's raw probabilities; the calibrated
+ones are :func:`dsn.evaluation.apply_temperature` of them. Nothing here writes or logs: the stage's recorder
+does (:meth:`dsn.workflows.recorder.Recorder.record_trust`).
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ import numpy as np
 
 from dsn import evaluation
 
-#: Default low-confidence threshold on the calibrated top-class probability (``dsn predict --low_confidence``).
+#: Low-confidence threshold on the calibrated top-class probability of a model whose spec has none
+#: (``dsn predict --low_confidence`` overrides either).
 LOW_CONFIDENCE = 0.5
+#: The bounds of the threshold a fit chooses on validation epochs (:func:`low_confidence_threshold`).
+THRESHOLD_BOUNDS = (0.3, 0.8)
 
 
 def _stack(preds: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -71,68 +79,127 @@ def split_figures(proba: np.ndarray, y: np.ndarray, temperature: float,
     }
 
 
-def calibrate_selected(scorer, predictions: Mapping[str, Sequence[Any]]) -> tuple[dict[str, float], list]:
+def low_confidence_threshold(proba: np.ndarray, y: np.ndarray, bounds: tuple[float, float] = THRESHOLD_BOUNDS) -> float:
+    """The default low-confidence threshold, chosen on validation epochs.
+
+    The rule: the largest calibrated top-class probability ``t`` such that the validation epochs whose
+    top-class probability is below ``t`` are right less than half the time (so the flagged epochs, taken
+    together, are more often wrong than right), bounded to ``bounds``; the lower bound when even the least
+    confident epochs are right at least half the time (or there are no scored epochs).
+
+    Parameters
+    ----------
+    proba : ndarray, shape (n_epochs, n_classes)
+        Calibrated probabilities of the validation epochs.
+    y : ndarray, shape (n_epochs,)
+        True classes (negative: unscored, left out).
+    bounds : (float, float), default ``THRESHOLD_BOUNDS``
+        Smallest and largest threshold returned.
+
+    Returns
+    -------
+    float
+    """
+    lo, hi = bounds
+    keep = y >= 0
+    if not keep.any():
+        return float(lo)
+    top, _ = evaluation.confidence(proba[keep])
+    correct = (proba[keep].argmax(1) == y[keep]).astype(np.float64)
+    order = np.argsort(top, kind="stable")
+    top, correct = top[order], correct[order]
+    n = np.arange(1, len(top) + 1)
+    below = np.cumsum(correct) / n < 0.5  # accuracy of the epochs up to and including each one
+    if not below.any():
+        return float(lo)
+    k = int(np.flatnonzero(below)[-1])
+    # every epoch up to k is flagged: the threshold sits just above its confidence (midway to the next one)
+    t = float(top[k] if k + 1 == len(top) else (top[k] + top[k + 1]) / 2)
+    if t <= top[k]:
+        t = float(np.nextafter(top[k], np.inf))
+    return float(min(hi, max(lo, t)))
+
+
+def calibrate_selected(scorer, predictions: Mapping[str, Sequence[Any]],
+                       threshold: float | None = None) -> tuple[dict[str, float], dict[str, tuple]]:
     """Fit the selected model's temperature on its validation predictions, store it, report the figures.
 
     Parameters
     ----------
     scorer : dsn.models.scoring.SleepScorer
-        The selected model; its ``calibration`` is set to ``{"temperature": T}``.
+        The selected model; its ``calibration`` is set to ``{"temperature": T, "threshold": t}``.
     predictions : mapping of split to list of Prediction
-        Raw predictions per split (``"val"`` required for fitting; ``"test"`` optional).
+        Raw predictions per split (``"val"``: the only one fitted on; ``"test"`` optional, only reported).
+    threshold : float, optional
+        Low-confidence threshold (``calibration.low_confidence``); None: :func:`low_confidence_threshold`
+        of the calibrated validation epochs.
 
     Returns
     -------
     metrics : dict of str to float
-        ``calibration/temperature`` and, per split, ``{split}/ece_raw``, ``{split}/ece``,
-        ``{split}/brier_raw``, ``{split}/brier``, ``{split}/flagged_frac``, ``{split}/acc_confident``,
-        ``{split}/acc_flagged``.
-    figures : list of (artifact name, matplotlib Figure)
-        A reliability diagram per split (raw and calibrated).
+        ``calibration/temperature``, ``calibration/threshold`` and, per split, ``{split}/ece_raw``,
+        ``{split}/ece``, ``{split}/brier_raw``, ``{split}/brier``, ``{split}/flagged_frac``,
+        ``{split}/acc_confident``, ``{split}/acc_flagged``; only finite values (no flagged epoch: no
+        ``acc_flagged``).
+    reliability : dict of split to (raw bins, calibrated bins, title)
+        :func:`dsn.evaluation.reliability_bins` of each split, for :func:`dsn.plots.reliability_figure`.
     """
-    from dsn import plots
-
     proba, y = _stack(predictions.get("val", []))
     temperature = evaluation.fit_temperature(np.log(np.clip(proba, 1e-12, None)), y) if len(y) else 1.0
-    scorer.calibration = {"temperature": temperature}
-    metrics: dict[str, float] = {"calibration/temperature": temperature}
-    figures = []
+    if threshold is None:
+        threshold = low_confidence_threshold(evaluation.apply_temperature(proba, temperature), y) if len(y) else LOW_CONFIDENCE
+    scorer.calibration = {"temperature": float(temperature), "threshold": float(threshold)}
+    metrics: dict[str, float] = {"calibration/temperature": float(temperature), "calibration/threshold": float(threshold)}
+    reliability = {}
     for split, preds in predictions.items():
         proba, y = _stack(preds)
-        if len(y) == 0:
+        if len(y) == 0 or not (y >= 0).any():
             continue
-        figs = split_figures(proba, y, temperature)
+        figs = split_figures(proba, y, temperature, threshold)
         metrics.update({f"{split}/{k}": v for k, v in figs.items()})
         raw = evaluation.reliability_bins(proba, y)
         cal = evaluation.reliability_bins(evaluation.apply_temperature(proba, temperature), y)
         title = f"{split} subjects: reliability (T = {temperature:.2f}; ECE {figs['ece_raw']:.3f} -> {figs['ece']:.3f})"
-        figures.append((f"calibration/reliability_{split}.png", plots.reliability_figure(raw, cal, title=title)))
-    return metrics, figures
+        reliability[split] = (raw, cal, title)
+    return finite(metrics), reliability
+
+
+def finite(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The figures that are numbers (NaN ones, e.g. the accuracy of no flagged epoch, left out)."""
+    return {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
 
 
 def pooled_calibration(folds: Sequence[Mapping[str, Any]], stage: str, key: str = "predictions") -> dict[str, float]:
     """``dsn cv``: the figures of :func:`split_figures` over the pooled epochs of every fold.
 
-    Each fold's raw probabilities are calibrated with that fold's temperature (its stage metric
-    ``calibration/temperature``; 1 when absent), then pooled.
+    Each fold's raw probabilities are calibrated with that fold's temperature and flagged with that fold's
+    threshold (its stage metrics ``calibration/temperature``, ``calibration/threshold``; 1 and
+    ``LOW_CONFIDENCE`` when absent), as its model would score them; then the epochs are pooled. NaN figures
+    (no flagged epoch) are left out.
     """
-    raw, cal, ys = [], [], []
+    raw, cal, ys, flags = [], [], [], []
     for f in folds:
         proba, y = _stack(f.get(key, {}).get(stage, []))
         if len(y) == 0:
             continue
-        t = float(f.get("metrics", {}).get(stage, {}).get("calibration/temperature", 1.0))
-        raw.append(proba)
-        cal.append(evaluation.apply_temperature(proba, t) if t != 1.0 else proba)
-        ys.append(y)
+        m = f.get("metrics", {}).get(stage, {})
+        t = float(m.get("calibration/temperature", 1.0))
+        c = evaluation.apply_temperature(proba, t) if t != 1.0 else proba
+        raw.append(proba), cal.append(c), ys.append(y)
+        flags.append(c.max(1) < float(m.get("calibration/threshold", LOW_CONFIDENCE)))
     if not ys:
         return {}
-    y = np.concatenate(ys)
-    # the pooled calibrated probabilities with T = 1 give the calibrated figures; the raw ones the raw figures
-    out = split_figures(np.concatenate(cal), y, 1.0)
-    out["ece_raw"] = evaluation.expected_calibration_error(np.concatenate(raw), y)
-    out["brier_raw"] = evaluation.brier_score(np.concatenate(raw), y)
-    return out
+    y, raw_p, cal_p, flagged = np.concatenate(ys), np.concatenate(raw), np.concatenate(cal), np.concatenate(flags)
+    keep = y >= 0
+    correct, flagged = cal_p[keep].argmax(1) == y[keep], flagged[keep]
+    return finite({
+        "ece_raw": evaluation.expected_calibration_error(raw_p, y), "ece": evaluation.expected_calibration_error(cal_p, y),
+        "brier_raw": evaluation.brier_score(raw_p, y), "brier": evaluation.brier_score(cal_p, y),
+        "flagged_frac": float(flagged.mean()) if flagged.size else float("nan"),
+        "acc_confident": float(correct[~flagged].mean()) if (~flagged).any() else float("nan"),
+        "acc_flagged": float(correct[flagged].mean()) if flagged.any() else float("nan"),
+        "n_epochs": float(keep.sum()),
+    })
 
 
 def describe_nights(scorer, recordings: Mapping[str, Sequence[Any]], predictions: Mapping[str, Sequence[Any]]) -> dict:
@@ -151,43 +218,7 @@ def describe_nights(scorer, recordings: Mapping[str, Sequence[Any]], predictions
     return familiarity.describe(train, val, channels)
 
 
-def record_trust(uri: str, run_id: str, scorer, predictions: Mapping[str, Sequence[Any]],
-                 recordings: Mapping[str, Sequence[Any]] | None = None, selected_checkpoint=None) -> dict[str, float]:
-    """After selection and evaluation: :func:`calibrate_selected` and :func:`describe_nights` (stored in the
-    scorer), their metrics (``selected/...``) and reliability diagrams logged to the stage run, and the
-    scorer spec of the selected checkpoint updated; returns the metrics."""
-    from dsn import tracking
-
-    metrics, figures = calibrate_selected(scorer, predictions)
-    if recordings:
-        scorer.familiarity = describe_nights(scorer, recordings, predictions)
-        metrics["familiarity/threshold"] = scorer.familiarity["threshold"]
-    metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}  # e.g. no flagged epoch: no acc_flagged
-    tracking.log_metrics(uri, run_id, {f"selected/{k}": v for k, v in metrics.items()})
-    for name, fig in figures:
-        tracking.log_figure(uri, run_id, fig, name)
-    if scorer.familiarity:
-        tracking.log_dict(uri, run_id, scorer.familiarity, "familiarity.json")
-    if selected_checkpoint is not None:
-        _store_spec(selected_checkpoint, scorer.spec())
-    return metrics
-
-
 def restore_trust(scorer, spec: Mapping[str, Any]) -> None:
     """A resumed stage's scorer: the calibration and familiarity description stored in its checkpoint's spec."""
     scorer.calibration = dict(spec.get("calibration") or {})
     scorer.familiarity = dict(spec.get("familiarity") or {})
-
-
-def _store_spec(path, spec: dict) -> None:
-    """Replace the ``dsn_scorer`` spec of a selected checkpoint (atomically)."""
-    from pathlib import Path
-
-    import torch
-
-    path = Path(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    ckpt["dsn_scorer"] = spec
-    tmp = path.with_suffix(".spec.tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)

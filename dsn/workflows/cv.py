@@ -68,18 +68,29 @@ def stage_figures(preds_by_fold: Sequence[Sequence[Any]], class_names: Sequence[
 
 
 def summarise(folds: list[dict[str, Any]], stages: Sequence[str], class_names: Sequence[str]) -> dict[str, Any]:
-    """``cv_summary.json``: per stage figures; the final stage's also at the top level (``pooled.f1_macro``)."""
+    """``cv_summary.json``: per stage figures; the final stage's also at the top level (``pooled.f1_macro``).
+
+    Each stage's (and each validation block's) ``calibration``: ECE / Brier of the raw and the calibrated
+    probabilities (each fold's test epochs calibrated with that fold's own temperature) and the accuracy of
+    confident vs flagged epochs (each fold's own threshold) over the pooled epochs
+    (:func:`dsn.workflows.calibration.pooled_calibration`).
+    """
+    from dsn.workflows.calibration import pooled_calibration
+
     out: dict[str, Any] = {"n_folds": len(folds), "class_names": list(class_names), "paper_sleep_edf20_fpzcz": PAPER_ROW,
                            "folds": [{k: v for k, v in f.items() if k not in ("predictions", "val_predictions")} for f in folds],
                            "stages": {}}
     for stage in stages:
         out["stages"][stage] = stage_figures([f["predictions"][stage] for f in folds], class_names)
+        out["stages"][stage]["calibration"] = pooled_calibration(folds, stage)
     # the validation subjects of every fold, pooled the same way: what recipes should be compared on
     out["validation"] = {stage: {k: v for k, v in stage_figures([f.get("val_predictions", {}).get(stage, []) for f in folds],
                                                                class_names).items() if k != "per_fold"}
                          for stage in stages}
+    for stage in stages:
+        out["validation"][stage]["calibration"] = pooled_calibration(folds, stage, "val_predictions")
     final = out["stages"][stages[-1]]
-    out.update({k: final[k] for k in ("pooled", "confusion", "n_epochs", "mean", "sd")})
+    out.update({k: final[k] for k in ("pooled", "confusion", "n_epochs", "mean", "sd", "calibration")})
     out["final_stage"] = stages[-1]
     return out
 
@@ -114,7 +125,26 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(row("paper: Sleep-EDF-20 Fpz-Cz (2017)", summary["paper_sleep_edf20_fpzcz"]))
     lines.append("(acc, MF1, F1 in %; kappa as a fraction; compare recipes on the validation rows, "
                  "report the test rows)")
+    cal = [format_calibration(stage, fig["calibration"]) for stage, fig in summary["stages"].items() if fig.get("calibration")]
+    if cal:
+        lines += ["Calibration, pooled test epochs (each fold's own temperature and low-confidence threshold):", *cal]
     return "\n".join(lines)
+
+
+def format_calibration(stage: str, c: dict[str, float]) -> str:
+    """One line: pooled ECE and Brier before -> after calibration, accuracy of confident vs flagged epochs."""
+
+    def pct(key: str) -> str:
+        v = c.get(key)
+        return "n/a" if v is None or math.isnan(v) else f"{100 * v:.1f}%"
+
+    def num(key: str) -> str:
+        v = c.get(key)
+        return "n/a" if v is None or math.isnan(v) else f"{v:.3f}"
+
+    return (f"  {stage}: ECE {num('ece_raw')} -> {num('ece')}, Brier {num('brier_raw')} -> {num('brier')}; "
+            f"accuracy {pct('acc_confident')} on confident vs {pct('acc_flagged')} on low-confidence epochs "
+            f"({pct('flagged_frac')} of the epochs flagged)")
 
 
 def _cv_key(cfg, folds: int) -> str:
@@ -255,9 +285,12 @@ def _log_summary(uri: str, parent: str, summary: dict[str, Any], folds: int) -> 
     from dsn import plots, tracking
 
     tracking.log_dict(uri, parent, summary, "cv_summary.json")
-    flat = {f"pooled/{m}": v for m, v in summary["pooled"].items()}
+    flat = {f"pooled/{m}": v for m, v in {**summary["pooled"], **summary.get("calibration", {})}.items() if m != "n_epochs"}
     for stage, fig in summary["stages"].items():
         flat.update({f"{stage}/pooled/{m}": v for m, v in fig["pooled"].items()})
+        flat.update({f"{stage}/pooled/{m}": v for m, v in fig.get("calibration", {}).items() if m != "n_epochs"})
+        val = summary.get("validation", {}).get(stage, {})
+        flat.update({f"{stage}/validation/{m}": v for m, v in val.get("calibration", {}).items() if m != "n_epochs"})
         flat.update({f"{stage}/mean/{m}": v for m, v in fig["mean"].items() if m in ("acc", "f1_macro", "kappa")})
         flat.update({f"{stage}/sd/{m}": v for m, v in fig["sd"].items() if m in ("acc", "f1_macro", "kappa")})
         cm = np.array(fig["confusion"])

@@ -126,8 +126,8 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
 
     The model's channels are read by their names and aliases (its ``channel_aliases``); ``channel`` reads
     other labels of this file in their place (one per model channel, in the model's order).
-    ``low_confidence``: threshold of the per-epoch flag on the top-class probability (default
-    :data:`dsn.workflows.calibration.LOW_CONFIDENCE`).
+    ``low_confidence``: threshold of the per-epoch flag on the top-class probability (default: the one in
+    the model's spec, chosen on its validation subjects; else :data:`dsn.workflows.calibration.LOW_CONFIDENCE`).
     """
     from dsn import plots
     from dsn.data.psg import read_epochs
@@ -160,7 +160,7 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
     files = {"csv": out / f"{inp.name}_hypnogram.csv", "edf": out / f"{inp.name}_hypnogram.edf",
              "low_confidence": out / f"{inp.name}_low_confidence.edf",
              "png": out / f"{inp.name}_hypnogram.png", "summary": out / f"{inp.name}_summary.json"}
-    threshold = LOW_CONFIDENCE if low_confidence is None else float(low_confidence)
+    threshold = float(scorer.calibration.get("threshold", LOW_CONFIDENCE) if low_confidence is None else low_confidence)
     conf, flagged = confidence_summary(stages, proba, threshold, epoch_sec, scorer.class_names)
     conf["temperature"] = scorer.temperature
     write_csv(files["csv"], inp.onsets, stages, proba, scorer.class_names, low_confidence=threshold)

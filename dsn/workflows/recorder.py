@@ -13,7 +13,10 @@ MLflow layout of one fit::
     |                         {stage}/{split}/{metric}
     +-- pretrain              per-epoch curves train/loss, val/loss, val/f1_macro, ...; the selected
     +-- finetune              model's selected/{split}/{metric}, confusion matrices, a hypnogram,
-                              predictions/{split}.npz, checkpoints, the model (a SleepScorer)
+                              predictions/{split}.npz, checkpoints, the model (a SleepScorer); its
+                              calibration: selected/calibration/{temperature,threshold},
+                              selected/{split}/{ece,brier}[_raw], .../acc_confident, acc_flagged,
+                              flagged_frac, calibration/reliability_{split}.png, familiarity.json
 """
 
 from __future__ import annotations
@@ -83,6 +86,12 @@ class Recorder:
     def record_split(self, stage_run: str, split: str, metrics: dict[str, float], cm: np.ndarray,
                      preds: list[Prediction], ckpt_dir: Path) -> None:
         """Record the selected model's figures, confusion matrix and predictions over one split."""
+
+    def record_trust(self, stage_run: str, figures: dict[str, float], reliability: dict[str, tuple],
+                     familiarity: dict[str, Any] | None) -> None:
+        """Record the selected model's calibration figures (``selected/{key}``), a reliability diagram per
+        split (``reliability[split]``: raw bins, calibrated bins, title; ``calibration/reliability_{split}.png``)
+        and the description of its training nights (``familiarity.json``)."""
 
     def record_stage(self, stage_run: str, result: StageResult, example: np.ndarray | None) -> str | None:
         """Record the selected checkpoint and epoch, log the model (with ``example`` as input example);
@@ -156,6 +165,16 @@ class MlflowRecorder(Recorder):
         tracking.log_evaluation(self.uri, stage_run, split, {f"selected/{k}": v for k, v in metrics.items()}, cm,
                                 (first.name, first.y_true, first.y_pred) if first else None)
         tracking.log_file(self.uri, stage_run, path, "predictions")
+
+    def record_trust(self, stage_run, figures, reliability, familiarity) -> None:
+        from dsn import plots
+
+        tracking.log_metrics(self.uri, stage_run, {f"selected/{k}": v for k, v in figures.items()})
+        for split, (raw, cal, title) in reliability.items():
+            tracking.log_figure(self.uri, stage_run, plots.reliability_figure(raw, cal, title=title),
+                                f"calibration/reliability_{split}.png")
+        if familiarity:
+            tracking.log_dict(self.uri, stage_run, familiarity, "familiarity.json")
 
     def record_stage(self, stage_run, result, example) -> str | None:
         uri = self.uri

@@ -1,4 +1,4 @@
-"""One stage of a fit: train -> select -> evaluate -> record, each a short function with one job.
+"""One stage of a fit: train -> select -> evaluate -> calibrate -> save -> record, each a short function with one job.
 
 Every DDP rank runs the same steps (:func:`run_stages` is the one stage loop); what is written goes
 through the fit's :class:`~dsn.workflows.recorder.Recorder`, which is a no-op on ranks other than 0.
@@ -73,6 +73,8 @@ def run_stage(ctx: FitContext, name: str, system, dm, make_scorer) -> StageResul
     res = select(ctx, name, trainer, parts, system, make_scorer)
     res.run_id, res.timings = stage_run, timings
     evaluate(ctx, name, res, dm, trainer.strategy.root_device)
+    calibrate(ctx, name, res, dm)
+    save(trainer, parts, res)
     timings["evaluate"] = time.perf_counter() - t_eval
     record(ctx, res, dm, trainer)
     return res
@@ -84,17 +86,22 @@ def _finished(prior, ckpt_dir: Path) -> bool:
 
 def reload_finished(ctx: FitContext, name: str, system, prior, make_scorer) -> StageResult:
     """A stage that a resumed run had finished: its selected weights, figures, predictions and model URI."""
+    from dsn.workflows.calibration import restore_trust
+    from dsn.workflows.callbacks import SCORER_KEY
     from dsn.workflows.recorder import MODEL_URI_TAG
 
     ckpt_dir = ctx.ckpt_root / name
     ctx.info("[%s] already finished in run %s: loading its selected model.", name, prior.info.run_id)
-    system.load_state_dict(torch.load(ckpt_dir / "selected.ckpt", map_location="cpu", weights_only=True)["state_dict"])
+    ck = torch.load(ckpt_dir / "selected.ckpt", map_location="cpu", weights_only=True)
+    system.load_state_dict(ck["state_dict"])
     preds = {s: load_predictions(p) for s in ("val", "test") if (p := ckpt_dir / f"predictions_{s}.npz").is_file()}
     metrics = {k[len("selected/"):]: v for k, v in prior.data.metrics.items() if k.startswith("selected/")}
     epoch = metrics.pop("epoch", None)
+    scorer = make_scorer(system)
+    restore_trust(scorer, ck.get(SCORER_KEY) or {})  # its temperature, threshold and familiarity description
     return StageResult(name, prior.info.run_id, metrics, {s: confusion_of(p) for s, p in preds.items()}, preds,
                        selected_epoch=None if epoch is None else int(epoch), selected_checkpoint=str(ckpt_dir / "selected.ckpt"),
-                       model_uri=prior.data.tags.get(MODEL_URI_TAG), scorer=make_scorer(system))
+                       model_uri=prior.data.tags.get(MODEL_URI_TAG), scorer=scorer)
 
 
 def _stage_params(ctx: FitContext, name: str) -> dict[str, Any]:
@@ -176,9 +183,8 @@ def train(ctx: FitContext, name: str, stage_run: str, trainer, system, dm, parts
 
 
 def select(ctx: FitContext, name: str, trainer, parts: _Parts, system, make_scorer) -> StageResult:
-    """Keep the best (by val/f1_macro) or the last epoch's weights in ``system``; save ``selected.ckpt``."""
-    from dsn.workflows.callbacks import save_selected
-
+    """Keep the best (by val/f1_macro) or the last epoch's weights in ``system`` (``selected.ckpt`` is
+    written by :func:`save`, once the scorer is calibrated)."""
     checkpoint = parts.checkpoint
     best = checkpoint.best_model_path or None
     epoch = trainer.current_epoch - 1
@@ -189,10 +195,9 @@ def select(ctx: FitContext, name: str, trainer, parts: _Parts, system, make_scor
         ctx.info("[%s] selected the best epoch by val/f1_macro (%.4f): %s", name, checkpoint.best_model_score, Path(best).name)
     else:
         ctx.info("[%s] selected the last epoch", name)
-    scorer = make_scorer(system)
     selected = Path(checkpoint.dirpath) / "selected.ckpt"  # under DDP: rank 0's folder, on every rank
-    save_selected(trainer, selected, parts.spec, scorer.spec())
-    return StageResult(name, "", selected_epoch=epoch, best_checkpoint=best, selected_checkpoint=str(selected), scorer=scorer)
+    return StageResult(name, "", selected_epoch=epoch, best_checkpoint=best, selected_checkpoint=str(selected),
+                       scorer=make_scorer(system))
 
 
 def evaluate(ctx: FitContext, name: str, res: StageResult, dm, device) -> None:
@@ -202,8 +207,8 @@ def evaluate(ctx: FitContext, name: str, res: StageResult, dm, device) -> None:
 
     scorer = res.scorer.to(device)
     splits = ["val"] + (["test"] if ctx.cfg.test and dm.recordings.get("test") else [])
-    for split in splits:
-        preds = [Prediction(r.name, r.subject, np.asarray(r.y), scorer.predict_proba(r.x)) for r in dm.recordings[split]]
+    for split in splits:  # the raw softmax: calibrate() fits the temperature on it
+        preds = [Prediction(r.name, r.subject, np.asarray(r.y), scorer.raw_proba(r.x)) for r in dm.recordings[split]]
         cm = confusion_of(preds, len(scorer.class_names))
         figures = {f"{split}/{k}": v for k, v in metrics_from_confusion(cm, scorer.class_names).items()}
         res.metrics.update(figures)
@@ -212,6 +217,33 @@ def evaluate(ctx: FitContext, name: str, res: StageResult, dm, device) -> None:
         ctx.info("[%s] %s (%s): acc %.3f, MF1 %.3f, kappa %.3f", name, split, ", ".join(getattr(dm.split, split)),
                  figures[f"{split}/acc"], figures[f"{split}/f1_macro"], figures[f"{split}/kappa"])
     scorer.cpu()
+
+
+def calibrate(ctx: FitContext, name: str, res: StageResult, dm) -> None:
+    """The selected model's temperature and low-confidence threshold, fitted on the validation subjects'
+    predictions only (never the test subjects'), and the description of its training nights: stored in
+    its scorer (its spec's ``calibration`` and ``familiarity``); ECE / Brier before and after, the accuracy
+    of confident vs flagged epochs per split into ``res.metrics`` (finite figures only) and recorded with a
+    reliability diagram per split."""
+    from dsn.workflows.calibration import calibrate_selected, describe_nights
+
+    figures, reliability = calibrate_selected(res.scorer, res.predictions, ctx.cfg.calibration.low_confidence)
+    res.scorer.familiarity = describe_nights(res.scorer, dm.recordings, res.predictions)
+    figures["familiarity/threshold"] = float(res.scorer.familiarity["threshold"])
+    res.metrics.update(figures)
+    ctx.recorder.record_trust(res.run_id, figures, reliability, res.scorer.familiarity)
+    val = {k[4:]: v for k, v in figures.items() if k.startswith("val/")}
+    ctx.info("[%s] calibration on the validation subjects: T = %.2f, ECE %.3f -> %.3f; low confidence below %.2f "
+             "(%.0f%% of validation epochs)", name, figures["calibration/temperature"], val.get("ece_raw", float("nan")),
+             val.get("ece", float("nan")), figures["calibration/threshold"], 100 * val.get("flagged_frac", float("nan")))
+
+
+def save(trainer, parts: _Parts, res: StageResult) -> None:
+    """Write ``selected.ckpt``: the selected weights with the calibrated scorer's spec (every DDP rank calls
+    it: the save ends with a barrier; rank 0 writes)."""
+    from dsn.workflows.callbacks import save_selected
+
+    save_selected(trainer, Path(res.selected_checkpoint), parts.spec, res.scorer.spec())
 
 
 def record(ctx: FitContext, res: StageResult, dm, trainer) -> None:
