@@ -7,14 +7,11 @@ runs them). The DDP end-to-end fit is in tests/test_ddp.py.
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -220,58 +217,7 @@ def test_fit_against_a_real_tracking_server(mlflow_server, synth_dir, tmp_path, 
 
 
 # ----------------------------------------------------------------------------- PostgreSQL sweep storage
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
-    initdb = found[-1] if found else shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
-@pytest.fixture
-def postgres(request):
-    """A throw-away PostgreSQL server on 127.0.0.1 with an empty database `optuna`; stopped in a finaliser.
-
-    Skips (with the reason) where the server binaries or psycopg are missing or the server does not start.
-    """
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: install postgresql (15) to run this test")
-    try:
-        import psycopg
-    except ImportError:
-        pytest.skip("psycopg is not installed: pip install 'psycopg[binary]' (the `test` extra has it)")
-    as_root = hasattr(os, "geteuid") and os.geteuid() == 0  # initdb refuses root: run the server as `postgres`
-    if as_root and subprocess.run(["id", "postgres"], capture_output=True).returncode != 0:
-        pytest.skip("running as root and there is no `postgres` user to run the PostgreSQL server as")
-    folder = Path(tempfile.mkdtemp(prefix="dsn-pg-"))  # not under pytest's tmp (0700, unreadable by postgres)
-    if as_root:
-        shutil.chown(folder, "postgres")
-
-    def sh(cmd: list[str]) -> subprocess.CompletedProcess:
-        line = " ".join(f"'{c}'" for c in cmd)
-        full = ["su", "postgres", "-c", line] if as_root else cmd
-        return subprocess.run(full, capture_output=True, text=True, timeout=120)
-
-    port = free_port()
-    data = folder / "data"
-
-    def stop():
-        sh([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])
-        shutil.rmtree(folder, ignore_errors=True)
-
-    request.addfinalizer(stop)
-    init = sh([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"])
-    if init.returncode != 0:
-        pytest.skip(f"initdb failed, no PostgreSQL server for this test: {(init.stderr or init.stdout)[-500:]}")
-    start = sh([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
-                f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"])  # fmt: skip
-    if start.returncode != 0:
-        log = (folder / "log").read_text()[-500:] if (folder / "log").exists() else ""
-        pytest.skip(f"pg_ctl start failed, no PostgreSQL server for this test: {start.stderr[-300:]} {log}")
-    with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True) as conn:
-        conn.execute("create database optuna")
-    return f"postgresql+psycopg://postgres@127.0.0.1:{port}/optuna"
-
-
+# (the `postgres` fixture is in tests/conftest.py: the kill test of tests/test_sweep.py uses it too)
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_two_sweep_workers_share_a_study_on_postgresql(postgres, synth_dir, tracking_home, tmp_path):

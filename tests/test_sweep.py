@@ -439,8 +439,8 @@ def _wait_for(predicate, timeout: float, proc=None, what: str = "") -> None:
         time.sleep(0.5)
 
 
-def _study_states(home, name) -> list[str]:
-    storage = f"sqlite:///{Path(home).resolve() / 'optuna.db'}"
+def _study_states(home, name, storage: str | None = None) -> list[str]:
+    storage = storage or f"sqlite:///{Path(home).resolve() / 'optuna.db'}"
     try:
         return [t.state.name for t in optuna.load_study(study_name=name, storage=storage).trials]
     except Exception:  # not created yet
@@ -463,12 +463,14 @@ def _long_trials_cmd(spec, synth_dir, home, tmp_path, *extra) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_worker_killed_mid_trial_is_failed_and_retried(synth_dir, tracking_home, tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_worker_killed_mid_trial_is_failed_and_retried(backend, synth_dir, tracking_home, tmp_path, request):
     import signal
 
+    storage = request.getfixturevalue("postgres") if backend == "postgresql" else None
     spec = _spec_file(tmp_path, pruner={"name": "none"})
     cmd = _long_trials_cmd(spec, synth_dir, tracking_home, tmp_path, "--study", "k", "--n_trials", "1",
-                           "--heartbeat_interval", "1", "--grace_period", "2")
+                           "--heartbeat_interval", "1", "--grace_period", "2", *(["--storage", storage] if storage else []))
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for(lambda: _running_trial_runs(tracking_home, "k") == 1, 300, proc, "the trial's fit started")
@@ -476,13 +478,14 @@ def test_a_worker_killed_mid_trial_is_failed_and_retried(synth_dir, tracking_hom
     finally:
         proc.kill()
         proc.wait()
-    assert _study_states(tracking_home, "k") == ["RUNNING"]  # what a dead process leaves behind
+    assert _study_states(tracking_home, "k", storage) == ["RUNNING"]  # what a dead process leaves behind
     import time
 
     time.sleep(3)  # past the grace period
     res = sweep.run_sweep(sweep.load_spec(spec), n_trials=1, study_name="k", tracking_home=str(tracking_home),
-                          verbose=False, overrides=_overrides(synth_dir, tmp_path), heartbeat_interval=1, grace_period=2)
-    study = optuna.load_study(study_name="k", storage=f"sqlite:///{tracking_home.resolve() / 'optuna.db'}")
+                          storage=storage, verbose=False, overrides=_overrides(synth_dir, tmp_path),
+                          heartbeat_interval=1, grace_period=2)
+    study = optuna.load_study(study_name="k", storage=storage or f"sqlite:///{tracking_home.resolve() / 'optuna.db'}")
     dead, retry = study.trials
     assert dead.state.name == "FAIL" and retry.state.name == "COMPLETE" and res.best_trial == 1
     assert retry.params == dead.params and retry.system_attrs.get("failed_trial") == 0

@@ -129,16 +129,8 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
     ``low_confidence``: threshold of the per-epoch flag on the top-class probability (default: the one in
     the model's spec, chosen on its validation subjects; else :data:`dsn.workflows.calibration.LOW_CONFIDENCE`).
     """
-    from dsn import plots
     from dsn.data.psg import read_epochs
-    from dsn.hypnogram import (
-        agreement,
-        atomic_write,
-        sleep_statistics,
-        write_csv,
-        write_edf_annotations,
-        write_edf_hypnogram,
-    )
+    from dsn.hypnogram import agreement, atomic_write, sleep_statistics
     from dsn.workflows.calibration import LOW_CONFIDENCE
 
     timings: dict[str, float] = {}
@@ -156,22 +148,10 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
     timings["model_s"] = time.perf_counter() - t
     familiar = night_familiarity(scorer, x_in, proba)
     t = time.perf_counter()
-    out = Path(out_dir)
-    files = {"csv": out / f"{inp.name}_hypnogram.csv", "edf": out / f"{inp.name}_hypnogram.edf",
-             "low_confidence": out / f"{inp.name}_low_confidence.edf",
-             "png": out / f"{inp.name}_hypnogram.png", "summary": out / f"{inp.name}_summary.json"}
     threshold = float(scorer.calibration.get("threshold", LOW_CONFIDENCE) if low_confidence is None else low_confidence)
     conf, flagged = confidence_summary(stages, proba, threshold, epoch_sec, scorer.class_names)
     conf["temperature"] = scorer.temperature
-    write_csv(files["csv"], inp.onsets, stages, proba, scorer.class_names, low_confidence=threshold)
-    write_edf_hypnogram(files["edf"], stages, epoch_sec, start=inp.start)
-    runs = np.flatnonzero(np.diff(np.r_[0, flagged.astype(np.int8), 0]))  # starts and stops of flagged runs
-    write_edf_annotations(files["low_confidence"], [(float(a * epoch_sec), float((b - a) * epoch_sec), "Low confidence")
-                                                    for a, b in zip(runs[::2], runs[1::2])], start=inp.start)
-    fig = plots.hypnodensity_figure(stages, proba, epoch_sec, title=f"{inp.name}: dsn hypnogram and hypnodensity",
-                                    low_confidence=flagged)
-    with atomic_write(files["png"]) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    files = write_outputs(Path(out_dir), inp, stages, proba, flagged, threshold, epoch_sec, scorer.class_names)
     summary: dict[str, Any] = {
         "recording": str(path), "name": inp.name, "channel": inp.channel, "channels": inp.channels,
         "labels": inp.labels, "source_sfreq": inp.source_sfreq, "source_sfreqs": inp.source_sfreqs,
@@ -189,6 +169,28 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
     with atomic_write(files["summary"]) as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=2, default=float))
     return summary
+
+
+def write_outputs(out: Path, inp, stages: np.ndarray, proba: np.ndarray, flagged: np.ndarray, threshold: float,
+                  epoch_sec: float, class_names: Sequence[str]) -> dict[str, Path]:
+    """Write a scored night's CSV, EDF+ hypnogram, low-confidence EDF+ annotations and PNG (each atomically);
+    returns every output's path, the summary JSON's included (written last by :func:`score_recording`)."""
+    from dsn import plots
+    from dsn.hypnogram import atomic_write, write_csv, write_edf_annotations, write_edf_hypnogram
+
+    files = {"csv": out / f"{inp.name}_hypnogram.csv", "edf": out / f"{inp.name}_hypnogram.edf",
+             "low_confidence": out / f"{inp.name}_low_confidence.edf",
+             "png": out / f"{inp.name}_hypnogram.png", "summary": out / f"{inp.name}_summary.json"}
+    write_csv(files["csv"], inp.onsets, stages, proba, class_names, low_confidence=threshold)
+    write_edf_hypnogram(files["edf"], stages, epoch_sec, start=inp.start)
+    runs = np.flatnonzero(np.diff(np.r_[0, flagged.astype(np.int8), 0]))  # starts and stops of flagged runs
+    write_edf_annotations(files["low_confidence"], [(float(a * epoch_sec), float((b - a) * epoch_sec), "Low confidence")
+                                                    for a, b in zip(runs[::2], runs[1::2])], start=inp.start)
+    fig = plots.hypnodensity_figure(stages, proba, epoch_sec, title=f"{inp.name}: dsn hypnogram and hypnodensity",
+                                    low_confidence=flagged)
+    with atomic_write(files["png"]) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    return files
 
 
 def format_agreement(ag: dict[str, Any], class_names: Sequence[str]) -> str:

@@ -266,7 +266,7 @@ def close_stale_trials(study, uri: str, exp_id: str, parent: str) -> list[int]:
 
 # ----------------------------------------------------------------------------- one trial
 class Objective:
-    """The Optuna objective: one tracked :func:`~dsn.workflows.fit.run_fit` per trial, nested under the
+    """The Optuna objective: one tracked :func:`~dsn.workflows.run.run_fit` per trial, nested under the
     study's run, whose MLflow tags always agree with the state Optuna records."""
 
     def __init__(self, spec: SweepSpec, base, study_name: str, parent: str, uri: str, exp_id: str, verbose: bool):
@@ -331,7 +331,7 @@ class Objective:
         import optuna
 
         from dsn import tracking
-        from dsn.workflows.fit import run_fit
+        from dsn.workflows.run import run_fit
 
         offsets = {"pretrain": 0, "finetune": STEP_OFFSET}
         try:
