@@ -275,13 +275,20 @@ def _sweep(argv: list[str]) -> int:
 
 
 def _cv(argv: list[str]) -> int:
-    from dsn.workflows.cv import format_summary, main
+    from dsn.workflows.cv import format_fold, format_missing, format_summary, main
 
     summary = main(argv)
-    if summary:  # (a DDP rank other than 0 has nothing to show)
-        print("\n" + format_summary(summary))
-        if summary.get("written"):
-            print(f"\nwrote {summary['written']}")
+    if not summary:  # (a DDP rank other than 0 has nothing to show)
+        return 0
+    if "stages" not in summary:  # --fold K: one fold trained, nothing pooled
+        print("\n" + format_fold(summary))
+        return 0
+    print("\n" + format_summary(summary))
+    if summary.get("written"):
+        print(f"\nwrote {summary['written']}")
+    if summary.get("missing_folds"):  # --collect before every fold finished
+        print(format_missing(summary), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -30,3 +30,7 @@ class Pruned(Exception):
 
     Not a :class:`DsnError`: it is control flow, caught by the command that asked for it.
     """
+
+
+class CvError(DsnError, RuntimeError):
+    """Folds of a cross-validation that failed or have not finished (the message names them and their logs)."""

@@ -201,6 +201,29 @@ def test_nan_loss_fails_with_clear_error(synth_dir, tracking_home, tmp_path, mon
     assert runs and all(r.info.status == "FAILED" for r in runs)
 
 
+def test_finite_loss_reads_the_device_count_at_the_epoch_end_not_every_step():
+    import lightning as L
+
+    from dsn.workflows.callbacks import FiniteLoss
+
+    class Module:
+        def __init__(self, bad):
+            self.bad, self.reads = bad, 0
+
+        def nonfinite_steps(self):
+            self.reads += 1
+            return self.bad
+
+    trainer = type("T", (), {"current_epoch": 4})()
+    cb = FiniteLoss("finetune")
+    assert type(cb).on_train_batch_end is L.Callback.on_train_batch_end  # nothing (no host sync) per step
+    ok = Module(0)
+    cb.on_validation_start(trainer, ok), cb.on_train_epoch_end(trainer, ok)
+    assert ok.reads == 2
+    with pytest.raises(DsnError, match=r"\[finetune\] training diverged: the loss was NaN or infinite in 3 training step\(s\) of epoch 4"):
+        cb.on_validation_start(trainer, Module(3))  # before the epoch's validation: no checkpoint of a diverged epoch
+
+
 def test_finetune_only_from_a_model_reference(synth_dir, tracking_home, tmp_path):
     """`finetune.system.pretrained` takes any model reference, resolved in the fit's own tracking store."""
     import torch

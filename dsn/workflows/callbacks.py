@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
 from dsn.errors import DsnError
 
@@ -18,16 +17,30 @@ SCORER_KEY = "dsn_scorer"
 
 
 class FiniteLoss(L.Callback):
-    """Stop a fit whose training loss became NaN or infinite, with a clear error (not a silent NaN model)."""
+    """Stop a fit whose training loss became NaN or infinite, with a clear error (not a silent NaN model).
+
+    The system counts non-finite training losses on the device (``nonfinite_steps``); the count is read
+    once before each validation and at each training epoch end (Lightning runs the epoch's validation
+    before ``on_train_epoch_end``), never with a host-device sync per step, so no checkpoint of a
+    diverged epoch is saved.
+    """
 
     def __init__(self, stage: str):
         self.stage = stage
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
-            raise DsnError(f"[{self.stage}] training diverged: the loss is {float(loss)} at epoch {trainer.current_epoch}, "
-                           f"batch {batch_idx}. Lower the learning rate ({self.stage}.system.lr*) or enable gradient clipping.")
+    def _check(self, trainer, pl_module) -> None:
+        count = getattr(pl_module, "nonfinite_steps", None)
+        bad = count() if callable(count) else 0
+        if bad:
+            raise DsnError(f"[{self.stage}] training diverged: the loss was NaN or infinite in {bad} training step(s) "
+                           f"of epoch {trainer.current_epoch}. Lower the learning rate ({self.stage}.system.lr*) "
+                           "or enable gradient clipping.")
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._check(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._check(trainer, pl_module)
 
 
 class InterruptedState(L.Callback):
