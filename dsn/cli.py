@@ -177,13 +177,20 @@ def render_fit(res) -> str:
     """What ``dsn fit`` shows at the end: each stage's selected-model report, the registered model, the links."""
     from dsn import tracking
     from dsn.evaluation import format_report
+    from dsn.workflows.calibration import format_figures
 
     lines: list[str] = []
     for st in res.stages:
         for split in st.confusion:
             subjects = sorted({p.subject for p in st.predictions.get(split, [])})
-            lines += ["", f"[{st.name}] {split} subjects {', '.join(subjects)}",
-                      format_report({k: v for k, v in st.metrics.items() if k.startswith(f"{split}/")}, split)]
+            figures = {k[len(split) + 1:]: v for k, v in st.metrics.items() if k.startswith(f"{split}/")}
+            lines += ["", f"[{st.name}] {split} subjects {', '.join(subjects)}", format_report(figures, split)]
+            if "ece" in figures:
+                lines.append(format_figures(figures))
+        if "calibration/temperature" in st.metrics:
+            lines.append(f"[{st.name}] calibrated on the validation subjects: temperature "
+                         f"{st.metrics['calibration/temperature']:.2f}, low confidence below "
+                         f"{st.metrics['calibration/threshold']:.2f} (stored in the model)")
     if res.registered:
         name, version = res.registered
         lines += ["", f"Registered model '{name}' version {version} (models:/{name}/{version})"]

@@ -246,3 +246,20 @@ def test_cv_summary_holds_the_pooled_calibration_block() -> None:
     table = cv.format_summary(summary)
     assert f"ECE {c['ece_raw']:.3f} -> {c['ece']:.3f}" in table
     assert f"accuracy {100 * c['acc_confident']:.1f}% on confident vs {100 * c['acc_flagged']:.1f}%" in table
+
+
+def test_dsn_fit_shows_each_splits_calibration_line() -> None:
+    from types import SimpleNamespace
+
+    from dsn.cli import render_fit
+
+    metrics = {"val/acc": 0.8, "val/ece_raw": 0.21, "val/ece": 0.05, "val/brier_raw": 0.4, "val/brier": 0.3,
+               "val/flagged_frac": 0.1, "val/acc_confident": 0.85, "val/acc_flagged": 0.4,
+               "test/acc": 0.7, "test/ece_raw": 0.25, "test/ece": 0.08, "test/brier_raw": 0.5, "test/brier": 0.45,
+               "test/flagged_frac": 0.0, "test/acc_confident": 0.7,  # no flagged test epoch: acc_flagged left out
+               "calibration/temperature": 1.7, "calibration/threshold": 0.45}
+    st = SimpleNamespace(name="finetune", metrics=metrics, confusion={"val": None, "test": None}, predictions={})
+    out = render_fit(SimpleNamespace(stages=[st], registered=None, experiment_id="1", run_id="r", tracking_uri="sqlite://"))
+    assert "ECE 0.210 -> 0.050, Brier 0.400 -> 0.300; accuracy 85.0% on confident vs 40.0% on low-confidence epochs" in out
+    assert "ECE 0.250 -> 0.080" in out and "70.0% on confident vs n/a on low-confidence epochs (0.0% of the epochs" in out
+    assert "temperature 1.70, low confidence below 0.45" in out

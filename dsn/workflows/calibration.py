@@ -164,6 +164,21 @@ def calibrate_selected(scorer, predictions: Mapping[str, Sequence[Any]],
     return finite(metrics), reliability
 
 
+def format_figures(figures: Mapping[str, float]) -> str:
+    """One line of a split's (or a cv pool's) figures: ECE and Brier raw -> calibrated, accuracy of the confident vs
+    the flagged epochs, the share flagged (``n/a`` for a figure left out)."""
+
+    def get(key: str, pct: bool = False) -> str:
+        v = figures.get(key)
+        if v is None or not np.isfinite(v):
+            return "n/a"
+        return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+
+    return (f"ECE {get('ece_raw')} -> {get('ece')}, Brier {get('brier_raw')} -> {get('brier')}; accuracy "
+            f"{get('acc_confident', True)} on confident vs {get('acc_flagged', True)} on low-confidence epochs "
+            f"({get('flagged_frac', True)} of the epochs flagged)")
+
+
 def finite(metrics: Mapping[str, float]) -> dict[str, float]:
     """The figures that are numbers (NaN ones, e.g. the accuracy of no flagged epoch, left out)."""
     return {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}

@@ -154,18 +154,9 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def format_calibration(stage: str, c: dict[str, float]) -> str:
     """One line: pooled ECE and Brier before -> after calibration, accuracy of confident vs flagged epochs."""
+    from dsn.workflows.calibration import format_figures
 
-    def pct(key: str) -> str:
-        v = c.get(key)
-        return "n/a" if v is None or math.isnan(v) else f"{100 * v:.1f}%"
-
-    def num(key: str) -> str:
-        v = c.get(key)
-        return "n/a" if v is None or math.isnan(v) else f"{v:.3f}"
-
-    return (f"  {stage}: ECE {num('ece_raw')} -> {num('ece')}, Brier {num('brier_raw')} -> {num('brier')}; "
-            f"accuracy {pct('acc_confident')} on confident vs {pct('acc_flagged')} on low-confidence epochs "
-            f"({pct('flagged_frac')} of the epochs flagged)")
+    return f"  {stage}: {format_figures(c)}"
 
 
 def _cv_key(cfg, folds: int) -> str:
