@@ -159,7 +159,8 @@ def format_summary(s: dict[str, Any]) -> str:
     """The pooled row, one row per recording, and the channel mapping (a cross-montage check named as such)."""
     names = s["class_names"]
     cols = ["acc", "f1_macro", "kappa", *[f"f1_{c}" for c in names]]
-    head = f"{'':<30}{'epochs':>8}" + "".join(f"{c.replace('f1_macro', 'MF1').replace('f1_', 'F1 '):>9}" for c in cols)
+    width = max([30, *(len(r["name"]) + 3 for r in s["per_recording"])])  # whole recording names (BIDS's are long)
+    head = f"{'':<{width}}{'epochs':>8}" + "".join(f"{c.replace('f1_macro', 'MF1').replace('f1_', 'F1 '):>9}" for c in cols)
 
     def cell(c: str, v: float | None) -> str:
         if v is None or math.isnan(v):
@@ -167,7 +168,7 @@ def format_summary(s: dict[str, Any]) -> str:
         return f"{v:>9.3f}" if c == "kappa" else f"{100 * v:>9.1f}"
 
     def row(label: str, fig: dict[str, Any]) -> str:
-        return f"{label[:29]:<30}{fig['n_epochs']:>8}" + "".join(cell(c, fig.get(c, float("nan"))) for c in cols)
+        return f"{label:<{width}}{fig['n_epochs']:>8}" + "".join(cell(c, fig.get(c, float("nan"))) for c in cols)
 
     lines = [f"dsn evaluate: {s['model']} on {s['data_dir']} (data set '{s['dataset']}', {s['n_recordings']} recordings, "
              f"{s['n_subjects']} subjects)"]
