@@ -199,6 +199,28 @@ def test_nan_loss_fails_with_clear_error(synth_dir, tracking_home, tmp_path, mon
         run_fit(tiny_cfg(synth_dir, tracking_home, tmp_path, stages=["pretrain"]), verbose=False)
     runs = _runs(tracking_home)
     assert runs and all(r.info.status == "FAILED" for r in runs)
+    assert not list((tracking_home / "checkpoints").rglob("last.ckpt"))  # a diverged state is not kept for a resume
+
+
+def test_last_ckpt_is_written_when_a_fit_stops_not_after_every_epoch(synth_dir, tracking_home, tmp_path, monkeypatch):
+    from dsn.systems.pretrain import PretrainSystem
+
+    cfg = tiny_cfg(synth_dir, tracking_home, tmp_path, stages=["pretrain"], **{"pretrain.trainer.max_epochs": 2})
+    res = run_fit(cfg, verbose=False)
+    done = tracking_home / "checkpoints" / res.run_id / "pretrain"
+    assert (done / "selected.ckpt").is_file() and list(done.glob("best-*.ckpt")) and not (done / "last.ckpt").exists()
+
+    def fail(self):  # an error a rerun may not meet again (out of memory, a lost file system)
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(PretrainSystem, "on_train_epoch_end", fail)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_fit(cfg, verbose=False)
+    failed = next(r for r in _runs(tracking_home) if r.data.tags.get("dsn.kind") == "fit" and r.info.status == "FAILED")
+    assert (tracking_home / "checkpoints" / failed.info.run_id / "pretrain" / "last.ckpt").is_file()  # for --resume
+    monkeypatch.undo()
+    resumed = run_fit(cfg, resume=failed.info.run_id, verbose=False)
+    assert resumed.run_id == failed.info.run_id and resumed.stage("pretrain").metrics
 
 
 def test_finite_loss_reads_the_device_count_at_the_epoch_end_not_every_step():

@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 
-from dsn.errors import DsnError
+from dsn.errors import DsnError, Pruned
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,17 @@ class FiniteLoss(L.Callback):
 
 
 class InterruptedState(L.Callback):
-    """Lightning's ``OnExceptionCheckpoint`` job, kept to Ctrl-C and SIGTERM and written atomically.
+    """``last.ckpt``, written when it can be needed: when a fit is stopped (Ctrl-C, SIGTERM) or fails with an
+    error that a rerun may not meet again (out of memory, a lost file system), not after every epoch.
 
     The state reached is written to ``<dirpath>/last.ckpt`` (through a temporary name, so a failure never
     corrupts the previous one), where ``--resume`` restarts from; ``seen`` tells the stage that Lightning's
-    ``sys.exit(1)`` after a Ctrl-C was an interrupt. Not ``OnExceptionCheckpoint`` itself: with one among
-    the callbacks Lightning turns ``fit(ckpt_path=None)`` into ``ckpt_path="last"`` (a fresh stage would
-    silently resume from whatever ``last.ckpt`` its folder holds), it saves on every exception (a diverged
-    loss too) and it deletes its file at teardown (here ``ModelCheckpoint``'s ``save_last`` file).
+    ``sys.exit(1)`` after a Ctrl-C was an interrupt. Nothing is written for a :class:`~dsn.errors.DsnError`
+    (a diverged loss: resuming it would diverge again), for a pruned trial, or for an error under DDP (saving
+    waits for every rank, and the others may not have failed). Not ``OnExceptionCheckpoint`` itself: with one
+    among the callbacks Lightning turns ``fit(ckpt_path=None)`` into ``ckpt_path="last"`` (a fresh stage
+    would silently resume from whatever ``last.ckpt`` its folder holds), it saves on every exception and it
+    deletes its file at teardown.
     """
 
     def __init__(self, dirpath: str | Path):
@@ -63,7 +66,9 @@ class InterruptedState(L.Callback):
         return Path(self.dirpath) / "last.ckpt"
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if not (isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "Terminated"):
+        stopped = isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "Terminated"
+        if not stopped and (not isinstance(exception, Exception) or isinstance(exception, (DsnError, Pruned))
+                            or trainer.world_size > 1):
             return
         self.seen = isinstance(exception, KeyboardInterrupt)
         tmp = self.ckpt_path.with_suffix(".tmp")

@@ -236,7 +236,13 @@ def run_cv(cfg, folds: int | None = None, out: str | None = None, resume: bool =
     if parallel > 1:
         return _run_parallel(base, store, folds, parent, out, register_fold, parallel, fold_argv,
                              threads_per_fold, fold_devices, say, cfg)
-    from dsn import tracking
+    return _run_sequential(cfg, base, store, folds, parent, out, register_fold, zero, verbose, say)
+
+
+def _run_sequential(cfg, base, store: _Store, folds: int, parent: str, out: str | None, register_fold: int | None,
+                    zero: bool, verbose: bool, say) -> dict[str, Any]:
+    """The folds one after the other in this process (finished ones read back), then pooled."""
+    from dsn import config, tracking
     from dsn.data.labels import STAGES
 
     uri, exp_id = store.uri, store.exp_id

@@ -114,7 +114,7 @@ def _stage_params(ctx: FitContext, name: str) -> dict[str, Any]:
 class _Parts:
     """The stage Trainer's callbacks that the later steps read."""
 
-    checkpoint: Any  # ModelCheckpoint (best + last)
+    checkpoint: Any  # ModelCheckpoint (the best epoch; last.ckpt is InterruptedState's, written when needed)
     interrupted: Any  # callbacks.InterruptedState
     spec: Any  # callbacks.ScorerSpec
 
@@ -128,7 +128,7 @@ def make_trainer(ctx: FitContext, name: str, stage_run: str):
 
     ckpt_dir = ctx.ckpt_root / name
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor="val/f1_macro", mode="max",
-                                 save_top_k=1, save_last=True, auto_insert_metric_name=False)
+                                 save_top_k=1, save_last=False, auto_insert_metric_name=False)
     parts = _Parts(checkpoint, cb.InterruptedState(ckpt_dir), cb.ScorerSpec())
     trainer = L.Trainer(
         **ctx.d[name]["trainer"],
