@@ -173,6 +173,6 @@ def stop_processes(procs: list[subprocess.Popen], timeout: float = STOP_TIMEOUT)
 
 def fold_command(fold_argv: Sequence[str], fold: int, cv_run_id: str) -> list[str]:
     """``python -m dsn cv <the cv's arguments> --fold K --cv_run_id ID`` (later flags win over the cv's own
-    ``--parallel``, ``--out``, ``--register_fold``)."""
+    ``--parallel``, ``--out``, ``--register_fold``, ``--resume_cv``: the fold trains into the given cv run)."""
     return [sys.executable, "-m", "dsn", "cv", *fold_argv, "--parallel", "1", "--collect", "false", "--out", "null",
-            "--register_fold", "null", "--fold", str(fold), "--cv_run_id", cv_run_id]
+            "--register_fold", "null", "--resume_cv", "true", "--fold", str(fold), "--cv_run_id", cv_run_id]
