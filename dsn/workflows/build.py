@@ -109,6 +109,8 @@ def check_init(scorer, d: dict, source: str) -> None:
     config disagree on the architecture: the channels (names and number), ``data.sfreq``, the ``net.*`` keys
     and, when fine-tuning starts from a sequence model, the ``finetune.net.*`` keys and the number of classes.
     ``drop_prob`` and ``bn_momentum`` (:data:`TRAINING_ONLY_NET_KEYS`) may differ."""
+    import torch
+
     from dsn.data.channels import channel_names, parse_channel, pick_channels
 
     prep, spec_cfg = scorer.preprocessing, scorer.config
@@ -122,7 +124,10 @@ def check_init(scorer, d: dict, source: str) -> None:
     if float(prep["sfreq"]) != float(d["data"]["sfreq"]):
         raise ConfigError(f"{head} data.sfreq is {d['data']['sfreq']} but the model was trained at {prep['sfreq']} Hz; "
                           f"give --data.sfreq {prep['sfreq']} (the recordings are resampled) or train without --init.")
-    checks = [("net", d["net"], spec_cfg.get("net") or {})]
+    with torch.device("meta"):  # the values a None stands for (kernel sizes, strides, n_times follow sfreq)
+        mine_net = feature_net(d)
+    resolved = lambda net, raw: {k: getattr(net, k, v) for k, v in raw.items()}  # noqa: E731
+    checks = [("net", resolved(mine_net, d["net"]), resolved(scorer.net.feature_net, spec_cfg.get("net") or {}))]
     if "finetune" in d["stages"] and scorer.kind == "sequence":
         checks.append(("finetune.net", d["finetune"]["net"], spec_cfg.get("finetune_net") or {}))
         n_model, n_ours = len(scorer.class_names), d["finetune"]["net"].get("n_outputs", len(scorer.class_names))
@@ -132,8 +137,6 @@ def check_init(scorer, d: dict, source: str) -> None:
     for section, mine, theirs in checks:
         for k, v in theirs.items():
             if k in TRAINING_ONLY_NET_KEYS or k in ("sfreq", "n_chans", "n_outputs") or k not in mine or mine[k] == v:
-                continue
-            if section == "net" and k == "n_times" and mine[k] is None and scorer.n_times == v:
                 continue
             raise ConfigError(f"{head} {section}.{k} is {mine[k]!r} but the model was built with {v!r}; give "
                               f"--{section}.{k} {v} (the model's value) or train without --init.")
