@@ -172,7 +172,8 @@ def main(argv=None) -> None:
     before_val, before = score(ref, data / "val", label, uri, cache), score(ref, data / "test", label, uri, cache)
     times.append(("score before", time.perf_counter() - t))
     rows.append([f"BEFORE: the model on site {a.site}", _pct(before_val["f1_macro"]), *_cells(before)])
-    print(f"  before: val MF1 {_pct(before_val['f1_macro'])}, test MF1 {_pct(before['f1_macro'])}", flush=True)
+    print(f"  before: val MF1 {_pct(before_val['f1_macro'])}; test acc {_pct(before['acc'])}, MF1 "
+          f"{_pct(before['f1_macro'])}, kappa {before['kappa']:.3f}", flush=True)
     for n in a.nights:
         got = []
         for recipe in a.recipes:
@@ -181,7 +182,8 @@ def main(argv=None) -> None:
             v, s = score(ckpt, data / "val", label, uri, cache), score(ckpt, data / "test", label, uri, cache)
             times.append((f"{recipe}, {n} night(s)", time.perf_counter() - t))
             got.append((recipe, v, s))
-            print(f"  {n} night(s), {recipe}: val MF1 {_pct(v['f1_macro'])}, test MF1 {_pct(s['f1_macro'])}", flush=True)
+            print(f"  {n} night(s), {recipe}: val MF1 {_pct(v['f1_macro'])}; test acc {_pct(s['acc'])}, MF1 "
+                  f"{_pct(s['f1_macro'])}, kappa {s['kappa']:.3f} ({times[-1][1]:.0f} s)", flush=True)
         best = max((g for g in got if g[0] != "scratch"), key=lambda g: g[1]["f1_macro"], default=None)
         for recipe, v, s in got:
             mark = " (chosen on val)" if best is not None and recipe == best[0] else ""
