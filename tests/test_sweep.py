@@ -272,12 +272,12 @@ def test_two_workers_share_one_study(synth_dir, tracking_home, tmp_path):
 # ----------------------------------------------------------------------------- reliability
 def _no_trial(monkeypatch):
     """Make any trial that starts fail the test loudly (the checks under test come before the first one)."""
-    import dsn.workflows.fit as fit
+    import dsn.workflows.run as run_module  # where the sweep runner finds run_fit
 
     def started(*a, **k):
         raise AssertionError("a trial started")
 
-    monkeypatch.setattr(fit, "run_fit", started)
+    monkeypatch.setattr(run_module, "run_fit", started)
 
 
 def _spec_file(tmp_path, **changes) -> Path:
@@ -384,7 +384,7 @@ def test_pruning_callback_warns_once_when_its_metric_is_missing():
 def test_nan_objective_is_failed_in_optuna_and_in_mlflow(synth_dir, tracking_home, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    import dsn.workflows.fit as fit
+    import dsn.workflows.run as run_module  # where the sweep runner finds run_fit
 
     def nan_fit(cfg, parent_run_id=None, tags=None, run_name=None, kind="fit", **kw):
         uri = tracking.tracking_uri(None, cfg.tracking.home)
@@ -394,7 +394,7 @@ def test_nan_objective_is_failed_in_optuna_and_in_mlflow(synth_dir, tracking_hom
         return SimpleNamespace(run_id=rid, final=SimpleNamespace(metrics={"val/f1_macro": float("nan"), "val/acc": 0.5},
                                                                  model_uri=None))
 
-    monkeypatch.setattr(fit, "run_fit", nan_fit)
+    monkeypatch.setattr(run_module, "run_fit", nan_fit)
     spec = sweep.load_spec(_spec_file(tmp_path))
     res = sweep.run_sweep(spec, n_trials=1, study_name="n", tracking_home=str(tracking_home), verbose=False,
                           overrides=_overrides(synth_dir, tmp_path))
