@@ -1017,6 +1017,18 @@ def _check_ids(subject: int, night: int) -> None:
         raise ValueError(f"night must be 1 or 2 (sleep-cassette subjects have up to two nights), got {night}")
 
 
+def night_streams(seed: int, subject: int, night: int, hours: float):
+    """What every layout of one synthetic night starts from: its number of 30-s epochs, the subject's and the
+    night's random streams (seeded by ``(seed, subject)`` and ``(seed, subject, night)``) and the subject's
+    profile, drawn first from the subject's stream. Returns ``(n_epochs, subject_rng, night_rng, profile)``."""
+    n_ep = int(round(hours * 3600.0 / EPOCH_SEC))
+    if n_ep < 1:
+        raise ValueError(f"hours must cover at least one 30-s epoch, got {hours}")
+    subj_rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(subject)]))
+    night_rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(subject), int(night)]))
+    return n_ep, subj_rng, night_rng, SubjectProfile.random(subj_rng)
+
+
 def write_recording(
     out_dir: str | Path, subject: int, night: int, hours: float = 8.0, seed: int = 0, sfreq: float = 100.0,
     site: SiteShift | None = None,
@@ -1053,12 +1065,7 @@ def write_recording(
     _check_ids(subject, night)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n_ep = int(round(hours * 3600.0 / EPOCH_SEC))
-    if n_ep < 1:
-        raise ValueError(f"hours must cover at least one 30-s epoch, got {hours}")
-    subj_rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(subject)]))
-    night_rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(subject), int(night)]))
-    prof = SubjectProfile.random(subj_rng)
+    n_ep, subj_rng, night_rng, prof = night_streams(seed, subject, night, hours)
     first_night = _dt.date(1989, 1, 1) + _dt.timedelta(days=int(subj_rng.integers(0, 6 * 365)))
     letters = subj_rng.choice(list(string.ascii_uppercase), size=2)
     prof_n = prof.for_night(night_rng)

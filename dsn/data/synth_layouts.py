@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsn.data.synth import EPOCH_SEC, SubjectProfile, generate_hypnogram, generate_signals, write_dataset
+from dsn.data.synth import EPOCH_SEC, generate_hypnogram, generate_signals, night_streams, write_dataset
 
 LAYOUTS = ("sleep-edf", "nsrr", "bids", "generic")
 
@@ -43,12 +43,7 @@ _NSRR = {"Sleep stage W": "Wake|0", "Sleep stage 1": "Stage 1 sleep|1", "Sleep s
 
 def _night(subject: int, night: int, hours: float, seed: int, sfreq: float):
     """Stages (R&K, one per 30-s epoch), signals (volts) at ``sfreq``, start time and sex/age of one night."""
-    n_ep = int(round(hours * 3600.0 / EPOCH_SEC))
-    if n_ep < 1:
-        raise ValueError(f"hours must cover at least one 30-s epoch, got {hours}")
-    subj_rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(subject)]))
-    night_rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(subject), int(night)]))
-    prof = SubjectProfile.random(subj_rng)
+    n_ep, subj_rng, night_rng, prof = night_streams(seed, subject, night, hours)
     first = _dt.date(2000, 1, 1) + _dt.timedelta(days=int(subj_rng.integers(0, 6 * 365)))
     prof_n = prof.for_night(night_rng)
     stages = generate_hypnogram(n_ep, night_rng, prof_n)
