@@ -31,6 +31,9 @@ _BAND_FLOOR = 0.05
 #: Absolute limits: share of flat epochs, share of samples at the channel's extreme value.
 FLAT_LIMIT = 0.05
 CLIP_LIMIT = 2e-3
+#: A night is "clipped" only past this multiple of the largest clipped share of the training/validation nights
+#: (recorders that saturate the same way at the same site are not a warning).
+CLIP_FACTOR = 3.0
 #: The score threshold is at least this, and at least ``MARGIN`` x the largest validation night's score.
 MIN_THRESHOLD = 4.0
 MARGIN = 1.5
@@ -153,7 +156,8 @@ def describe(train: Iterable[Mapping[str, Any]], val: Iterable[Mapping[str, Any]
     Returns
     -------
     dict
-        ``{"version": 1, "channels", "n_nights", "stats", "threshold"}``: ``stats`` of all nights; the
+        ``{"version": 1, "channels", "n_nights", "stats", "threshold", "clip_max"}``: ``stats`` of all nights
+        (``clip_max``: the largest clipped share per channel, see :data:`CLIP_FACTOR`); the
         threshold is ``max(MIN_THRESHOLD, MARGIN * max score of a validation night against the training
         nights)``.
     """
@@ -163,8 +167,10 @@ def describe(train: Iterable[Mapping[str, Any]], val: Iterable[Mapping[str, Any]
         ref_train["mean_confidence"] = _stats(val)["mean_confidence"]
     val_scores = [_score(_zscores(v, ref_train)) for v in val]
     threshold = max(MIN_THRESHOLD, MARGIN * max(val_scores, default=0.0))
+    clips = [n["clip"] for n in train + val if n.get("clip")]
     return {"version": 1, "channels": list(channels), "n_nights": {"train": len(train), "val": len(val)},
             "stats": _stats(train + val), "threshold": float(threshold),
+            "clip_max": np.max(np.asarray(clips, dtype=np.float64), axis=0).tolist() if clips else [],
             "val_scores": [float(s) for s in val_scores]}
 
 
@@ -196,8 +202,9 @@ def check(features: Mapping[str, Any], description: Mapping[str, Any]) -> dict[s
     for c, f in enumerate(features.get("flat", [])):
         if f > FLAT_LIMIT:
             warnings.append(f"flat channel {chans[c]}: {100 * f:.0f}% of the epochs carry no signal")
+    seen = list(description.get("clip_max") or [])  # descriptions written before it: the absolute limit alone
     for c, f in enumerate(features.get("clip", [])):
-        if f > CLIP_LIMIT:
+        if f > max(CLIP_LIMIT, CLIP_FACTOR * (seen[c] if c < len(seen) else 0.0)):
             warnings.append(f"clipped channel {chans[c]}: {100 * f:.2f}% of the samples at the extreme value")
     for c in over("skew"):
         if np.sign(features["skew"][c]) != np.sign(ref["skew"]["median"][c]):

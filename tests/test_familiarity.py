@@ -75,3 +75,22 @@ def test_altered_nights_are_flagged_with_their_reason(description, alteration, w
     assert any(words in w for w in out["warnings"]), out["warnings"]
     if alteration in ("x0.2", "x5", "mains", "white", "lowconf"):
         assert out["score"] > out["threshold"]
+
+
+def test_clipping_is_judged_against_the_training_nights():
+    """Nights of a recorder that saturates (a share of samples at the extreme value) train a description that
+    accepts a night clipped the same way, and still warns on one clipped far more."""
+
+    def clipped(seed: int, share: float) -> np.ndarray:
+        x = _night(seed).astype(np.float64)
+        peak = np.quantile(np.abs(x), 1.0 - share)
+        return np.clip(x, -peak, peak).astype(np.float32)
+
+    train = [familiarity.night_features(clipped(s, 0.004), SFREQ) for s in range(6)]
+    val = [familiarity.night_features(clipped(s, 0.004), SFREQ, mean_confidence=0.8) for s in (10, 11)]
+    desc = familiarity.describe(train, val, ["EEG Fpz-Cz"])
+    assert 0.002 < desc["clip_max"][0] < 0.01
+    same = familiarity.check(familiarity.night_features(clipped(20, 0.004), SFREQ, 0.8), desc)
+    assert not any("clipped" in w for w in same["warnings"]), same["warnings"]
+    worse = familiarity.check(familiarity.night_features(clipped(21, 0.05), SFREQ, 0.8), desc)
+    assert any("clipped channel EEG Fpz-Cz" in w for w in worse["warnings"]), worse["warnings"]

@@ -167,3 +167,37 @@ def test_predict_confidence_columns_flags_and_annotations(fitted, synth_dir, tmp
     for onset, duration in zip(ann.onset, ann.duration):
         covered[int(round(onset / 30)) : int(round((onset + duration) / 30))] = True
     np.testing.assert_array_equal(covered, flagged)
+
+
+def test_predict_warns_on_an_altered_night_and_not_on_an_ordinary_one(fitted, synth_dir, tmp_path, capsys):
+    """The fit stores a description of its training nights; `dsn predict` compares a new night with it: a test
+    subject's night as recorded passes without a warning, the same night at 5x the amplitude (a second site's
+    recorder gain, `dsn synth --site_gain 5`) prints a warning line naming the amplitude."""
+    from dsn.data.synth import SiteShift, write_recording
+
+    res, home, _ = fitted
+    ckpt = str(home / "checkpoints" / res.run_id / "finetune" / "selected.ckpt")
+    from dsn.data.edf import read_channels
+    from dsn.familiarity import CLIP_LIMIT, night_features
+
+    def clipped(name: str) -> float:  # share of samples at the channel's extreme value (a saturated recorder)
+        x = read_channels(Path(synth_dir) / f"{name}-PSG.edf", ("EEG Fpz-Cz",), 100.0).data
+        return night_features(x[: x.shape[1] // 3000 * 3000].reshape(1, -1, 3000).transpose(1, 0, 2), 100.0)["clip"][0]
+
+    # an ordinary night: a test subject's, not saturated (some synthetic nights hit the EDF's physical range)
+    name = next((n for n in res.data_summary["recordings"]["test"] if clipped(n) <= CLIP_LIMIT), None)
+    if name is None:
+        pytest.skip("every test night of this synthetic set is saturated")
+    psg = Path(synth_dir) / f"{name}-PSG.edf"
+    assert cli(["predict", str(psg), "--model", ckpt, "--out", str(tmp_path / "ordinary")]) == 0
+    printed = "".join(capsys.readouterr())
+    summary = json.loads((tmp_path / "ordinary" / f"{name}_summary.json").read_text())
+    assert "warning:" not in printed, summary["familiarity"]
+    assert summary["familiarity"]["familiar"] is True
+    subject, night = int(name[3:5]), int(name[5])
+    loud, _ = write_recording(tmp_path / "site", subject, night, hours=1.5, seed=0, site=SiteShift(gain=5.0))
+    assert cli(["predict", str(loud), "--model", ckpt, "--out", str(tmp_path / "loud")]) == 0
+    printed = "".join(capsys.readouterr())
+    assert "warning:" in printed and "amplitude" in printed, printed
+    summary = json.loads((tmp_path / "loud" / f"{name}_summary.json").read_text())
+    assert summary["familiarity"]["familiar"] is False and summary["familiarity"]["score"] > summary["familiarity"]["threshold"]
