@@ -222,10 +222,9 @@ def describe_nights(scorer, recordings: Mapping[str, Sequence[Any]], predictions
     with ``x``, the normalised ``(n_epochs, n_chans, n_times)`` epochs), with the validation nights' mean
     calibrated confidence from ``predictions["val"]``."""
     from dsn import familiarity
+    from dsn.workflows.predict import model_channels
 
-    prep = scorer.preprocessing
-    channels = prep.get("channels") or [prep.get("channel", "channel 0")]
-    channels = [channels] if isinstance(channels, str) else list(channels)
+    channels = model_channels(scorer.preprocessing)
     train = [familiarity.night_features(r.x, scorer.sfreq) for r in recordings.get("train", [])]
     conf = {p.name: float(evaluation.confidence(evaluation.apply_temperature(p.proba, scorer.temperature))[0].mean())
             for p in predictions.get("val", []) if len(p.proba)}
