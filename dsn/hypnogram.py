@@ -481,9 +481,11 @@ def _runs(values: np.ndarray) -> list[tuple[int, int, int]]:
 
 
 def write_edf_annotations(
-    path: str | Path, annotations: Sequence[tuple[float, float, str]], start: _dt.datetime | None = None
+    path: str | Path, annotations: Sequence[tuple[float, float, str]], start: _dt.datetime | None = None,
+    empty_text: str = "No annotations",
 ) -> Path:
-    """Write an annotations-only EDF+ file.
+    """Write an annotations-only EDF+ file (with no ``annotations``: one zero-length ``empty_text`` at 0 s, as
+    an EDF+ file must hold a signal or an annotation).
 
     Parameters
     ----------
@@ -516,7 +518,7 @@ def write_edf_annotations(
         [],
         recording=recording,
         starttime=start.time().replace(tzinfo=None) if start else None,
-        annotations=[EdfAnnotation(o, d, text) for o, d, text in annotations],
+        annotations=[EdfAnnotation(o, d, text) for o, d, text in annotations] or [EdfAnnotation(0.0, 0.0, empty_text)],
     )
     with atomic_write(path) as tmp:
         edf.write(tmp)

@@ -335,3 +335,14 @@ def test_edf_hypnogram_errors_and_atomicity(tmp_path: Path, monkeypatch):
         write_edf_hypnogram(target, [0, 1, 2, 3])
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["h.edf"]
+
+
+def test_edf_annotations_without_any_still_write_a_readable_file(tmp_path):
+    """A night with no flagged epoch: the low-confidence file is still written (EDF+ needs one annotation)."""
+    import mne
+
+    from dsn.hypnogram import write_edf_annotations
+
+    path = write_edf_annotations(tmp_path / "none.edf", [], empty_text="No low-confidence epochs")
+    ann = mne.read_annotations(path)
+    assert list(ann.description) == ["No low-confidence epochs"] and list(ann.duration) == [0.0]

@@ -185,7 +185,8 @@ def write_outputs(out: Path, inp, stages: np.ndarray, proba: np.ndarray, flagged
     write_edf_hypnogram(files["edf"], stages, epoch_sec, start=inp.start)
     runs = np.flatnonzero(np.diff(np.r_[0, flagged.astype(np.int8), 0]))  # starts and stops of flagged runs
     write_edf_annotations(files["low_confidence"], [(float(a * epoch_sec), float((b - a) * epoch_sec), "Low confidence")
-                                                    for a, b in zip(runs[::2], runs[1::2])], start=inp.start)
+                                                    for a, b in zip(runs[::2], runs[1::2])], start=inp.start,
+                          empty_text="No low-confidence epochs")
     fig = plots.hypnodensity_figure(stages, proba, epoch_sec, title=f"{inp.name}: dsn hypnogram and hypnodensity",
                                     low_confidence=flagged)
     with atomic_write(files["png"]) as tmp:
