@@ -133,7 +133,7 @@ def main() -> None:
             eog = inp.x.copy()  # the first channel replaced by the EOG channel
             eog[:, 0] = read_epochs(path, [a.eog_channel], scorer.sfreq).x[:, 0]
             for kind in ALTERATIONS:
-                proba, x_in = scaled_proba(scorer, alter(inp.x, kind, rng, eog), str(path), return_input=True)
+                proba, x_in, _ = scaled_proba(scorer, alter(inp.x, kind, rng, eog), str(path), return_input=True)
                 fam = night_familiarity(scorer, x_in, proba)
                 results[kind].append(not fam["familiar"])
                 reasons.setdefault(kind, collections.Counter()).update(w.split(":")[0] for w in fam["warnings"])

@@ -15,20 +15,21 @@ from test_artifact import FROZEN, tiny_scorer
 ATOL = 2e-6
 
 
-def _stream(run, scorer, x: np.ndarray) -> np.ndarray:
+def _stream(run, scorer, x: np.ndarray, n_offsets: int | None = None) -> np.ndarray:
     """A night through an exported sequence model, chunk by chunk with the carried (h, c), averaged over the
     scorer's chunk offsets (what a caller of the exported file does)."""
     from dsn.workflows.export import zero_state
 
+    n_off = n_offsets or scorer.n_offsets
     total = 0.0
-    for k in range(scorer.n_offsets):
+    for k in range(n_off):
         h, c = zero_state(scorer)
         out = []
-        for i, j in scorer.chunk_bounds(len(x), round(k * scorer.seq_len / scorer.n_offsets)):
+        for i, j in scorer.chunk_bounds(len(x), round(k * scorer.seq_len / n_off)):
             p, h, c = run(x[i:j], h, c)
             out.append(p)
         total = total + np.concatenate(out)
-    return total / scorer.n_offsets
+    return total / n_off
 
 
 def _predict_like(run, scorer, x: np.ndarray) -> np.ndarray:
@@ -36,9 +37,11 @@ def _predict_like(run, scorer, x: np.ndarray) -> np.ndarray:
     from dsn.data.normalize import normalize, sleep_window
 
     method = scorer.preprocessing["normalize"]
-    first = _stream(run, scorer, normalize(x, method, scorer.sfreq)).argmax(-1)  # one streaming, as predict
-    window = sleep_window(first, scorer.preprocessing["trim_minutes"], scorer.preprocessing["epoch_sec"])
-    return _stream(run, scorer, normalize(x, method, scorer.sfreq, stats_from=x[window]))
+    first = _stream(run, scorer, normalize(x, method, scorer.sfreq), n_offsets=1)  # one streaming, as predict
+    window = sleep_window(first.argmax(-1), scorer.preprocessing["trim_minutes"], scorer.preprocessing["epoch_sec"])
+    proba = first.copy()  # outside the sleep period: the first pass's (wake)
+    proba[window] = _stream(run, scorer, normalize(x[window], method, scorer.sfreq))
+    return proba
 
 
 def _runners(tmp_path, ref: str):

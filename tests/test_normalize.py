@@ -134,3 +134,76 @@ def test_predict_two_passes_make_the_scores_independent_of_the_recording_gain():
     raw = SleepScorer(net, prep, {}, seq_len=5).eval()  # a model saved before the option: raw microvolts
     np.testing.assert_allclose(scaled_proba(raw, x), raw.predict_proba(x), atol=1e-6)
     assert not np.allclose(scaled_proba(raw, 2.5 * x), scaled_proba(raw, x), atol=1e-3)
+
+
+def _window_scorer(n_offsets: int = 3, temperature: float = 1.0):
+    import torch
+
+    from dsn.models import DeepFeatureNet, DeepSleepNet
+    from dsn.models.scoring import SleepScorer
+
+    torch.manual_seed(1)
+    net = DeepSleepNet(DeepFeatureNet(n_filters_first=8, n_filters=8), hidden_size=8, shortcut_size=16)
+    prep = {"channel": "EEG Fpz-Cz", "sfreq": 100.0, "epoch_sec": 30.0, "trim_minutes": 1.0, "normalize": "zscore"}
+    extra = {"calibration": {"temperature": temperature}} if temperature != 1.0 else None
+    return SleepScorer(net, prep, {}, seq_len=5, n_offsets=n_offsets, extra=extra).eval()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 1.7])
+def test_predict_scores_the_sleep_period_it_finds_as_training_did(monkeypatch, temperature):
+    """The final pass: the first pass's sleep period normalised by itself and streamed from its first epoch
+    (all offsets); the epochs outside it keep the first pass (one streaming, the whole night's statistics)."""
+    from dsn.data import normalize as nmod
+    from dsn.evaluation import apply_temperature
+    from dsn.workflows.predict import scaled_proba
+
+    scorer = _window_scorer(temperature=temperature)
+    x = (np.random.default_rng(3).standard_normal((40, 1, 3000)) * 20).astype(np.float32)
+    x[12:30] *= 3.0  # "sleep" louder than the wake around it: the period's statistics differ from the night's
+    seen = []
+
+    def window(stages, trim, epoch_sec=30.0, wake=0):
+        seen.append(np.asarray(stages))
+        return slice(10, 32)
+
+    monkeypatch.setattr(nmod, "sleep_window", window)
+    proba, x_in, period = scaled_proba(scorer, x, return_input=True)
+    first = scorer.raw_proba(normalize(x, "zscore", 100.0), n_offsets=1)
+    np.testing.assert_array_equal(seen[0], first.argmax(-1))  # the window comes from the first pass
+    expected = first.copy()
+    expected[10:32] = scorer.raw_proba(normalize(x[10:32], "zscore", 100.0))  # = dsn evaluate of that period
+    if temperature != 1.0:
+        expected = apply_temperature(expected, temperature)
+    np.testing.assert_allclose(proba, expected, atol=1e-6)
+    assert not np.allclose(proba[10:32], scorer.predict_proba(normalize(x, "zscore", 100.0))[10:32], atol=1e-3)
+    np.testing.assert_allclose(x_in, normalize(x, "zscore", 100.0, stats_from=x[10:32]), atol=1e-6)
+    assert period == slice(10, 32)
+
+
+def test_predict_reuses_the_first_pass_when_the_sleep_period_is_the_whole_night(monkeypatch):
+    """Same statistics, same input: the CNN runs once and the first pass's streaming is one of the offsets;
+    the probabilities equal a second full pass's."""
+    from dsn.workflows.predict import scaled_proba
+
+    scorer = _window_scorer(n_offsets=5)
+    x = (np.random.default_rng(4).standard_normal((40, 1, 3000)) * 20).astype(np.float32)
+    calls = []
+    hook = scorer.net.feature_net.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    monkeypatch.setattr("dsn.data.normalize.sleep_window", lambda s, t, e=30.0, wake=0: slice(0, len(s)))
+    proba = scaled_proba(scorer, x)
+    hook.remove()
+    assert sum(calls) == len(x)  # every epoch through the CNN once
+    np.testing.assert_allclose(proba, scorer.predict_proba(normalize(x, "zscore", 100.0)), atol=1e-6)
+
+
+def test_features_are_reused_across_offset_counts():
+    import torch
+
+    scorer = _window_scorer(n_offsets=5)
+    x = torch.from_numpy((np.random.default_rng(5).standard_normal((23, 1, 3000)) * 2).astype(np.float32))
+    nf = scorer.night_features(x)
+    one = scorer.proba_from_features(nf, n_offsets=1)
+    assert set(nf.rows) == {0} and nf.fwd is not None
+    np.testing.assert_allclose(one, scorer.raw_proba(x, n_offsets=1), atol=1e-6)
+    np.testing.assert_allclose(scorer.proba_from_features(nf), scorer.raw_proba(x), atol=1e-6)
+    assert set(nf.rows) == {0, 1, 2, 3, 4}

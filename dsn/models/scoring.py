@@ -14,6 +14,7 @@ newer major version is refused). :mod:`dsn.artifact` writes and reads the two fi
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -25,7 +26,7 @@ from dsn.errors import ModelError
 from dsn.evaluation import apply_temperature
 from dsn.models.deepsleepnet import DeepFeatureNet, DeepSleepNet, FeatureClassifierNet
 
-__all__ = ["SPEC_FORMAT", "SleepScorer", "build_scorer", "scorer_from_legacy", "upgrade_spec"]
+__all__ = ["SPEC_FORMAT", "NightFeatures", "SleepScorer", "build_scorer", "scorer_from_legacy", "upgrade_spec"]
 
 #: Version of the spec layout, ``MAJOR.MINOR``. A minor bump adds keys with defaults (older dsn versions
 #: ignore them, :func:`upgrade_spec` fills them in for older specs); a major bump changes the meaning of
@@ -35,6 +36,26 @@ SPEC_FORMAT = "1.0"
 #: The spec's own keys (everything else a spec carries, e.g. ``calibration``, is kept in ``extra``).
 _SPEC_KEYS = ("format_version", "dsn_version", "kind", "preprocessing", "config", "class_names", "seq_len",
               "carry_state", "n_offsets")
+
+
+@dataclass
+class NightFeatures:
+    """What :meth:`SleepScorer.night_features` computed for one night, reused by :meth:`SleepScorer.proba_from_features`.
+
+    ``feats``: the CNN's ``(n_epochs, n_features)`` features (an ``"epoch"`` model: its logits);
+    ``shortcut``: the sequence model's shortcut of them; ``fwd``: the official forward LSTM stack's output over
+    the night (the same for every chunk offset), once computed; ``rows``: the softmax ``(n_epochs, n_classes)``
+    of each chunk offset streamed so far.
+    """
+
+    feats: Tensor
+    shortcut: Tensor | None = None
+    fwd: Tensor | None = None
+    rows: dict[int, Tensor] = field(default_factory=dict)
+
+    @property
+    def n_epochs(self) -> int:
+        return int(self.feats.shape[0])
 
 
 class SleepScorer(nn.Module):
@@ -188,48 +209,85 @@ class SleepScorer(nn.Module):
         ``carry_state`` (the official code's test procedure), so the result is the same as feeding
         the chunks one after the other. With ``n_offsets > 1`` this is repeated with shifted chunk
         boundaries (the CNN and the shortcut run once) and the probabilities are averaged.
+        :meth:`night_features` followed by :meth:`proba_from_features`.
         """
+        return self.proba_from_features(self.night_features(x, batch_size), n_offsets)
+
+    @torch.inference_mode()
+    def night_features(self, x: np.ndarray | Tensor, batch_size: int = 256) -> NightFeatures:
+        """The CNN's part of :meth:`raw_proba`: ``(n_epochs, n_chans, n_times)`` epochs in, kept for
+        :meth:`proba_from_features`, which can then score the night several times without the CNN."""
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        n = x.shape[0]
 
         def batch(i: int) -> Tensor:  # copied per batch: x may be a read-only memory map
             b = x[i : i + batch_size]
             return (b if isinstance(b, Tensor) else torch.from_numpy(np.array(b, dtype=np.float32))).to(device)
 
         try:
+            n = x.shape[0]
+            if n == 0:
+                return NightFeatures(torch.zeros(0, 0))
+            if self.kind == "epoch":
+                return NightFeatures(torch.cat([self.net(batch(i)) for i in range(0, n, batch_size)]))
+            net: DeepSleepNet = self.net
+            feats = torch.cat([net.feature_net(batch(i)) for i in range(0, n, batch_size)])
+            return NightFeatures(feats, net.shortcut(feats))
+        finally:
+            self.train(was_training)
+
+    @torch.inference_mode()
+    def proba_from_features(self, nf: NightFeatures, n_offsets: int | None = None) -> np.ndarray:
+        """:meth:`raw_proba` of the night whose :meth:`night_features` are ``nf`` (the CNN not run again).
+
+        The softmax of every chunk offset and the forward LSTM's output are kept in ``nf``: a second call
+        (e.g. all offsets after a first pass with one) computes only what the first did not.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            n = nf.n_epochs
             if n == 0:
                 return np.zeros((0, len(self.class_names)), dtype=np.float32)
             if self.kind == "epoch":
-                out = [self.net(batch(i)) for i in range(0, n, batch_size)]
-                return torch.softmax(torch.cat(out), -1).float().cpu().numpy()
-            net: DeepSleepNet = self.net
-            feats = torch.cat([net.feature_net(batch(i)) for i in range(0, n, batch_size)])
-            shortcut = net.shortcut(feats)
-            fwd = None
-            proba = 0.0
+                return torch.softmax(nf.feats, -1).float().cpu().numpy()
             n_off = self.n_offsets if n_offsets is None else int(n_offsets)
-            if n_off > 1 and self.carry_state and net.bidirectional_mode == "official":
-                offsets = [round(k * self.seq_len / n_off) for k in range(n_off)]
-                seq = _offset_rows(net, feats, offsets, self.seq_len)  # (n_off, n, 2 * hidden)
-                proba = torch.softmax(net.classifier(net.dropout(shortcut + seq)), -1).sum(0)
-                return (proba / n_off).float().cpu().numpy()
-            for k in range(n_off):
-                bounds = self.chunk_bounds(n, round(k * self.seq_len / n_off))
-                if self.carry_state and net.bidirectional_mode == "official":
-                    seq, fwd = self._official_stream(net, feats, bounds, fwd)
-                else:
-                    state = None
-                    seq_out = []
-                    for i, j in bounds:
-                        out, state = net.run_lstm(feats[None, i:j], state if self.carry_state else None)
-                        seq_out.append(out[0])
-                    seq = torch.cat(seq_out)
-                proba = proba + torch.softmax(net.classifier(net.dropout(shortcut + seq)), -1)
+            offsets = [round(k * self.seq_len / n_off) for k in range(n_off)]
+            missing = [o for o in offsets if o not in nf.rows]
+            if missing:
+                self._stream_offsets(nf, missing)
+            proba = sum(nf.rows[o] for o in offsets)
             return (proba / n_off).float().cpu().numpy()
         finally:
             self.train(was_training)
+
+    def _stream_offsets(self, nf: NightFeatures, offsets: list[int]) -> None:
+        """Stream the LSTM over the night once per chunk offset in ``offsets``; each offset's softmax into ``nf.rows``."""
+        net: DeepSleepNet = self.net
+        feats = nf.feats
+        official = self.carry_state and net.bidirectional_mode == "official"
+        if official and nf.fwd is None:
+            h0, c0, _, _ = net.init_state(1, device=feats.device, dtype=feats.dtype)
+            nf.fwd, _, _ = net._run_stack(net.fwd_layers, feats[None], h0, c0)  # the same for every chunking
+        if official and (len(offsets) > 1 or feats.device.type == "cpu"):  # on a CPU the rows' recurrence beats
+            # a torch LSTM call per chunk even for one offset (measured: benchmarks/bench_predict.py)
+            seq = _offset_rows(net, feats, offsets, self.seq_len, nf.fwd)  # (len(offsets), n, 2 * hidden)
+            proba = torch.softmax(net.classifier(net.dropout(nf.shortcut + seq)), -1)
+            nf.rows.update(zip(offsets, proba))
+            return
+        for o in offsets:
+            bounds = self.chunk_bounds(nf.n_epochs, o)
+            if official:
+                seq, _ = self._official_stream(net, feats, bounds, nf.fwd)
+            else:
+                state = None
+                seq_out = []
+                for i, j in bounds:
+                    out, state = net.run_lstm(feats[None, i:j], state if self.carry_state else None)
+                    seq_out.append(out[0])
+                seq = torch.cat(seq_out)
+            nf.rows[o] = torch.softmax(net.classifier(net.dropout(nf.shortcut + seq)), -1)
 
     def chunk_bounds(self, n: int, offset: int = 0) -> list[tuple[int, int]]:
         """``(start, stop)`` of the chunks a night of ``n`` epochs is streamed in: a first chunk of ``offset``
@@ -289,7 +347,8 @@ def _lstm_rows(x_gates: Tensor, w_hh: Tensor, order: list[int], valid: list[Tens
     return out
 
 
-def _offset_rows(net: DeepSleepNet, feats: Tensor, offsets: list[int], seq_len: int) -> Tensor:
+def _offset_rows(net: DeepSleepNet, feats: Tensor, offsets: list[int], seq_len: int,
+                 fwd: Tensor | None = None) -> Tensor:
     """The official bidirectional LSTM streamed over a night once per chunk offset, the offsets as rows of one batch.
 
     Equal to :meth:`SleepScorer._official_stream` with :meth:`SleepScorer.chunk_bounds` of each offset (carried
@@ -301,7 +360,8 @@ def _offset_rows(net: DeepSleepNet, feats: Tensor, offsets: list[int], seq_len: 
       ``k`` shifted right by ``seq_len - first chunk`` positions so that every row's chunk boundaries fall on
       multiples of ``seq_len``; positions outside a row's night leave its state unchanged.
 
-    ``(n_epochs, n_features)`` features in; ``(n_offsets, n_epochs, 2 * hidden_size)`` LSTM outputs out.
+    ``(n_epochs, n_features)`` features in (and optionally the forward stack's ``(1, n_epochs, hidden_size)``
+    output over them, computed here when not given); ``(n_offsets, n_epochs, 2 * hidden_size)`` LSTM outputs out.
     """
     n = feats.shape[0]
     pads = [seq_len - (o % seq_len or seq_len) for o in offsets]
@@ -313,8 +373,9 @@ def _offset_rows(net: DeepSleepNet, feats: Tensor, offsets: list[int], seq_len: 
     valid = [None if full[p] else inside[p, :, None] for p in range(t_len)]
     # the backward reading: chunk after chunk, each from its last position down to its first
     order = [p for t in range(n_chunks) for p in range((t + 1) * seq_len - 1, t * seq_len - 1, -1)]
-    h0, c0, _, _ = net.init_state(1, device=feats.device, dtype=feats.dtype)
-    fwd, _, _ = net._run_stack(net.fwd_layers, feats[None], h0, c0)  # (1, n, hidden)
+    if fwd is None:
+        h0, c0, _, _ = net.init_state(1, device=feats.device, dtype=feats.dtype)
+        fwd, _, _ = net._run_stack(net.fwd_layers, feats[None], h0, c0)  # (1, n, hidden)
     x = None
     for li, lstm in enumerate(net.bwd_layers):
         bias = lstm.bias_ih_l0 + lstm.bias_hh_l0

@@ -15,7 +15,11 @@ metadata ``dsn_model``, TorchScript: extra file ``dsn_model.json``), so the prep
   :meth:`dsn.models.scoring.SleepScorer.predict_proba`).
 
 The input is the epochs as the network reads them: in µV for a model trained on raw signals, normalised
-per recording (:func:`dsn.data.normalize.normalize`) for the others.
+per recording (:func:`dsn.data.normalize.normalize`) for the others. To score a whole night of a normalised
+model as ``dsn predict`` does (:func:`dsn.workflows.predict.scaled_proba`): stream the night normalised by its
+own statistics once, take the sleep period of that hypnogram plus ``trim_minutes``
+(:func:`dsn.data.normalize.sleep_window`), stream that period normalised by its own statistics (each chunk
+offset from zeros), and keep the first streaming's probabilities outside it.
 """
 
 from __future__ import annotations

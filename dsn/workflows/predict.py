@@ -1,8 +1,9 @@
 """``dsn predict``: score whole nights of PSG recordings that have no hypnogram.
 
 For each recording: read the model's channels (found by name or alias, resampled to the model's rate), cut
-30-s epochs, normalise them as the model's training data was (:func:`scaled_proba`), stream the sequence model
-over the night with its LSTM state carried from chunk to chunk, and write, next to each other in ``--out``:
+30-s epochs, find the sleep period with a first pass and score it as the model's training data was scored
+(normalised by its own statistics, the sequence model streamed from its first epoch with the LSTM state
+carried from chunk to chunk; :func:`scaled_proba`), and write, next to each other in ``--out``:
 
 - ``<name>_hypnogram.csv``: epoch onset (s), stage, one probability column per class (calibrated with the
   model's temperature unless ``--no_calibration``), then ``confidence`` (top-class probability), ``entropy``
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from dsn.errors import ConfigError
+from dsn.evaluation import apply_temperature
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +48,53 @@ def expert_labels(path: str | Path, n_epochs: int, epoch_sec: float = 30.0) -> n
     return y
 
 
-def scaled_proba(scorer, x: np.ndarray, source: str = "recording", return_input: bool = False):
-    """The scorer's probabilities for a whole night, normalised as its training data was.
+def scaled_proba(scorer, x: np.ndarray, source: str = "recording", return_input: bool = False,
+                 calibrated: bool = True):
+    """The scorer's probabilities for a whole night, normalised and scored as its training data was.
 
-    Training normalised each recording with the statistics of its epochs trimmed to the sleep period, which
-    needs a hypnogram. Here the model finds the sleep period itself: a first pass with the statistics of the
-    whole night (one streaming, no offset averaging) gives a hypnogram, and the final pass uses the statistics of that hypnogram's sleep period
-    plus ``trim_minutes`` (:func:`dsn.data.normalize.sleep_window`). One pass when the model was trained on
-    raw signals (``normalize: none``). ``return_input``: return ``(proba, the normalised epochs)``.
+    Training normalised each recording with the statistics of its epochs trimmed to the sleep period (the
+    expert's, plus ``trim_minutes`` of wake on each side) and streamed the sequence model from the first
+    kept epoch. Here the model finds the sleep period itself:
+
+    1. a first pass over the whole night normalised with its own statistics (one streaming, no offset
+       averaging) gives a hypnogram, and with it the sleep period plus ``trim_minutes``
+       (:func:`dsn.data.normalize.sleep_window`);
+    2. the final pass scores that period as training and ``dsn evaluate`` score a labelled night: normalised
+       with its own statistics, streamed from its first epoch (all ``n_offsets``). The epochs outside it,
+       which the first pass scored as wake (that is what puts them outside), keep the first pass's
+       probabilities. When the period is the whole night, the statistics are the first pass's: its CNN
+       features, forward LSTM and first streaming are reused, and only the other offsets are computed.
+
+    One pass when the model was trained on raw signals (``normalize: none``). ``return_input``: return
+    ``(proba, the normalised epochs, period)``: the whole night scaled by the sleep period's statistics, and
+    the slice of epochs the final pass scored (all of them without normalisation).
+    ``calibrated``: apply the scorer's temperature (:meth:`~dsn.models.scoring.SleepScorer.predict_proba`).
     """
     from dsn.data.normalize import normalize, sleep_window
 
     prep = scorer.preprocessing
     method = prep.get("normalize", "none")
     try:
+        window = slice(0, len(x))
         if method == "none":
             x_in = x
+            proba = scorer.raw_proba(x)
         else:
-            first = scorer.predict_proba(normalize(x, method, scorer.sfreq), n_offsets=1).argmax(-1)  # rough hypnogram
-            window = sleep_window(first, prep.get("trim_minutes"), float(prep.get("epoch_sec", 30.0)))
-            x_in = normalize(x, method, scorer.sfreq, stats_from=x[window])
-        proba = scorer.predict_proba(x_in)
-        return (proba, x_in) if return_input else proba
+            x_in = normalize(x, method, scorer.sfreq)
+            nf = scorer.night_features(x_in)
+            first = scorer.proba_from_features(nf, n_offsets=1)
+            window = sleep_window(first.argmax(-1), prep.get("trim_minutes"), float(prep.get("epoch_sec", 30.0)))
+            if window == slice(0, len(x)):
+                proba = scorer.proba_from_features(nf)  # the same statistics: nothing to recompute
+            else:
+                x_in = normalize(x, method, scorer.sfreq, stats_from=x[window])  # the period: normalised by itself
+                proba = first.copy()
+                proba[window] = scorer.raw_proba(x_in[window])
     except ValueError as e:
         raise ConfigError(f"{source}: {e}") from None
+    if calibrated and scorer.temperature != 1.0:
+        proba = apply_temperature(proba, scorer.temperature)
+    return (proba, x_in, window) if return_input else proba
 
 
 def model_channels(preprocessing: dict[str, Any]) -> list[str]:
@@ -143,7 +168,7 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
     t = time.perf_counter()
     if inp.x.shape[-1] != scorer.n_times:
         raise ConfigError(f"{path}: epochs of {inp.x.shape[-1]} samples, but the model expects {scorer.n_times}.")
-    proba, x_in = scaled_proba(scorer, inp.x, str(path), return_input=True)
+    proba, x_in, period = scaled_proba(scorer, inp.x, str(path), return_input=True)
     stages = proba.argmax(-1)
     timings["model_s"] = time.perf_counter() - t
     familiar = night_familiarity(scorer, x_in, proba)
@@ -156,6 +181,7 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
         "recording": str(path), "name": inp.name, "channel": inp.channel, "channels": inp.channels,
         "labels": inp.labels, "source_sfreq": inp.source_sfreq, "source_sfreqs": inp.source_sfreqs,
         "sfreq": inp.sfreq, "n_epochs": int(len(stages)), "model": model_ref, "model_kind": scorer.kind,
+        "scored_period": {"first_epoch": int(period.start), "n_epochs": int(period.stop - period.start)},
         "statistics": sleep_statistics(stages, epoch_sec), "confidence": conf, "familiarity": familiar,
         "files": {k: str(v) for k, v in files.items()},
     }  # fmt: skip
