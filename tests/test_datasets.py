@@ -436,3 +436,57 @@ def test_bench_profiles_smoke(capsys, tmp_path):
     out = capsys.readouterr().out
     for text in ["before profiles (Sleep-EDF path)", "through the sleep-edf profile", "NSRR layout", "find_recordings"]:
         assert text in out
+
+
+# ------------------------------------------------------------------------------------------ BDF (24-bit EDF)
+def _to_bdf(edf_path: Path) -> Path:
+    """The same recording written as BDF (BioSemi's 24-bit EDF) next to it; the EDF file removed."""
+    from edfio import Bdf, BdfSignal, read_edf
+
+    edf = read_edf(edf_path)
+    signals = [BdfSignal(s.data, s.sampling_frequency, label=s.label, physical_dimension=s.physical_dimension,
+                         physical_range=s.physical_range) for s in edf.signals]
+    bdf_path = edf_path.with_suffix(".bdf")
+    Bdf(signals, patient=edf.patient, recording=edf.recording, starttime=edf.starttime,
+        data_record_duration=edf.data_record_duration).write(bdf_path)
+    return bdf_path
+
+
+def test_a_bids_bdf_recording_reads_as_its_edf(layouts, tmp_path):
+    from dsn.data.psg import read_epochs
+    from dsn.workflows.data import edf_header, inspect
+
+    data = _copy(layouts, "bids", tmp_path)
+    edf = data / "sub-01/ses-01/eeg/sub-01_ses-01_task-sleep_eeg.edf"
+    p = Preprocessing(channels=(CH["bids"],), trim_minutes=30.0, unscored="drop")
+    as_edf = load_recording(find_recordings(data, "bids")[0], p, tmp_path / "c1")
+    header = edf_header(edf)
+    bdf = _to_bdf(edf)
+    edf.unlink()
+    recs = find_recordings(data, "bids")
+    assert recs[0].psg == bdf and recs[0].subject == "sub-01" and recs[0].hypnogram.name.endswith("_events.tsv")
+    as_bdf = load_recording(recs[0], p, tmp_path / "c2")
+    np.testing.assert_array_equal(as_bdf.y, as_edf.y)
+    lo, hi = read_edf_range(bdf, CH["bids"])
+    np.testing.assert_allclose(np.asarray(as_bdf.x), np.asarray(as_edf.x), atol=(hi - lo) / 65535 + 1e-3)
+    assert edf_header(bdf) == header  # duration and every channel's rate (128 Hz EEG, as BIDS sets have)
+    assert read_epochs(bdf, CH["bids"], 100.0).x.shape[1:] == (1, 3000)  # what dsn predict reads
+    report = inspect(data, "bids", [CH["bids"]])
+    assert not report.problems and any("sub-01_ses-01_task-sleep_eeg.bdf" in str(r) for r in report.recordings)
+
+
+def read_edf_range(path: Path, label: str) -> tuple[float, float]:
+    from edfio import read_bdf
+
+    sig = next(s for s in read_bdf(path).signals if s.label == label)
+    return sig.physical_range
+
+
+def test_a_truncated_bdf_file_is_one_line(layouts, tmp_path):
+    from dsn.data.edf import check_edf_size
+
+    data = _copy(layouts, "bids", tmp_path)
+    bdf = _to_bdf(data / "sub-02/ses-01/eeg/sub-02_ses-01_task-sleep_eeg.edf")
+    bdf.write_bytes(bdf.read_bytes()[:-3000])
+    with pytest.raises(DataError, match=r"_eeg\.bdf: truncated BDF file: \d+ bytes but its header announces"):
+        check_edf_size(bdf)

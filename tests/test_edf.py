@@ -128,7 +128,7 @@ def test_truncated_and_garbage_edf(tmp_path):
     with pytest.raises(DataError, match="truncated"):
         read_eeg(bad)
     bad.write_bytes(b"hello world" * 10)
-    with pytest.raises(DataError, match="not a readable EDF file"):
+    with pytest.raises(DataError, match="not a readable EDF/BDF file"):
         read_eeg(bad)
 
 

@@ -113,7 +113,7 @@ def test_missing_channel(tmp_path: Path):
 def test_not_edf_short_truncated_missing(tmp_path: Path):
     text = tmp_path / "notes.edf"
     text.write_text("sleep diary\nwent to bed at 23:00\n")
-    with pytest.raises(DataError, match=r"notes\.edf: not an EDF file"):
+    with pytest.raises(DataError, match=r"notes\.edf: not an EDF or BDF file"):
         read_epochs(text)
     short = _write_psg(tmp_path / "short.edf", {"EEG Fpz-Cz": (_sine(100.0, 20.0, 5.0), 100.0)})
     with pytest.raises(DataError, match=r"short\.edf.*20\.0 s, shorter than one 30-s epoch"):

@@ -126,9 +126,10 @@ def check_edf_size(path: str | Path) -> None:
     hint = "Re-download or re-create the file (a partial download leaves a truncated file)."
     with open(path, "rb") as f:
         head = f.read(256)
+        bdf = head[:8] == _BDF_VERSION
         try:
-            if len(head) < 256 or head[:1] != b"0":
-                raise ValueError("no EDF header")
+            if len(head) < 256 or not (head[:1] == b"0" or bdf):
+                raise ValueError("no EDF or BDF header")
             n_header = int(head[184:192].decode("ascii").strip())
             n_records = int(head[236:244].decode("ascii").strip())
             n_signals = int(head[252:256].decode("ascii").strip())
@@ -138,11 +139,11 @@ def check_edf_size(path: str | Path) -> None:
             off = n_signals * (16 + 80 + 8 + 8 + 8 + 8 + 8 + 80)
             samples = [int(sig[off + 8 * i : off + 8 * i + 8].decode("ascii").strip()) for i in range(n_signals)]
         except (ValueError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: not a readable EDF file ({e}). {hint}") from None
-    expected = n_header + max(n_records, 0) * sum(samples) * 2
+            raise DataError(f"{path}: not a readable EDF/BDF file ({e}). {hint}") from None
+    expected = n_header + max(n_records, 0) * sum(samples) * (3 if bdf else 2)
     if n_records >= 0 and size < expected:
         raise DataError(
-            f"{path}: truncated EDF file: {size} bytes but its header announces {n_records} data records "
+            f"{path}: truncated {'BDF' if bdf else 'EDF'} file: {size} bytes but its header announces {n_records} data records "
             f"({expected} bytes). {hint}"
         )
 
@@ -315,13 +316,45 @@ def _locate(path: Path, channels: Sequence[str], aliases: Mapping[str, Sequence[
         raise DataError(f"{path}: {e}. {hint or _CHANNEL_HINT}") from None
 
 
-def _open_mne(path: Path):
+def is_bdf(path: str | Path) -> bool:
+    """Whether ``path`` is a BDF file (BioSemi's 24-bit variant of EDF: version field ``0xFF "BIOSEMI"``)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == _BDF_VERSION
+    except OSError:
+        return False
+
+
+def bdf_header(path: str | Path) -> tuple[float, dict[str, float]]:
+    """Duration in seconds and ``{label: Hz}`` of a BDF file's signals (annotation channels left out), from
+    its header (the fixed fields EDF and BDF share); call :func:`check_edf_size` first."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+        n = int(_edf_text(head[252:256]))
+        sig = f.read(256 * n)
+    labels = [sig[16 * i : 16 * (i + 1)].strip().decode("latin-1") for i in range(n)]
+    off = n * (16 + 80 + 8 + 8 + 8 + 8 + 8 + 80)
+    samples = [int(_edf_text(sig[off + 8 * i : off + 8 * (i + 1)])) for i in range(n)]
+    n_records, record_sec = int(_edf_text(head[236:244])), float(_edf_text(head[244:252]))
+    rates = {label: k / record_sec for label, k in zip(labels, samples) if label not in _TAL_NAMES}
+    return n_records * record_sec, rates
+
+
+def open_raw(path: str | Path):
+    """``mne.io.read_raw_edf`` (or ``read_raw_bdf`` for a BDF file) without loading the data; a
+    :class:`DataError` naming the file when MNE cannot read it."""
     import mne
 
+    bdf = is_bdf(path)
     try:
-        return mne.io.read_raw_edf(path, preload=False, verbose="error")
+        reader = mne.io.read_raw_bdf if bdf else mne.io.read_raw_edf
+        return reader(path, preload=False, verbose="error")
     except Exception as e:  # MNE raises many types for broken files
-        raise DataError(f"{path}: MNE could not read this EDF file ({type(e).__name__}: {e}).") from None
+        kind = "BDF" if bdf else "EDF"
+        raise DataError(f"{path}: MNE could not read this {kind} file ({type(e).__name__}: {e}).") from None
+
+
+_open_mne = open_raw
 
 
 def _read_channels_mne(path: Path, labels: list[str]) -> dict[str, tuple[np.ndarray, float]]:
@@ -362,6 +395,9 @@ def _resample(signal: np.ndarray, sfreq_from: float, sfreq_to: float) -> np.ndar
 #: Physical dimensions MNE reads as microvolts / millivolts (anything else is taken as volts).
 _MICROVOLT_UNITS = ("\u03bcV", "\u00b5V", "\x83\xcaV", "uV")
 _TAL_NAMES = ("EDF Annotations", "BDF Annotations")
+
+#: The version field of a BDF file (an EDF file's is ``"0"`` followed by spaces).
+_BDF_VERSION = b"\xffBIOSEMI"
 _STIM_NAMES = ("status", "trigger")  # MNE's automatic stim-channel names
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsn.data.edf import DataError, check_edf_size, read_channels
+from dsn.data.edf import _BDF_VERSION, DataError, check_edf_size, read_channels
 
 __all__ = ["ScoringInput", "read_epochs"]
 
@@ -86,12 +86,9 @@ class ScoringInput:
 
 
 def _start(path: Path) -> _dt.datetime | None:
-    import mne
+    from dsn.data.edf import open_raw
 
-    try:
-        meas = mne.io.read_raw_edf(path, preload=False, verbose="error").info.get("meas_date")
-    except Exception as e:  # MNE raises many types for broken files
-        raise DataError(f"{path}: MNE could not read this EDF file ({type(e).__name__}: {e}).") from None
+    meas = open_raw(path).info.get("meas_date")
     if meas is None:
         return None
     return meas.replace(tzinfo=None) if isinstance(meas, _dt.datetime) else None
@@ -152,13 +149,13 @@ def read_epochs(
     n_times = int(round(n_times_f))
 
     if not path.is_file():
-        raise DataError(f"{path}: file not found. Pass the path of a PSG recording in EDF format.")
+        raise DataError(f"{path}: file not found. Pass the path of a PSG recording in EDF or BDF format.")
     with open(path, "rb") as f:
         magic = f.read(len(_EDF_MAGIC))
-    if magic != _EDF_MAGIC:
+    if magic != _EDF_MAGIC and magic != _BDF_VERSION:
         raise DataError(
-            f"{path}: not an EDF file (it does not start with the EDF header). Pass a PSG recording in "
-            "EDF/EDF+ format (e.g. SC4001E0-PSG.edf); convert other formats to EDF first."
+            f"{path}: not an EDF or BDF file (it does not start with their header). Pass a PSG recording in "
+            "EDF/EDF+ or BDF format (e.g. SC4001E0-PSG.edf); convert other formats to EDF first."
         )
     check_edf_size(path)  # truncated downloads
     hint = ("The model reads these channels; score a recording that has them, or name this file's channel "

@@ -57,12 +57,14 @@ class DataReport:
 
 
 def edf_header(path: Path) -> tuple[float, dict[str, float]]:
-    """Duration in seconds and ``{label: Hz}`` of an EDF file's signals (annotation channels left out)."""
+    """Duration in seconds and ``{label: Hz}`` of an EDF or BDF file's signals (annotation channels left out)."""
     from edfio import read_edf
 
-    from dsn.data.edf import DataError, check_edf_size
+    from dsn.data.edf import DataError, bdf_header, check_edf_size, is_bdf
 
     check_edf_size(path)
+    if is_bdf(path):
+        return bdf_header(path)
     try:
         edf = read_edf(path, lazy_load_data=True)
     except Exception as e:  # edfio raises several types for non-conforming headers
