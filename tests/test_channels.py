@@ -117,6 +117,29 @@ def test_resampling_keeps_the_exact_length_and_timing(sfreq_from):
     np.testing.assert_allclose(y[mid], _sine(100.0, len(y) / 100.0, 7.0)[mid], atol=0.2)
 
 
+def test_several_channels_decode_straight_into_one_array_with_each_channels_values(synth_dir, tmp_path):
+    from dsn.data.cache import _save_rows
+    from dsn.data.edf import find_recordings, read_channels
+    from dsn.data.recording import Preprocessing, load_recording, preprocess
+
+    psg = find_recordings(synth_dir)[0].psg
+    both = read_channels(psg, ["EEG Fpz-Cz", "EOG horizontal"], 100.0)
+    for row, label in zip(both.data, ["EEG Fpz-Cz", "EOG horizontal"]):
+        np.testing.assert_array_equal(row, read_channels(psg, [label], 100.0).data[0])
+    assert both.data.flags.c_contiguous and both.source_sfreq == [100.0, 100.0]
+    files = find_recordings(synth_dir)[0]
+    prep = Preprocessing(channels=("EEG Fpz-Cz", "EOG horizontal"))
+    x, y = preprocess(files, prep)
+    rec = load_recording(files, prep, tmp_path / "c")  # the cache entry written from the transposed view
+    np.testing.assert_array_equal(np.asarray(rec.x), x)
+    np.testing.assert_array_equal(rec.y, y)
+    # the block-wise writer of a non-contiguous array: several blocks, runs with gaps
+    v = np.random.default_rng(0).standard_normal((2, 500, 3000)).astype(np.float32).transpose(1, 0, 2)
+    rows = np.r_[3:180, 200:201, 230:499]
+    _save_rows(tmp_path / "x.npy", v, rows)
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), v[rows])
+
+
 # ------------------------------------------------------------------ through the pipeline
 def test_recording_normalisation_and_loaders_carry_n_chans(synth_dir, tmp_path):
     from dsn.data.datamodule import SleepEDFDataModule

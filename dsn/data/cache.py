@@ -81,15 +81,26 @@ def write_entry(
 
 
 def _save_rows(path: Path, x: np.ndarray, rows: np.ndarray | None) -> None:
-    """``np.save(path, x[rows])`` as float32, writing contiguous runs of rows directly from ``x``."""
+    """``np.save(path, x[rows])`` as float32, writing contiguous runs of rows directly from ``x`` (from a
+    non-contiguous ``x``, e.g. a transposed multi-channel view, through a small buffer of rows at a time)."""
     x = np.asarray(x)
-    if rows is None or x.dtype != np.float32 or not x.flags.c_contiguous:
+    if rows is None or x.dtype != np.float32:
         np.save(path, np.ascontiguousarray(x if rows is None else x[rows], dtype=np.float32))
         return
+    step = len(x) if x.flags.c_contiguous else max(1, 2**22 // max(1, x[0].nbytes))  # about 4 MiB a block
     rows = np.asarray(rows, dtype=np.int64)
     header = {"descr": np.lib.format.dtype_to_descr(x.dtype), "fortran_order": False, "shape": (len(rows), *x.shape[1:])}
+    buf = None
     with open(path, "wb") as f:
         np.lib.format.write_array_header_1_0(f, header)
         for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1):
-            if len(run):
-                f.write(memoryview(x[run[0] : run[-1] + 1]).cast("B"))
+            if not len(run):
+                continue
+            for a in range(int(run[0]), int(run[-1]) + 1, step):
+                block = x[a : min(a + step, int(run[-1]) + 1)]
+                if not block.flags.c_contiguous:  # copied into one reused buffer (no new pages per block)
+                    if buf is None:
+                        buf = np.empty((step, *x.shape[1:]), dtype=np.float32)
+                    np.copyto(buf[: len(block)], block)
+                    block = buf[: len(block)]
+                f.write(memoryview(block).cast("B"))

@@ -238,6 +238,16 @@ def read_channels(
     layout, resolved = _locate(path, channels, aliases, hint)
     wanted = list(dict.fromkeys(label for _, plus, minus in resolved for label in (plus, minus) if label))
     read: dict[str, tuple[np.ndarray, float]] = {}
+    rows = _rows_at_target(layout, resolved, sfreq)
+    if rows is not None:  # several plain channels at the target rate: decoded straight into one array
+        for (_, plus, _), row in zip(resolved, rows):
+            fast = _read_channel(path, layout, plus, row)
+            if fast is None:
+                break
+            read[plus] = fast
+        else:
+            return _signals(rows, resolved, [read[plus][1] for _, plus, _ in resolved])
+        read = {}
     if layout is not None:
         for label in wanted:
             fast = _read_channel(path, layout, label)
@@ -266,13 +276,35 @@ def read_channels(
         out.append(x)
     n = min(len(x) for x in out)
     data = out[0][None, :n] if len(out) == 1 else np.stack([x[:n] for x in out])
+    return _signals(data, resolved, rates, target)
+
+
+def _signals(data: np.ndarray, resolved, rates: Sequence[float], target: float | None = None) -> Signals:
     return Signals(
         data=data,
-        sfreq=target,
+        sfreq=float(rates[0] if target is None else target),
         names=[spec.name for spec, _, _ in resolved],
         labels=[plus if minus is None else f"{plus} - {minus}" for _, plus, minus in resolved],
         source_sfreq=[float(r) for r in rates],
     )
+
+
+def _rows_at_target(layout: _EdfLayout | None, resolved, sfreq: float | None) -> np.ndarray | None:
+    """An empty ``(n_chans, n_samples)`` float32 array when the fast reader can decode every channel straight
+    into its row: two or more plain (not derived, distinct) channels with the same number of samples per
+    record, at ``sfreq`` (or at one common rate when ``sfreq`` is None); else ``None``."""
+    if layout is None or len(resolved) < 2 or any(minus is not None for _, _, minus in resolved):
+        return None
+    labels = [plus for _, plus, _ in resolved]
+    if len(set(labels)) != len(labels) or any(label not in layout.labels for label in labels):
+        return None
+    per_record = {int(layout.n_samples[layout.labels.index(label)]) for label in labels}
+    if len(per_record) != 1:
+        return None
+    n_ch = per_record.pop()
+    if sfreq is not None and abs(n_ch / layout.record_sec - float(sfreq)) > 1e-6:
+        return None
+    return np.empty((len(labels), layout.n_records * n_ch), dtype=np.float32)
 
 
 def locate_channels(
@@ -471,10 +503,13 @@ def _edf_layout(path: Path) -> _EdfLayout | None:
     return layout
 
 
-def _read_channel(path: Path, layout: _EdfLayout, channel: str) -> tuple[np.ndarray, float] | None:
+def _read_channel(path: Path, layout: _EdfLayout, channel: str,
+                  out: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
     """Decode one channel's samples from the data records at the channel's own rate, in microvolts, with MNE's
     arithmetic (``((d * cal + offset) * unit) * 1e6`` in float64, then float32: a channel at the file's fastest
-    rate is exactly what MNE returns; MNE upsamples slower ones); ``None`` when MNE must read it."""
+    rate is exactly what MNE returns; MNE upsamples slower ones); ``None`` when MNE must read it. ``out``: a
+    float32 array of the channel's ``n_records * n_samples`` samples to decode into (a row of a multi-channel
+    array, so that the channels are not copied into one afterwards)."""
     i = layout.labels.index(channel)
     n_ch = int(layout.n_samples[i])
     d_range = layout.digital_max[i] - layout.digital_min[i]
@@ -489,7 +524,7 @@ def _read_channel(path: Path, layout: _EdfLayout, channel: str) -> tuple[np.ndar
     table, scale, shift, exact_affine = _sample_scaling(cal, offset, gain)
     record = int(layout.n_samples.sum())
     first = int(layout.n_samples[:i].sum())
-    out = np.empty((layout.n_records, n_ch), dtype=np.float32)
+    out = np.empty((layout.n_records, n_ch), dtype=np.float32) if out is None else out.reshape(layout.n_records, n_ch)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         _decode(buf, layout.header_bytes, (layout.n_records, record), first, out, table, scale, shift, exact_affine)
     return out.reshape(-1), float(n_ch / layout.record_sec)

@@ -138,8 +138,8 @@ def _prepare(files: RecordingFiles, prep: Preprocessing) -> tuple[np.ndarray, np
     data = sig.data[:, : n_epochs * n_times]
     if len(data) == 1:
         epochs = data.reshape(n_epochs, 1, n_times)
-    else:  # (n_chans, n_epochs, n_times) -> (n_epochs, n_chans, n_times), contiguous for the cache writer
-        epochs = np.ascontiguousarray(data.reshape(len(data), n_epochs, n_times).transpose(1, 0, 2))
+    else:  # (n_chans, n_epochs, n_times) -> a (n_epochs, n_chans, n_times) view: only the kept epochs get copied
+        epochs = data.reshape(len(data), n_epochs, n_times).transpose(1, 0, 2)
     info = {"labels": sig.labels, "source_sfreq": sig.source_sfreq}
     return epochs, keep, y, info
 
