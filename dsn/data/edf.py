@@ -111,13 +111,36 @@ def find_recordings(data_dir: str | Path, profile: str | Path | object | None = 
     return found.recordings
 
 
-def check_edf_size(path: str | Path) -> None:
-    """Check that an EDF file is complete: header readable and file as long as its header says.
+@dataclass(frozen=True)
+class EdfHeader:
+    """The fixed fields of an EDF or BDF header that :func:`check_edf_size` reads."""
+
+    bdf: bool
+    n_records: int
+    record_text: str  # the data record duration as written (seconds)
+    labels: tuple[str, ...]
+    n_samples: tuple[int, ...]  # per record, per signal
+
+    @property
+    def rates(self) -> dict[str, float]:
+        """``{label: Hz}`` of the signals (annotation channels left out)."""
+        record_sec = float(self.record_text.replace(",", "."))
+        return {lab: k / record_sec for lab, k in zip(self.labels, self.n_samples) if lab not in _TAL_NAMES}
+
+    @property
+    def duration(self) -> float:
+        return self.n_records * float(self.record_text.replace(",", "."))
+
+
+def check_edf_size(path: str | Path) -> EdfHeader:
+    """Check that an EDF or BDF file is complete: header readable and file as long as its header says.
+
+    Returns the header's fixed fields (:class:`EdfHeader`).
 
     Raises
     ------
     DataError
-        If the file is missing, not EDF, or truncated.
+        If the file is missing, not EDF/BDF, or truncated.
     """
     path = Path(path)
     if not path.is_file():
@@ -146,6 +169,8 @@ def check_edf_size(path: str | Path) -> None:
             f"{path}: truncated {'BDF' if bdf else 'EDF'} file: {size} bytes but its header announces {n_records} data records "
             f"({expected} bytes). {hint}"
         )
+    labels = tuple(sig[16 * i : 16 * (i + 1)].strip().decode("latin-1") for i in range(n_signals))
+    return EdfHeader(bdf, n_records, _edf_text(head[244:252]), labels, tuple(samples))
 
 
 def read_eeg(
@@ -341,7 +366,7 @@ def _locate(path: Path, channels: Sequence[str], aliases: Mapping[str, Sequence[
 
     check_edf_size(path)
     layout = _edf_layout(path)
-    names = layout.names if layout is not None else list(_open_mne(path).ch_names)
+    names = layout.names if layout is not None else list(open_raw(path).ch_names)
     try:
         return layout, resolve_channels(list(channels), names, aliases)
     except ValueError as e:
@@ -355,21 +380,6 @@ def is_bdf(path: str | Path) -> bool:
             return f.read(8) == _BDF_VERSION
     except OSError:
         return False
-
-
-def bdf_header(path: str | Path) -> tuple[float, dict[str, float]]:
-    """Duration in seconds and ``{label: Hz}`` of a BDF file's signals (annotation channels left out), from
-    its header (the fixed fields EDF and BDF share); call :func:`check_edf_size` first."""
-    with open(path, "rb") as f:
-        head = f.read(256)
-        n = int(_edf_text(head[252:256]))
-        sig = f.read(256 * n)
-    labels = [sig[16 * i : 16 * (i + 1)].strip().decode("latin-1") for i in range(n)]
-    off = n * (16 + 80 + 8 + 8 + 8 + 8 + 8 + 80)
-    samples = [int(_edf_text(sig[off + 8 * i : off + 8 * (i + 1)])) for i in range(n)]
-    n_records, record_sec = int(_edf_text(head[236:244])), float(_edf_text(head[244:252]))
-    rates = {label: k / record_sec for label, k in zip(labels, samples) if label not in _TAL_NAMES}
-    return n_records * record_sec, rates
 
 
 def open_raw(path: str | Path):
@@ -386,12 +396,10 @@ def open_raw(path: str | Path):
         raise DataError(f"{path}: MNE could not read this {kind} file ({type(e).__name__}: {e}).") from None
 
 
-_open_mne = open_raw
-
 
 def _read_channels_mne(path: Path, labels: list[str]) -> dict[str, tuple[np.ndarray, float]]:
     """Channels at the file's fastest rate through MNE (the fallback of :func:`read_channels`)."""
-    raw = _open_mne(path)
+    raw = open_raw(path)
     raw.pick(labels).load_data(verbose="error")
     # MNE returns volts; Sleep-EDF tools (and the official DeepSleepNet data) use microvolts.
     data = raw.get_data(picks=labels)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsn.data.edf import _BDF_VERSION, DataError, check_edf_size, read_channels
+from dsn.data.edf import DataError, check_edf_size, is_bdf, read_channels
 
 __all__ = ["ScoringInput", "read_epochs"]
 
@@ -152,7 +152,7 @@ def read_epochs(
         raise DataError(f"{path}: file not found. Pass the path of a PSG recording in EDF or BDF format.")
     with open(path, "rb") as f:
         magic = f.read(len(_EDF_MAGIC))
-    if magic != _EDF_MAGIC and magic != _BDF_VERSION:
+    if magic != _EDF_MAGIC and not is_bdf(path):
         raise DataError(
             f"{path}: not an EDF or BDF file (it does not start with their header). Pass a PSG recording in "
             "EDF/EDF+ or BDF format (e.g. SC4001E0-PSG.edf); convert other formats to EDF first."

@@ -60,11 +60,11 @@ def edf_header(path: Path) -> tuple[float, dict[str, float]]:
     """Duration in seconds and ``{label: Hz}`` of an EDF or BDF file's signals (annotation channels left out)."""
     from edfio import read_edf
 
-    from dsn.data.edf import DataError, bdf_header, check_edf_size, is_bdf
+    from dsn.data.edf import DataError, check_edf_size
 
-    check_edf_size(path)
-    if is_bdf(path):
-        return bdf_header(path)
+    header = check_edf_size(path)
+    if header.bdf:  # edfio reads BDF data eagerly: the header's fields are enough here
+        return header.duration, header.rates
     try:
         edf = read_edf(path, lazy_load_data=True)
     except Exception as e:  # edfio raises several types for non-conforming headers

@@ -48,8 +48,7 @@ def expert_labels(path: str | Path, n_epochs: int, epoch_sec: float = 30.0) -> n
     return y
 
 
-def scaled_proba(scorer, x: np.ndarray, source: str = "recording", return_input: bool = False,
-                 calibrated: bool = True):
+def scaled_proba(scorer, x: np.ndarray, source: str = "recording", return_input: bool = False):
     """The scorer's probabilities for a whole night, normalised and scored as its training data was.
 
     Training normalised each recording with the statistics of its epochs trimmed to the sleep period (the
@@ -68,7 +67,7 @@ def scaled_proba(scorer, x: np.ndarray, source: str = "recording", return_input:
     One pass when the model was trained on raw signals (``normalize: none``). ``return_input``: return
     ``(proba, the normalised epochs, period)``: the whole night scaled by the sleep period's statistics, and
     the slice of epochs the final pass scored (all of them without normalisation).
-    ``calibrated``: apply the scorer's temperature (:meth:`~dsn.models.scoring.SleepScorer.predict_proba`).
+    Calibrated with the scorer's temperature, as :meth:`~dsn.models.scoring.SleepScorer.predict_proba`.
     """
     from dsn.data.normalize import normalize, sleep_window
 
@@ -92,7 +91,7 @@ def scaled_proba(scorer, x: np.ndarray, source: str = "recording", return_input:
                 proba[window] = scorer.raw_proba(x_in[window])
     except ValueError as e:
         raise ConfigError(f"{source}: {e}") from None
-    if calibrated and scorer.temperature != 1.0:
+    if scorer.temperature != 1.0:
         proba = apply_temperature(proba, scorer.temperature)
     return (proba, x_in, window) if return_input else proba
 
