@@ -76,7 +76,13 @@ def main() -> None:
     from dsn.data.psg import read_epochs
     from dsn.models.scoring import _offset_rows
 
-    x = torch.from_numpy(np.array(read_epochs(psg).x))
+    from dsn.data.normalize import normalize
+    from dsn.models.scoring import CPU_BATCH
+
+    # the parts below read the epochs as the first pass does: normalised (a normalised model fed raw microvolts
+    # saturates its LSTM, which says nothing of its speed on the nights it scores)
+    x = torch.from_numpy(normalize(np.array(read_epochs(psg).x), prep.get("normalize", "none"), scorer.sfreq))
+    bs = CPU_BATCH
     n_off = scorer.n_offsets
     offsets = [round(k * scorer.seq_len / n_off) for k in range(n_off)]
 
@@ -101,8 +107,8 @@ def main() -> None:
         bare.append(timed(lambda: torch.softmax(net(x[None]), -1)))
         if official:
             with torch.inference_mode():
-                feats = torch.cat([net.feature_net(x[j : j + 256]) for j in range(0, len(x), 256)])
-            parts["cnn"].append(timed(lambda: torch.cat([net.feature_net(x[j : j + 256]) for j in range(0, len(x), 256)])))
+                feats = torch.cat([net.feature_net(x[j : j + bs]) for j in range(0, len(x), bs)])
+            parts["cnn"].append(timed(lambda: torch.cat([net.feature_net(x[j : j + bs]) for j in range(0, len(x), bs)])))
             parts["rows"].append(timed(lambda f=feats: _offset_rows(net, f, offsets, scorer.seq_len)))
             parts["one_by_one"].append(timed(lambda f=feats: one_by_one(f)))
     n_epochs = s["n_epochs"]
@@ -118,7 +124,7 @@ def main() -> None:
         rows.append([label, f"{b:.3f}", f"{m:.3f}"])
     rows.append(["total", f"{min(total):.3f}", f"{sorted(total)[len(total) // 2]:.3f}"])
     rows.append(["bare forward pass (one call)", f"{min(bare):.3f}", f"{sorted(bare)[len(bare) // 2]:.3f}"])
-    for key, label in (("cnn", "  part: CNN over the night (one pass)"),
+    for key, label in (("cnn", f"  part: CNN over the night (one pass, batches of {bs})"),
                        ("rows", f"  part: LSTM, {n_off} offsets as rows of one batch"),
                        ("one_by_one", f"  part: LSTM, {n_off} offsets one after the other (before)")):
         if parts[key]:
