@@ -73,11 +73,9 @@ def main() -> None:
     normalised = prep.get("normalize", "none") != "none"
     passes = scorer.n_offsets + (1 if normalised else 0)  # LSTM streamings per night
 
-    from dsn.data.psg import read_epochs
-    from dsn.models.scoring import _offset_rows
-
     from dsn.data.normalize import normalize
-    from dsn.models.scoring import CPU_BATCH
+    from dsn.data.psg import read_epochs
+    from dsn.models.scoring import CPU_BATCH, _offset_rows
 
     # the parts below read the epochs as the first pass does: normalised (a normalised model fed raw microvolts
     # saturates its LSTM, which says nothing of its speed on the nights it scores)
@@ -142,8 +140,9 @@ def main() -> None:
         print(f"\nmodel part / bare forward pass: {ratio:.2f}x (target <= 1.5x). A first pass over the whole night "
               f"(CNN + one streaming, about one bare forward pass) finds the sleep period; the final pass scored {how}.")
     else:
-        print(f"\nmodel part / bare forward pass: {ratio:.2f}x (target <= {'1.5' if passes > 1 else '1.2'}x; "
-              f"{scorer.n_offsets} chunk offsets as rows of one batch)")
+        how = (f"{scorer.n_offsets} chunk offsets as rows of one batch" if scorer.n_offsets > 1 else
+               "one streaming, each LSTM stack one call over its reading order")
+        print(f"\nmodel part / bare forward pass: {ratio:.2f}x (target <= {'1.5' if passes > 1 else '1.2'}x; {how})")
     if parts["rows"]:
         print(f"LSTM part, offsets as rows / one after the other: {min(parts['rows']) / min(parts['one_by_one']):.2f}x; "
               f"CNN pass / bare forward pass: {min(parts['cnn']) / min(bare):.2f}x")

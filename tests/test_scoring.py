@@ -77,3 +77,12 @@ def test_n_offsets_survives_the_spec_round_trip():
 def test_n_offsets_out_of_range_is_refused(bad):
     with pytest.raises(ValueError, match=r"n_offsets=.*\[1, seq_len=5\]"):
         _scorer(seq_len=5, n_offsets=bad)
+
+
+def test_scoring_on_a_cpu_leaves_subnormal_floats_as_they_were():
+    # the scorer flushes subnormals to zero while it runs (speed), and must give the default back afterwards
+    tiny = torch.tensor([1e-40])
+    assert tiny.item() != 0.0  # the default: subnormals kept
+    proba = _scorer(seq_len=5, n_offsets=2).predict_proba(_night(12))
+    assert proba.shape == (12, 5)
+    assert (torch.tensor([1e-40]) * 1.0).item() != 0.0
