@@ -309,8 +309,9 @@ class SleepScorer(nn.Module):
         night, so it runs as one call (or is reused: ``fwd``, the forward output of an earlier call). The
         backward stack reads each chunk reversed starting from the previous chunk's final state: one recurrence
         over the epochs in that reading order, so it too is one call, its outputs put back in recording order
-        (a 22-h night: 0.13 s a layer against 0.18-0.32 s called chunk by chunk). ``(n_epochs, n_features)`` in, ``(n_epochs, 2 * hidden_size)`` out (and the
-        forward output); equal to :meth:`DeepSleepNet.run_lstm` fed chunk by chunk.
+        (a 22-h night: 0.13 s a layer against 0.18-0.32 s called chunk by chunk). ``(n_epochs, n_features)``
+        in, ``(n_epochs, 2 * hidden_size)`` out (and the forward output); equal to
+        :meth:`DeepSleepNet.run_lstm` fed chunk by chunk.
         """
         h0, c0, hb, cb = net.init_state(1, device=feats.device, dtype=feats.dtype)
         if fwd is None:
@@ -339,7 +340,8 @@ def _flush_denormals(device: torch.device):
 
     A state or gate that decays towards zero passes through subnormal numbers, which a CPU computes tens of times
     slower than normal ones: a trained model's LSTM fed a signal outside its training range ran 3.7x slower
-    (5.2 s against 1.4 s for 5 offsets over a 22-h night). Values below 1e-38 change no probability.
+    (5.2 s against 1.4 s for 5 offsets over a 22-h night). Values below 1e-38 change no probability. Leaves the
+    flag off (torch's default; torch cannot tell its current value).
     """
     if device.type != "cpu" or not torch.set_flush_denormal(True):
         yield
@@ -375,9 +377,9 @@ def _lstm_rows(x_gates: Tensor, w_hh: Tensor, order: list[int], valid: list[Tens
     hidden = four_h // 4
     w = w_hh.t().contiguous()  # (hidden, 4 * hidden): measured faster than the transposed view
     xg = x_gates.unbind(0)
-    out = x_gates.new_zeros(t_len + 1, b, hidden)  # the extra last row: the zero initial state
+    out = x_gates.new_empty(t_len + 1, b, hidden)  # the extra last row: the zero initial state
     outs = out.unbind(0)
-    h = outs[t_len]
+    h = outs[t_len].zero_()
     c = x_gates.new_zeros(b, hidden)
     tanh_c = x_gates.new_empty(b, hidden)
     gates = x_gates.new_empty(b, four_h)
