@@ -185,7 +185,8 @@ def test_norms_override_good_file(tmp_path):
     ("rules:\n  rem_share:\n    chek: [5, 40]\n", r"rules\.rem_share\.chek: unknown key"),
     ("rules:\n  rem_share:\n    check: [40, 5]\n", r"rules\.rem_share\.check: expected \[low, high\] with low <= high"),
     ("rules:\n  rem_share:\n    check: [5, 60]\n", r"rules\.rem_share: the check band \[5\.0, 60\.0\] must lie inside"),
-    ("rulez: {}\n", r"unknown top-level key 'rulez'"),
+    ("rulez: {}\n", r"unknown top-level key .rulez.; allowed: version, min_tst_min, max_wake_gap_min, rules"),
+    ("max_wake_gap_min: -5\n", r"max_wake_gap_min must be a number of minutes >= 0 or null, got -5"),
     ("rules: [oops\n", r"not valid YAML"),
 ])
 def test_norms_override_bad_file_is_one_line(tmp_path, text, match):
@@ -317,3 +318,18 @@ def test_verdict_combination():
 
 
 VERDICT_OF = {"check": "check", "do_not_use": "do not use"}
+
+
+def test_stray_sleep_by_day_does_not_move_sleep_onset(tmp_path):
+    """A 22-h recording: an epoch scored N1 in the afternoon and a doze in the evening, then the night."""
+    day = _night((W, 240), (N1, 0.5), (W, 300), (N1, 3), (N2, 7), (W, 120), *NORMAL, (W, 300))
+    assert _flagged(check_night(day)) == {}
+    v, night = night_values(day), night_values(_night(*NORMAL))
+    assert v["rem_latency"] == night["rem_latency"] and v["rem_share"] == pytest.approx(night["rem_share"])
+    assert v["total_sleep_time"] == pytest.approx(night["total_sleep_time"] + 10.5)  # the whole recording
+    # Without the main sleep period (AASM's first-to-last sleep epoch) sleep onset is in the afternoon.
+    path = tmp_path / "aasm.yaml"
+    path.write_text("max_wake_gap_min: null\n")
+    assert load_norms(path)["max_wake_gap_min"] is None
+    flagged = _flagged(check_night(day, norms=path))
+    assert flagged["rem_latency"] == "check" and flagged["n3_first_third"] == "check"

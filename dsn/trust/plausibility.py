@@ -11,7 +11,11 @@ overridden key by key by a user file.
 
 Definitions (AASM): 30-s epochs; sleep onset is the first epoch of any sleep stage (N1, N2, N3, REM), the
 sleep period runs from it to the last epoch of sleep; REM latency is counted from sleep onset; unscored
-epochs (negative values) are neither sleep nor wake and are left out of counts and transitions.
+epochs (negative values) are neither sleep nor wake and are left out of counts and transitions. One
+departure, for whole recordings (Sleep-EDF's are 22 h long) and for model output: the rules look at the
+*main* sleep period (:func:`main_sleep_period`), where a wake gap of more than ``max_wake_gap_min`` (90 min)
+separates sleep stretches, so an evening doze, a nap or stray epochs scored as sleep by day do not move
+sleep onset; total sleep time counts the whole recording.
 
 Pure: numpy and PyYAML, no I/O besides reading the norms file.
 """
@@ -31,7 +35,7 @@ import numpy as np
 from dsn.data.labels import N_CLASSES, STAGES
 from dsn.errors import DsnError
 
-__all__ = ["LEVELS", "RuleResult", "check_night", "load_norms", "night_values"]
+__all__ = ["LEVELS", "RuleResult", "check_night", "load_norms", "main_sleep_period", "night_values"]
 
 #: Levels in increasing severity.
 LEVELS = ("ok", "check", "do_not_use")
@@ -42,6 +46,8 @@ _RULE_KEYS = {"description", "unit", "check", "do_not_use", "by_age", "source", 
               "min_recording_min", "min_n3_min"}
 _AGE_KEYS = {"ages", "check", "do_not_use", "source"}
 _ARCHITECTURE_EXEMPT = {"total_sleep_time"}  # assessed whatever the amount of sleep
+#: Top-level settings of a norms file: name -> (default, may be null).
+_SETTINGS = {"min_tst_min": (60.0, False), "max_wake_gap_min": (90.0, True)}
 
 
 class NormsError(DsnError, ValueError):
@@ -144,16 +150,28 @@ def _read_yaml(path: Path | str, text: str) -> dict[str, Any]:
     return data
 
 
-def _merge(base: dict[str, Any], user: dict[str, Any], path: Path | str) -> dict[str, Any]:
-    unknown = sorted(set(user) - {"version", "min_tst_min", "rules"})
-    if unknown:
-        raise NormsError(f"{path}: unknown top-level key {unknown[0]!r}; allowed: version, min_tst_min, rules")
-    out = copy.deepcopy(base)
-    if "min_tst_min" in user:
-        v = user["min_tst_min"]
+def _settings(data: Mapping, path: Path | str, defaults: Mapping) -> dict[str, float | None]:
+    """The top-level settings of a norms file (minutes >= 0; ``max_wake_gap_min`` may be null)."""
+    out = {}
+    for key, (default, nullable) in _SETTINGS.items():
+        v = data.get(key, defaults.get(key, default))
+        if v is None and nullable:
+            out[key] = None
+            continue
         if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0:
-            raise NormsError(f"{path}: min_tst_min must be a number of minutes >= 0, got {v!r}")
-        out["min_tst_min"] = float(v)
+            null = " or null" if nullable else ""
+            raise NormsError(f"{path}: {key} must be a number of minutes >= 0{null}, got {v!r}")
+        out[key] = float(v)
+    return out
+
+
+def _merge(base: dict[str, Any], user: dict[str, Any], path: Path | str) -> dict[str, Any]:
+    allowed = ["version", *_SETTINGS, "rules"]
+    unknown = sorted(set(user) - set(allowed))
+    if unknown:
+        raise NormsError(f"{path}: unknown top-level key {unknown[0]!r}; allowed: {', '.join(allowed)}")
+    out = copy.deepcopy(base)
+    out.update(_settings(user, path, base))
     rules = user.get("rules") or {}
     if not isinstance(rules, Mapping):
         raise NormsError(f"{path}: rules must be a mapping of rule name to its bands, got {rules!r}")
@@ -183,7 +201,8 @@ def load_norms(path: str | Path | None = None) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``{"version", "min_tst_min", "rules": {name: {description, unit, check, do_not_use, ...}}}``.
+        ``{"version", "min_tst_min", "max_wake_gap_min", "rules": {name: {description, unit, check,
+        do_not_use, ...}}}``.
 
     Raises
     ------
@@ -195,7 +214,7 @@ def load_norms(path: str | Path | None = None) -> dict[str, Any]:
     base = _read_yaml("dsn/trust/norms.yaml", text)
     for name, rule in base["rules"].items():
         _validate_rule(name, rule, "dsn/trust/norms.yaml")
-    base["min_tst_min"] = float(base.get("min_tst_min", 60))
+    base.update(_settings(base, "dsn/trust/norms.yaml", {}))
     if path is None:
         return base
     p = Path(path)
@@ -230,7 +249,29 @@ def _run_lengths(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return v[starts], np.diff(np.r_[starts, v.size])
 
 
-def night_values(stages: Any, epoch_sec: float = 30.0, min_n3_min: float = 10.0) -> dict[str, float | None]:
+def main_sleep_period(stages: Any, epoch_sec: float = 30.0, max_wake_gap_min: float | None = 90.0) -> slice | None:
+    """The main sleep period: the stretch of sleep with the most sleep whose wake gaps are all shorter than
+    ``max_wake_gap_min``, from its first to its last sleep epoch (None without sleep).
+
+    A gap of more than ``max_wake_gap_min`` of wake (or unscored epochs) splits the recording, so a nap, an
+    evening doze or stray epochs scored as sleep hours before bedtime in a 22-h recording do not move sleep
+    onset. ``max_wake_gap_min`` None: from the first to the last sleep epoch of the recording (AASM's sleep
+    period time).
+    """
+    y = _as_stages(stages)
+    asleep = np.flatnonzero(y > 0)
+    if asleep.size == 0:
+        return None
+    if max_wake_gap_min is None:
+        return slice(int(asleep[0]), int(asleep[-1]) + 1)
+    cuts = np.flatnonzero((np.diff(asleep) - 1) * epoch_sec / 60.0 > max_wake_gap_min) + 1
+    chunks = np.split(asleep, cuts)
+    best = chunks[int(np.argmax([c.size for c in chunks]))]
+    return slice(int(best[0]), int(best[-1]) + 1)
+
+
+def night_values(stages: Any, epoch_sec: float = 30.0, min_n3_min: float = 10.0,
+                 max_wake_gap_min: float | None = 90.0) -> dict[str, float | None]:
     """The quantities the rules look at, from one hypnogram.
 
     Parameters
@@ -240,11 +281,15 @@ def night_values(stages: Any, epoch_sec: float = 30.0, min_n3_min: float = 10.0)
     epoch_sec : float, default 30.0
     min_n3_min : float, default 10.0
         Minimum N3 time for ``n3_first_third`` to be computed.
+    max_wake_gap_min : float or None, default 90.0
+        See :func:`main_sleep_period`: every value but ``total_sleep_time`` is computed on the main sleep
+        period only.
 
     Returns
     -------
     dict
-        ``recording_min``, ``total_sleep_time`` (min), ``n1_share`` .. ``rem_share`` (% TST),
+        ``recording_min``, ``total_sleep_time`` (min, whole recording), ``period_sleep_min`` (min of sleep
+        in the main sleep period), ``n1_share`` .. ``rem_share`` (% of the period's sleep),
         ``rem_latency`` (min from sleep onset), ``n3_first_third`` (% of N3 time in the first third of the
         sleep period), ``transitions_per_hour`` (W/NREM/REM changes per hour of sleep),
         ``isolated_epochs`` (% of the sleep period's scored epochs unlike both neighbours),
@@ -254,14 +299,17 @@ def night_values(stages: Any, epoch_sec: float = 30.0, min_n3_min: float = 10.0)
         raise DsnError(f"epoch_sec={epoch_sec}: the epoch length must be positive (30 s for AASM epochs)")
     y = _as_stages(stages)
     minute = epoch_sec / 60.0
-    asleep = np.flatnonzero(y > 0)
-    out: dict[str, float | None] = {"recording_min": y.size * minute, "total_sleep_time": asleep.size * minute}
+    out: dict[str, float | None] = {"recording_min": y.size * minute,
+                                    "total_sleep_time": np.count_nonzero(y > 0) * minute, "period_sleep_min": 0.0}
     names = ("n1_share", "n2_share", "n3_share", "rem_share", "rem_latency", "n3_first_third",
              "transitions_per_hour", "isolated_epochs", "longest_run")
     out |= dict.fromkeys(names)
-    if asleep.size == 0:
+    period = main_sleep_period(y, epoch_sec, max_wake_gap_min)
+    if period is None:
         return out
-    spt = y[asleep[0] : asleep[-1] + 1]
+    spt = y[period]
+    asleep = np.flatnonzero(spt > 0)
+    out["period_sleep_min"] = asleep.size * minute
     for i, key in enumerate(("n1_share", "n2_share", "n3_share", "rem_share"), start=1):
         out[key] = 100.0 * np.count_nonzero(spt == i) / asleep.size
     rem = np.flatnonzero(spt == _REM)
@@ -331,7 +379,7 @@ def check_night(stages: Any, epoch_sec: float = 30.0, norms: Mapping | str | Pat
     ----------
     stages : array-like of int, shape (n_epochs,)
         One stage per epoch in dsn's label order (0 W, 1 N1, 2 N2, 3 N3, 4 REM); negative = unscored.
-        The whole recording or its scored period: sleep onset and the sleep period are found in it.
+        The whole recording or its scored period: the main sleep period and its onset are found in it.
     epoch_sec : float, default 30.0
     norms : mapping, str or Path, optional
         :func:`load_norms`'s result, or a user norms file to read with it; default: the shipped norms.
@@ -342,7 +390,8 @@ def check_night(stages: Any, epoch_sec: float = 30.0, norms: Mapping | str | Pat
     -------
     list of RuleResult
         One per rule, in the norms file's order. Rules that cannot be assessed (no REM for the REM
-        latency, less than ``min_tst_min`` of sleep for the architecture rules, a recording shorter
+        latency, less than ``min_tst_min`` of sleep in the main sleep period for the architecture rules,
+        a recording shorter
         than ``min_recording_min``) are ``ok`` with ``value`` None or the reason saying why.
 
     Raises
@@ -356,13 +405,13 @@ def check_night(stages: Any, epoch_sec: float = 30.0, norms: Mapping | str | Pat
         raise DsnError(f"age={age!r}: expected the sleeper's age in years (0-130) or None")
     rules = norms["rules"]
     min_n3 = float(rules.get("n3_first_third", {}).get("min_n3_min", 10.0))
-    values = night_values(stages, epoch_sec, min_n3)
-    tst, min_tst = values["total_sleep_time"], float(norms.get("min_tst_min", 60.0))
+    values = night_values(stages, epoch_sec, min_n3, norms.get("max_wake_gap_min", 90.0))
+    tst, min_tst = values["period_sleep_min"], float(norms.get("min_tst_min", 60.0))
     results = []
     for name, rule in rules.items():
         why_not = None
         if name not in _ARCHITECTURE_EXEMPT and tst < min_tst:
-            why_not = f"{tst:.1f} min of sleep, under the {min_tst:g} min the rule needs"
+            why_not = f"{tst:.1f} min of sleep in the main sleep period, under the {min_tst:g} min the rule needs"
         elif values["recording_min"] < float(rule.get("min_recording_min", 0.0)):
             why_not = f"recording of {values['recording_min']:.0f} min, under {rule['min_recording_min']} min"
         elif name == "n3_first_third" and values[name] is None:
