@@ -184,7 +184,7 @@ def test_norms_override_good_file(tmp_path):
     ("rules:\n  rem_shar:\n    check: [5, 40]\n", r"rules\.rem_shar: no such rule; the rules are \[.*'rem_share'"),
     ("rules:\n  rem_share:\n    chek: [5, 40]\n", r"rules\.rem_share\.chek: unknown key"),
     ("rules:\n  rem_share:\n    check: [40, 5]\n", r"rules\.rem_share\.check: expected \[low, high\] with low <= high"),
-    ("rules:\n  rem_share:\n    check: [5, 60]\n", r"rules\.rem_share: the check band \[5\.0, 60\.0\] must lie inside"),
+    ("rules:\n  rem_share:\n    check: [5, 60]\n", r"rules\.rem_share: the check band \[5, 60\] must lie inside the do_not_use band \[null, 50\]"),
     ("rulez: {}\n", r"unknown top-level key .rulez.; allowed: version, min_tst_min, max_wake_gap_min, rules"),
     ("max_wake_gap_min: -5\n", r"max_wake_gap_min must be a number of minutes >= 0 or null, got -5"),
     ("rules: [oops\n", r"not valid YAML"),
@@ -195,6 +195,16 @@ def test_norms_override_bad_file_is_one_line(tmp_path, text, match):
     with pytest.raises(NormsError, match=match) as e:
         load_norms(path)
     assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_norms_file_is_packaged():
+    """norms.yaml is read with importlib.resources, so wheels must carry it (pyproject's package-data)."""
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["dsn"]
+    assert "trust/*.yaml" in patterns
 
 
 def test_norms_missing_file(tmp_path):
@@ -264,6 +274,13 @@ def test_shift_outputs_no_stage_mix_explains_score_higher_with_bbse():
     assert est.min() < -0.05  # negative estimates: not a label shift
     tv, _ = shift_score(conf, odd, method="tv", val_pred_counts=preds)
     assert score > tv
+
+
+def test_shift_threshold_from_one_validation_night():
+    conf, preds = _validation(n_nights=1)
+    ref = fit_reference(conf, preds)
+    assert ref["threshold"] == pytest.approx(max(ref["val_scores"][0] * 1.25, 0.15))
+    assert check_shift(ref, preds[0]).level == "ok"
 
 
 def test_shift_scores_of_several_nights_and_bad_input():

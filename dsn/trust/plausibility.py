@@ -104,6 +104,11 @@ def _band(value: Any, where: str) -> tuple[float | None, float | None]:
     return (None if value[0] is None else float(value[0]), None if value[1] is None else float(value[1]))
 
 
+def _show(band: tuple) -> str:
+    """A band as written in YAML: ``[5, null]``."""
+    return "[" + ", ".join("null" if v is None else f"{v:g}" for v in band) + "]"
+
+
 def _inside(inner: tuple, outer: tuple) -> bool:
     lo_ok = outer[0] is None or (inner[0] is not None and inner[0] >= outer[0])
     hi_ok = outer[1] is None or (inner[1] is not None and inner[1] <= outer[1])
@@ -114,7 +119,7 @@ def _validate_bands(entry: Mapping, where: str) -> None:
     check = _band(entry.get("check"), f"{where}.check")
     dnu = _band(entry.get("do_not_use"), f"{where}.do_not_use")
     if not _inside(check, dnu):
-        raise NormsError(f"{where}: the check band {list(check)} must lie inside the do_not_use band {list(dnu)}; "
+        raise NormsError(f"{where}: the check band {_show(check)} must lie inside the do_not_use band {_show(dnu)}; "
                          "widen do_not_use or narrow check")
 
 
