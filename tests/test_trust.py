@@ -3,6 +3,8 @@ prediction-level shift score and the verdict."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -199,9 +201,7 @@ def test_norms_override_bad_file_is_one_line(tmp_path, text, match):
 
 def test_norms_file_is_packaged():
     """norms.yaml is read with importlib.resources, so wheels must carry it (pyproject's package-data)."""
-    import tomllib
-    from pathlib import Path
-
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["dsn"]
     assert "trust/*.yaml" in patterns
