@@ -270,9 +270,9 @@ def test_shift_outputs_no_stage_mix_explains_score_higher_with_bbse():
     conf, preds = _validation()
     # Predicted N1 with no W or N2 at all: under this confusion matrix, true N1 always brings W and N2 with it.
     odd = np.array([0, 300, 0, 300, 360])
-    score, est = shift_score(conf, odd)
+    score, est, _ = shift_score(conf, odd)
     assert est.min() < -0.05  # negative estimates: not a label shift
-    tv, _ = shift_score(conf, odd, method="tv", val_pred_counts=preds)
+    tv, _, _ = shift_score(conf, odd, method="tv", val_pred_counts=preds)
     assert score > tv
 
 
@@ -285,7 +285,8 @@ def test_shift_threshold_from_one_validation_night():
 
 def test_shift_scores_of_several_nights_and_bad_input():
     conf, preds = _validation()
-    scores, est = shift_score(conf, preds)
+    scores, est, ref = shift_score(conf, preds)
+    assert ref == pytest.approx(conf.sum(axis=1) / conf.sum())  # the validation stage mix
     assert scores.shape == (6,) and est.shape == (6, 5)
     with pytest.raises(DsnError, match="non-negative counts"):
         shift_score(conf, [1, 2, 3])

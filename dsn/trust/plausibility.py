@@ -353,10 +353,6 @@ def _outside(value: float, band: tuple) -> str | None:
     return None
 
 
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:g}"
-
-
 def _judge(name: str, rule: Mapping, value: float | None, age: float | None, why_not: str | None) -> RuleResult:
     check, dnu = _bands_for(rule, age)
     unit, what = rule.get("unit", ""), rule.get("description", name)
@@ -369,7 +365,7 @@ def _judge(name: str, rule: Mapping, value: float | None, age: float | None, why
     side = side or _outside(value, check)
     if side is None:
         return RuleResult(name, value, unit, check, dnu, "ok",
-                          f"{name}: {what} {value:.1f} {unit} within [{_fmt(check[0])}, {_fmt(check[1])}]")
+                          f"{name}: {what} {value:.1f} {unit} within {_show(check)}")
     bound = band[0] if side == "low" else band[1]
     note = rule.get(f"{side}_note")
     reason = f"{name}: {what} {value:.1f} {unit} {'<' if side == 'low' else '>'} {bound:g}" + (f" ({note})" if note else "")

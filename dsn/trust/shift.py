@@ -106,7 +106,7 @@ def _inverse(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def shift_score(confusion: Any, night_counts: Any, method: str = "bbse",
-                val_pred_counts: Any = None) -> tuple[float, np.ndarray]:
+                val_pred_counts: Any = None) -> tuple[float | np.ndarray, np.ndarray, np.ndarray]:
     """The shift score of one or more nights.
 
     Parameters
@@ -124,8 +124,9 @@ def shift_score(confusion: Any, night_counts: Any, method: str = "bbse",
 
     Returns
     -------
-    (score, estimate)
-        The score (float, or an array for several nights) and the distribution it compared.
+    (score, estimate, reference)
+        The score (float, or an array for several nights), the night's distribution it compared (BBSE
+        estimate of the true stages, or the predicted one) and the distribution it compared it with.
     """
     if method not in METHODS:
         raise DsnError(f"method={method!r}: the shift score is one of {list(METHODS)}")
@@ -143,7 +144,7 @@ def shift_score(confusion: Any, night_counts: Any, method: str = "bbse",
         ref = _distribution(_counts(val_pred_counts, "val_pred_counts", k), "val_pred_counts").mean(axis=0)
         est = mu
     score = 0.5 * np.abs(est - ref).sum(axis=-1)
-    return (float(score) if np.ndim(score) == 0 else score), est
+    return (float(score) if np.ndim(score) == 0 else score), est, ref
 
 
 def fit_reference(confusion: Any, val_pred_counts: Any, method: str = "bbse", quantile: float = QUANTILE,
@@ -168,7 +169,7 @@ def fit_reference(confusion: Any, val_pred_counts: Any, method: str = "bbse", qu
         raise DsnError(f"shift threshold: need 0 < quantile <= 1, margin >= 1, floor >= 0, severe >= 1; got "
                        f"quantile={quantile}, margin={margin}, floor={floor}, severe={severe}")
     val = np.atleast_2d(np.asarray(val_pred_counts, dtype=np.float64))
-    scores, _ = shift_score(confusion, val, method, val)
+    scores, _, _ = shift_score(confusion, val, method, val)
     scores = np.atleast_1d(scores)
     threshold = max(float(np.quantile(scores, quantile)) * margin, floor)
     return {"method": method, "confusion": np.asarray(confusion, dtype=np.float64).tolist(),
@@ -196,11 +197,9 @@ def check_shift(reference: Mapping[str, Any], night_counts: Any,
     try:
         method, threshold = reference["method"], float(reference["threshold"])
         severe = float(reference.get("severe", SEVERE))
-        score, est = shift_score(reference["confusion"], night_counts, method, reference.get("val_pred_counts"))
+        score, est, ref = shift_score(reference["confusion"], night_counts, method, reference.get("val_pred_counts"))
     except (KeyError, TypeError) as e:
         raise DsnError(f"shift reference: missing or bad entry {e}; build it with dsn.trust.shift.fit_reference") from None
-    _, ref = (_inverse(np.asarray(reference["confusion"], dtype=np.float64)) if method == "bbse"
-              else (None, _distribution(np.asarray(reference["val_pred_counts"], float), "val").mean(axis=0)))
     names = list(class_names)[: len(est)]
     worst = int(np.argmax(np.abs(est - ref)))
     level = "do_not_use" if score > severe * threshold else "check" if score > threshold else "ok"
