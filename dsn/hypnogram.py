@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dsn import evaluation
-from dsn.data.edf import DataError
+from dsn.data.errors import DataError
 from dsn.data.labels import IGNORE_INDEX, N_CLASSES, STAGES
 
 __all__ = [

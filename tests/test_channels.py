@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from dsn.data.channels import ChannelLookupError, find_label, parse_channel, resolve_channels
-from dsn.data.edf import DataError, _resample, read_channels, read_eeg
+from dsn.data.edf import _resample, read_channels, read_eeg
+from dsn.data.errors import DataError
 
 NSRR = ["EEG(sec)", "ECG", "EMG", "EOG(L)", "EOG(R)", "EEG", "SaO2"]
 
@@ -119,7 +120,8 @@ def test_resampling_keeps_the_exact_length_and_timing(sfreq_from):
 
 def test_several_channels_decode_straight_into_one_array_with_each_channels_values(synth_dir, tmp_path):
     from dsn.data.cache import _save_rows
-    from dsn.data.edf import find_recordings, read_channels
+    from dsn.data.datasets import find_recordings
+    from dsn.data.edf import read_channels
     from dsn.data.recording import Preprocessing, load_recording, preprocess
 
     psg = find_recordings(synth_dir)[0].psg
@@ -143,7 +145,7 @@ def test_several_channels_decode_straight_into_one_array_with_each_channels_valu
 # ------------------------------------------------------------------ through the pipeline
 def test_recording_normalisation_and_loaders_carry_n_chans(synth_dir, tmp_path):
     from dsn.data.datamodule import SleepEDFDataModule
-    from dsn.data.edf import find_recordings
+    from dsn.data.datasets import find_recordings
     from dsn.data.normalize import normalize
     from dsn.data.recording import Preprocessing, load_recording
 

@@ -10,8 +10,10 @@ import pytest
 from conftest import SLEEP_EDF, needs_shared
 
 from dsn.data import hypnograms
-from dsn.data.datasets import builtin_profiles, load_profile, scan
-from dsn.data.edf import UNANNOTATED, DataError, epoch_labels, find_recordings, parse_name, read_hypnogram
+from dsn.data.datasets import builtin_profiles, find_recordings, load_profile, scan
+from dsn.data.datasets import describe_name as parse_name
+from dsn.data.errors import DataError
+from dsn.data.hypnograms import UNANNOTATED, epoch_labels
 from dsn.data.labels import IGNORE_INDEX, RK_TO_AASM, map_labels, resolve_label_map
 from dsn.data.recording import Preprocessing, load_recording
 from dsn.data.synth_layouts import write_layout
@@ -106,7 +108,7 @@ def test_pairing_problems_are_one_line_each(layouts, tmp_path):
 
 def test_sleep_edf_stays_the_default_profile(synth_dir):
     recs = find_recordings(synth_dir)
-    assert recs == find_recordings(synth_dir, "sleep-edf") and all(r.profile is None for r in recs)
+    assert recs == find_recordings(synth_dir, "sleep-edf") and all(r.profile.is_default for r in recs)
     assert [r.name for r in recs][:2] == ["SC4001E0", "SC4011E0"]
 
 
@@ -284,7 +286,8 @@ def test_real_sleep_edf_labels_through_the_profile_equal_the_direct_reading(tmp_
     (tmp_path / "SC4001EC-Hypnogram.edf").symlink_to(SLEEP_EDF / "SC4001EC-Hypnogram.edf")
     files = find_recordings(tmp_path)[0]
     y = hypnograms.stage_labels(files, 10, length_mismatch="crop")
-    on, du, lab = read_hypnogram(files.hypnogram)
+    hyp = hypnograms.read_edf_annotations(files.hypnogram)
+    on, du, lab = hyp.onsets, hyp.durations, hyp.labels
     np.testing.assert_array_equal(y, epoch_labels(on, du, lab, 10, 30.0, RK_TO_AASM, "crop"))
 
 
@@ -483,10 +486,10 @@ def read_edf_range(path: Path, label: str) -> tuple[float, float]:
 
 
 def test_a_truncated_bdf_file_is_one_line(layouts, tmp_path):
-    from dsn.data.edf import check_edf_size
+    from dsn.data.edf import read_header
 
     data = _copy(layouts, "bids", tmp_path)
     bdf = _to_bdf(data / "sub-02/ses-01/eeg/sub-02_ses-01_task-sleep_eeg.edf")
     bdf.write_bytes(bdf.read_bytes()[:-3000])
     with pytest.raises(DataError, match=r"_eeg\.bdf: truncated BDF file: \d+ bytes but its header announces"):
-        check_edf_size(bdf)
+        read_header(bdf)

@@ -57,19 +57,16 @@ class DataReport:
 
 
 def edf_header(path: Path) -> tuple[float, dict[str, float]]:
-    """Duration in seconds and ``{label: Hz}`` of an EDF or BDF file's signals (annotation channels left out)."""
-    from edfio import read_edf
+    """Duration in seconds and ``{label: Hz}`` of an EDF or BDF file's signals (annotation channels left out),
+    from :func:`dsn.data.edf.read_header`."""
+    from dsn.data.edf import read_header
+    from dsn.data.errors import DataError
 
-    from dsn.data.edf import DataError, check_edf_size
-
-    header = check_edf_size(path)
-    if header.bdf:  # edfio reads BDF data eagerly: the header's fields are enough here
-        return header.duration, header.rates
-    try:
-        edf = read_edf(path, lazy_load_data=True)
-    except Exception as e:  # edfio raises several types for non-conforming headers
-        raise DataError(f"{path}: could not read the EDF header ({type(e).__name__}: {e}).") from None
-    return float(edf.duration), {s.label: float(s.sampling_frequency) for s in edf.signals}
+    header = read_header(path)
+    if not header.record_sec > 0:
+        raise DataError(f"{path}: could not read the EDF header (data record duration "
+                        f"{header.record_sec!r} s). Re-create the file with a valid header.")
+    return header.duration, header.rates
 
 
 def inspect(
@@ -89,7 +86,8 @@ def inspect(
     from dsn.data import hypnograms
     from dsn.data.channels import ChannelLookupError, resolve_channels
     from dsn.data.datasets import scan
-    from dsn.data.edf import DataError
+    from dsn.data.edf import read_header
+    from dsn.data.errors import DataError
     from dsn.data.labels import IGNORE_INDEX
 
     found = scan(data_dir, dataset)
@@ -118,8 +116,8 @@ def inspect(
         else:
             r.channels = rates
         try:
-            hyp, codes = hypnograms.read(f)
-            y = hypnograms.place(hyp, codes, int(duration // epoch_sec), epoch_sec, hypnograms.edf_start(f.psg),
+            hyp, codes = hypnograms.read(f.hypnogram, prof)
+            y = hypnograms.place(hyp, codes, int(duration // epoch_sec), epoch_sec, read_header(f.psg).start,
                                  length_mismatch, prof.epoch_sec, str(f.psg))
         except DataError as e:
             rep.problems.append(str(e))

@@ -115,7 +115,7 @@ def evaluate(
         ``cross_montage``, ``model``, ``data_dir``, ``dataset``, ``class_names``.
     """
     from dsn.data.datasets import load_profile
-    from dsn.data.edf import find_recordings
+    from dsn.data.datasets import find_recordings
     from dsn.data.normalize import normalize
     from dsn.data.recording import Preprocessing, load_recording
     from dsn.workflows.data import edf_header
