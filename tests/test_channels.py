@@ -62,6 +62,28 @@ def test_missing_and_ambiguous_channels_are_one_line():
         find_label("c4-m1", ["EEG C4-M1", "EMG C4-M1"])
 
 
+def test_a_label_present_twice_is_named_as_such_with_the_way_to_choose(tmp_path):
+    """Issue 30: a label used twice was "not found" among MNE's invented names (EEG Fpz-Cz-0, -1)."""
+    from edfio import Edf, EdfSignal
+
+    from dsn.data.psg import read_epochs
+
+    x, path = _sine(100, 60, 9.0), tmp_path / "twice.edf"
+    Edf([EdfSignal(x, 100, label=label, physical_dimension="uV", physical_range=(-300.0, 300.0))
+         for label in ("EEG Fpz-Cz", "EOG", "EEG Fpz-Cz")], data_record_duration=1).write(path)
+    msg = (r"twice\.edf: channel 'EEG Fpz-Cz': the label 'EEG Fpz-Cz' appears 2 times in this file \(signals 1, 3\)\. "
+           r"Choose one as MNE names them, 'EEG Fpz-Cz-0' or 'EEG Fpz-Cz-1' .*or rename one of them in the file\.$")
+    with pytest.raises(DataError, match=msg):
+        read_channels(path, ["EEG Fpz-Cz"], 100.0)
+    with pytest.raises(DataError, match=msg):
+        read_epochs(path, "EEG Fpz-Cz")
+    with pytest.raises(DataError, match=r"'Fpz-Cz': the label 'EEG Fpz-Cz' appears 2 times"):  # through an alias too
+        read_channels(path, ["Fpz-Cz"], 100.0)
+    second = read_channels(path, ["EEG Fpz-Cz-1"], 100.0)  # the way out the message gives
+    assert second.labels == ["EEG Fpz-Cz-1"] and second.data.shape == (1, 6000)
+    assert read_channels(path, ["EOG"], 100.0).data.shape == (1, 6000)  # other channels read as before
+
+
 def test_derivation_syntax():
     assert parse_channel("C4-M1=C4-M1") == parse_channel(" C4-M1 = C4 - M1 ")
     spec = parse_channel("Fpz-Cz=EEG Fpz - EEG Cz")

@@ -184,6 +184,19 @@ def test_table_without_header_of_several_columns_is_refused(tmp_path):
         hypnograms.read_table(path)
 
 
+def test_table_stray_row_shows_its_content_and_the_fix(tmp_path):
+    """Issue 30: a stray line was "row 151 has no column 2": the message now quotes it and says what to do."""
+    path = tmp_path / "h.csv"
+    path.write_text("epoch,stage\n" + "".join(f"{i},N2\n" for i in range(149)) + "149\n")
+    with pytest.raises(DataError, match=r"h\.csv: line 151 '149' has 1 column\(s\) but the header 'epoch,stage' has 2 "
+                       r"\(column 2 is missing\): complete that line or delete it\.$"):
+        hypnograms.read_table(path)
+    path.write_text("onset,duration,stage\n0,30,W\n30,30\n")
+    with pytest.raises(DataError, match=r"h\.csv: line 3 '30,30' has 2 column\(s\) but the header 'onset,duration,stage' "
+                       r"has 3 \(column 3 is missing\)"):
+        hypnograms.read_table(path)
+
+
 # ------------------------------------------------------------------------------------------ epoch rules
 def _hyp(onsets, durations, labels, **kw):
     return hypnograms.Hypnogram(np.array(onsets, float), np.array(durations, float), labels, "h.tsv", **kw)

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from dsn.data.edf import read_header
+from dsn.data.edf import NotEdfError, read_header
 from dsn.data.errors import DataError
 from dsn.data import hypnograms
 from dsn.data.labels import IGNORE_INDEX, resolve_label_map
@@ -453,13 +453,13 @@ def profile_for_hypnogram(path: str | Path, profile: str | Path | Profile | None
         return load_profile(profile)
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            head = f.read(256)
-    except OSError as e:
-        raise DataError(f"{path}: could not read the hypnogram ({e.strerror}). Give an expert hypnogram file.") from None
-    if head[:8].strip() == b"0":
-        form = "edf"
-    elif head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
+        read_header(path)  # an EDF+ file (a missing or truncated one is refused here)
+        return load_profile(_PROFILE_BY_FORM["edf"])
+    except NotEdfError:
+        pass
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if path.suffix.lower() == ".xml" or head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
         form = "xml"
     elif path.name.lower().endswith("_events.tsv"):
         form = "events"

@@ -368,7 +368,7 @@ def _check_overlap(hyp: Hypnogram, onsets: np.ndarray, ends: np.ndarray, signal_
         when = (f" The hypnogram starts {_when(hyp.start, hyp.clock_only)}, the recording "
                 f"{_when(psg_start, hyp.clock_only)}: {shift:+.0f} s from the recording's start ({_span(shift)}).")
     raise DataError(
-        f"{hyp.source}: its scored stages (from {_span(first)} to {_span(last)} after the start of {psg}) do not "
+        f"{hyp.source}: its scored stages ({_span(first)} to {_span(last)} from the start of {psg}) do not "
         f"overlap {psg}, which lasts {_span(signal_sec)[1:]}.{when} Is it another night's hypnogram? Pair each "
         "recording with its own, or correct the start time in the hypnogram's header."
     )

@@ -135,7 +135,19 @@ def read_epochs(
             "with `--channel NAME` (the derivation the model was trained on).")
     sig = read_channels(path, channels, sfreq, aliases, hint=hint)
     _check_rates(path, sig.names, sig.source_sfreq, sfreq, trained_sfreqs)
-    n_samples = sig.data.shape[1]
+    x, n_dropped = _cut(path, sig.data, n_times, sfreq, epoch_sec)
+    name = path.stem[: -len("-PSG")] if path.stem.endswith("-PSG") else path.stem
+    return ScoringInput(
+        name=name, path=path, channels=list(sig.names), labels=list(sig.labels), x=x,
+        onsets=np.arange(len(x), dtype=np.float64) * epoch_sec, sfreq=float(sig.sfreq),
+        source_sfreqs=list(sig.source_sfreq), start=header.start, n_dropped_samples=n_dropped,
+    )
+
+
+def _cut(path: Path, data: np.ndarray, n_times: int, sfreq: float, epoch_sec: float) -> tuple[np.ndarray, int]:
+    """``(n_epochs, n_chans, n_times)`` float32 epochs of ``(n_chans, n_samples)`` signals and the number of
+    samples after the last whole epoch (left out)."""
+    n_samples = data.shape[1]
     if n_samples < n_times:
         raise DataError(
             f"{path}: recording lasts {n_samples / sfreq:.1f} s, shorter than one {epoch_sec:g}-s epoch; nothing "
@@ -143,21 +155,8 @@ def read_epochs(
         )
     n_epochs = n_samples // n_times
     used = n_epochs * n_times
-    data = sig.data[:, :used]
-    x = np.ascontiguousarray(data.reshape(len(data), n_epochs, n_times).transpose(1, 0, 2), dtype=np.float32)
-    name = path.stem[: -len("-PSG")] if path.stem.endswith("-PSG") else path.stem
-    return ScoringInput(
-        name=name,
-        path=path,
-        channels=list(sig.names),
-        labels=list(sig.labels),
-        x=x,
-        onsets=np.arange(n_epochs, dtype=np.float64) * epoch_sec,
-        sfreq=float(sig.sfreq),
-        source_sfreqs=list(sig.source_sfreq),
-        start=header.start,
-        n_dropped_samples=int(n_samples - used),
-    )
+    x = np.ascontiguousarray(data[:, :used].reshape(len(data), n_epochs, n_times).transpose(1, 0, 2), dtype=np.float32)
+    return x, int(n_samples - used)
 
 
 def _samples_per_epoch(path: Path, sfreq: float, epoch_sec: float) -> int:
