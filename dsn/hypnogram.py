@@ -435,7 +435,7 @@ def write_edf_hypnogram(
 
     Each run of equal stages becomes one annotation ``Sleep stage W`` / ``1`` / ``2`` / ``3`` / ``R``
     (``?`` for unscored epochs) with the run's onset and duration, the first at 0 s. The file reads back
-    with :func:`dsn.data.edf.read_hypnogram` + :func:`~dsn.data.edf.epoch_labels` and with
+    with :func:`dsn.data.hypnograms.read_edf_annotations` + :func:`~dsn.data.hypnograms.epoch_labels` and with
     :func:`mne.read_annotations`.
 
     Parameters

@@ -10,8 +10,7 @@ import pytest
 from conftest import SLEEP_EDF, needs_shared
 
 from dsn.data import hypnograms
-from dsn.data.datasets import builtin_profiles, find_recordings, load_profile, scan
-from dsn.data.datasets import describe_name as parse_name
+from dsn.data.datasets import builtin_profiles, describe_name, find_recordings, load_profile, scan
 from dsn.data.errors import DataError
 from dsn.data.hypnograms import UNANNOTATED, epoch_labels
 from dsn.data.labels import IGNORE_INDEX, RK_TO_AASM, map_labels, resolve_label_map
@@ -79,8 +78,8 @@ def test_nsrr_same_nsrrid_in_two_visits_is_one_subject(layouts):
         ("shhs2-200001", "shhs-200001", 2), ("shhs2-200002", "shhs-200002", 2),
     ]
     assert all(r.hypnogram.name == f"{r.name}-nsrr.xml" for r in recs)  # found in another folder
-    assert parse_name("mros-visit2-aa0042.edf", load_profile("nsrr"))["subject"] == "mros-aa0042"
-    assert parse_name("mros-visit2-aa0042.edf", load_profile("nsrr"))["night"] == 2
+    assert describe_name("mros-visit2-aa0042.edf", load_profile("nsrr"))["subject"] == "mros-aa0042"
+    assert describe_name("mros-visit2-aa0042.edf", load_profile("nsrr"))["night"] == 2
 
 
 def test_bids_subject_and_session(layouts):
@@ -88,7 +87,7 @@ def test_bids_subject_and_session(layouts):
     assert [(r.subject, r.night, r.hypnogram.name) for r in recs] == [
         (f"sub-0{i}", 1, f"sub-0{i}_ses-01_task-sleep_events.tsv") for i in (1, 2, 3)
     ]
-    info = parse_name("sub-07/eeg/sub-07_task-sleep_run-2_eeg.edf", load_profile("bids"))
+    info = describe_name("sub-07/eeg/sub-07_task-sleep_run-2_eeg.edf", load_profile("bids"))
     assert (info["subject"], info["night"], info["kind"]) == ("sub-07", 1, "recording")
 
 

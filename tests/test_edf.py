@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from conftest import SLEEP_EDF, needs_shared
 
+from dsn.data import hypnograms
 from dsn.data.datasets import describe_name, find_recordings, load_profile
 from dsn.data.edf import read_eeg, read_header
 from dsn.data.errors import DataError
 from dsn.data.hypnograms import UNANNOTATED, epoch_labels, trim_and_clean
-from dsn.data.hypnograms import read as read_hypnogram
 from dsn.data.labels import IGNORE_INDEX, class_counts
 
 HYP = SLEEP_EDF / "SC4001EC-Hypnogram.edf"
@@ -91,7 +91,7 @@ def test_trim_and_clean():
 @needs_shared(HYP)
 def test_real_hypnogram_exact_counts():
     """SC4001EC: 154 annotations; the official rule on the 79,500-s recording gives these counts."""
-    hyp, _ = read_hypnogram(HYP, load_profile("sleep-edf"))
+    hyp, _ = hypnograms.read(HYP, load_profile("sleep-edf"))
     on, du, lab = hyp.onsets, hyp.durations, hyp.labels
     assert len(lab) == 154
     y_all = epoch_labels(on, du, lab, 79500 // 30)
@@ -136,7 +136,7 @@ def test_unknown_annotation_label(synth_copy):
     raw[i : i + 13] = b"Sleep stage X"
     hyp.write_bytes(bytes(raw))
     with pytest.raises(DataError, match=r"Hypnogram\.edf: unknown sleep-stage label\(s\) \['Sleep stage X'\].*label_map"):
-        read_hypnogram(hyp, load_profile("sleep-edf"))
+        hypnograms.read(hyp, load_profile("sleep-edf"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,7 +247,6 @@ def test_slower_channel_is_read_at_its_own_rate_and_duplicates_go_through_mne(tm
     dup = tmp_path / "dup.edf"
     sig = EdfSignal(50 * np.sin(2 * np.pi * 7 * t), 100, label="EEG", physical_range=(-100, 100))
     Edf([sig, sig], data_record_duration=30).write(dup)
-    from pathlib import Path
 
     assert not read_header(dup).fast  # MNE renames duplicates: let it
     import mne

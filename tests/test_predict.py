@@ -40,8 +40,8 @@ def fitted(synth_dir, _tracking_template, tmp_path_factory):
 
 
 def test_fit_registers_promote_and_predict(fitted, synth_dir, tmp_path, capsys):
-    from dsn.hypnogram import read_csv
     from dsn.data.datasets import expert_labels
+    from dsn.hypnogram import read_csv
 
     res, home, _ = fitted
     assert res.registered == ("deepsleepnet", "1")

@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from dsn.data import hypnograms
 from dsn.data.edf import NotEdfError, read_header
 from dsn.data.errors import DataError
-from dsn.data import hypnograms
 from dsn.data.labels import IGNORE_INDEX, resolve_label_map
 
 #: The profile used when none is named (today's Sleep-EDF behaviour).
