@@ -99,9 +99,9 @@ def ensure_dataset(folder: Path, n_recordings: int, hours: float, seed: int = 0)
     """Write (once) the first ``n_recordings`` of the Sleep-EDF-20 layout with ``dsn synth``'s generator.
 
     A marker file records the shape; a folder written with another shape is refused rather than mixed.
-    Returns the recordings (:func:`dsn.data.edf.find_recordings`) and the seconds spent writing (0 if reused).
+    Returns the recordings (:func:`dsn.data.datasets.find_recordings`) and the seconds spent writing (0 if reused).
     """
-    from dsn.data.edf import find_recordings
+    from dsn.data.datasets import find_recordings
     from dsn.data.synth import write_recording
 
     if not 1 <= n_recordings <= len(SLEEP_EDF_20):

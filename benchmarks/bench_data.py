@@ -102,7 +102,7 @@ def dsn_cold(files, cache_dir: Path, channels: tuple[str, ...] = (CHANNEL,)):
 # ------------------------------------------------------------------------------------------ warm start (subprocess)
 def warm_start(data_dir: Path, names: list[str], cache_dir: Path) -> dict:
     """Run in a fresh process: load every recording from the cache; time and RSS growth."""
-    from dsn.data.edf import find_recordings
+    from dsn.data.datasets import find_recordings
     from dsn.data.recording import Preprocessing, load_recording
 
     files = [f for f in find_recordings(data_dir) if f.name in set(names)]

@@ -4,10 +4,10 @@
     python benchmarks/bench_profiles.py --full     # the Sleep-EDF-20 shape of bench_data.py --full: 39 x 22 h
 
 For every recording, in the same run and interleaved, the preprocessing before the cache write is timed twice:
-"before" is the pre-profile code path (``read_eeg`` -> ``read_hypnogram`` -> ``epoch_labels`` ->
-``trim_and_clean``, what ``recording._prepare`` did before data-set profiles), "after" is ``_prepare`` as it is
-now (the hypnogram read through the ``sleep-edf`` profile, with the start-time, grid and overrun rules). Both give
-the same epochs and labels (checked). Discovery (``find_recordings``) is timed on its own. The NSRR-layout rows
+"before" is the pre-profile code path (``read_eeg`` -> the EDF+ annotations -> ``epoch_labels`` with the R&K
+map -> ``trim_and_clean``, what preprocessing did before data-set profiles), "after" is the public
+``dsn.data.recording.preprocess`` as it is now (the hypnogram read through the ``sleep-edf`` profile, with the
+start-time, grid and overrun rules; both copy the kept epochs). Both give the same epochs and labels (checked). Discovery (``find_recordings``) is timed on its own. The NSRR-layout rows
 show the cost of another data set's usual file (125 Hz EEG resampled to 100 Hz, XML hypnogram) per recording.
 """
 
@@ -25,19 +25,20 @@ from _common import NOISE_NOTE, best_median, default_data_dir, ensure_dataset, m
 
 
 def before(files, prep):
-    """The preparation of ``dsn.data.recording._prepare`` before data-set profiles (Sleep-EDF only)."""
-    from dsn.data.edf import UNANNOTATED, epoch_labels, read_eeg, read_hypnogram, trim_and_clean
+    """The preprocessing of ``dsn.data.recording.preprocess`` before data-set profiles (Sleep-EDF only)."""
+    from dsn.data.edf import read_eeg
+    from dsn.data.hypnograms import UNANNOTATED, epoch_labels, read_edf_annotations, trim_and_clean
     from dsn.data.labels import IGNORE_INDEX, RK_TO_AASM
 
     signal, _ = read_eeg(files.psg, prep.channels[0], prep.sfreq)
     n_epochs = len(signal) // prep.n_times
-    onsets, durations, labels = read_hypnogram(files.hypnogram, RK_TO_AASM)
-    y = epoch_labels(onsets, durations, labels, n_epochs, prep.epoch_sec, RK_TO_AASM, prep.length_mismatch,
-                     str(files.hypnogram))
+    hyp = read_edf_annotations(files.hypnogram)
+    y = epoch_labels(hyp.onsets, hyp.durations, hyp.labels, n_epochs, prep.epoch_sec, RK_TO_AASM,
+                     prep.length_mismatch, str(files.hypnogram))
     keep = trim_and_clean(y, prep.trim_minutes, prep.epoch_sec, prep.unscored, source=str(files.hypnogram))
     y = y[keep]
     y[y == UNANNOTATED] = IGNORE_INDEX
-    return signal[: n_epochs * prep.n_times].reshape(n_epochs, 1, prep.n_times), keep, y
+    return np.ascontiguousarray(signal[: n_epochs * prep.n_times].reshape(n_epochs, 1, prep.n_times)[keep]), y
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     hours = a.hours or (22.0 if a.full else 0.5 if a.smoke else 6.0)
     repeats = a.repeats or (1 if a.smoke else 5)
 
-    from dsn.data.edf import find_recordings
-    from dsn.data.recording import Preprocessing, _prepare
+    from dsn.data.datasets import find_recordings
+    from dsn.data.recording import Preprocessing, preprocess
     from dsn.data.synth_layouts import write_layout
 
     print("bench_profiles: hypnograms through data-set profiles vs the Sleep-EDF-only path")
@@ -71,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     prep = Preprocessing()
     for f in files[:1]:  # first-call costs (imports, profile parsing) outside the timings
         before(f, prep)
-        _prepare(f, prep)
-    _prepare(nsrr[0], Preprocessing(channels=("EEG",)))
+        preprocess(f, prep)
+    preprocess(nsrr[0], Preprocessing(channels=("EEG",)))
 
     t_before, t_after, t_find, t_nsrr = [], [], [], []
     for _ in range(repeats):
@@ -81,12 +82,12 @@ def main(argv: list[str] | None = None) -> None:
         for f in files:
             dt, old = timed(lambda f=f: before(f, prep))
             tb += dt
-            dt, new = timed(lambda f=f: _prepare(f, prep))
+            dt, new = timed(lambda f=f: preprocess(f, prep))
             ta += dt
-            assert all(np.array_equal(o, n) for o, n in zip(old, new[:3], strict=True))
+            assert all(np.array_equal(o, n) for o, n in zip(old, new, strict=True))
         t_before.append(tb / len(files))
         t_after.append(ta / len(files))
-        t_nsrr.append(sum(timed(lambda f=f: _prepare(f, Preprocessing(channels=("EEG",))))[0] for f in nsrr) / len(nsrr))
+        t_nsrr.append(sum(timed(lambda f=f: preprocess(f, Preprocessing(channels=("EEG",))))[0] for f in nsrr) / len(nsrr))
 
     (bb, bm), (ab, am) = best_median(t_before), best_median(t_after)
     rows = [

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dsn import evaluation
-from dsn.data.edf import DataError
+from dsn.data.errors import DataError
 from dsn.data.labels import IGNORE_INDEX, N_CLASSES, STAGES
 
 __all__ = [
@@ -435,7 +435,7 @@ def write_edf_hypnogram(
 
     Each run of equal stages becomes one annotation ``Sleep stage W`` / ``1`` / ``2`` / ``3`` / ``R``
     (``?`` for unscored epochs) with the run's onset and duration, the first at 0 s. The file reads back
-    with :func:`dsn.data.edf.read_hypnogram` + :func:`~dsn.data.edf.epoch_labels` and with
+    with :func:`dsn.data.hypnograms.read_edf_annotations` + :func:`~dsn.data.hypnograms.epoch_labels` and with
     :func:`mne.read_annotations`.
 
     Parameters

@@ -28,7 +28,8 @@ def test_io_limit_decodes_the_same_channel_as_read_eeg(synth_dir):
 
 
 def test_mne_recipe_gives_the_trimmed_scored_epochs(synth_dir):
-    from dsn.data.edf import find_recordings, read_eeg
+    from dsn.data.datasets import find_recordings
+    from dsn.data.edf import read_eeg
 
     files = find_recordings(synth_dir)[0]
     x, events = _bench("bench_data").mne_recipe(files)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from dsn.data.channels import ChannelLookupError, find_label, parse_channel, resolve_channels
-from dsn.data.edf import DataError, _resample, read_channels, read_eeg
+from dsn.data.edf import _resample, read_channels, read_eeg
+from dsn.data.errors import DataError
 
 NSRR = ["EEG(sec)", "ECG", "EMG", "EOG(L)", "EOG(R)", "EEG", "SaO2"]
 
@@ -59,6 +60,28 @@ def test_missing_and_ambiguous_channels_are_one_line():
     assert "Channels in this file: EEG Fpz-Cz, EOG horizontal" in msg and "\n" not in msg
     with pytest.raises(ChannelLookupError, match="matches several channels of this file: EEG C4-M1, EMG C4-M1"):
         find_label("c4-m1", ["EEG C4-M1", "EMG C4-M1"])
+
+
+def test_a_label_present_twice_is_named_as_such_with_the_way_to_choose(tmp_path):
+    """Issue 30: a label used twice was "not found" among MNE's invented names (EEG Fpz-Cz-0, -1)."""
+    from edfio import Edf, EdfSignal
+
+    from dsn.data.psg import read_epochs
+
+    x, path = _sine(100, 60, 9.0), tmp_path / "twice.edf"
+    Edf([EdfSignal(x, 100, label=label, physical_dimension="uV", physical_range=(-300.0, 300.0))
+         for label in ("EEG Fpz-Cz", "EOG", "EEG Fpz-Cz")], data_record_duration=1).write(path)
+    msg = (r"twice\.edf: channel 'EEG Fpz-Cz': the label 'EEG Fpz-Cz' appears 2 times in this file \(signals 1, 3\)\. "
+           r"Choose one as MNE names them, 'EEG Fpz-Cz-0' or 'EEG Fpz-Cz-1' .*or rename one of them in the file\.$")
+    with pytest.raises(DataError, match=msg):
+        read_channels(path, ["EEG Fpz-Cz"], 100.0)
+    with pytest.raises(DataError, match=msg):
+        read_epochs(path, "EEG Fpz-Cz")
+    with pytest.raises(DataError, match=r"'Fpz-Cz': the label 'EEG Fpz-Cz' appears 2 times"):  # through an alias too
+        read_channels(path, ["Fpz-Cz"], 100.0)
+    second = read_channels(path, ["EEG Fpz-Cz-1"], 100.0)  # the way out the message gives
+    assert second.labels == ["EEG Fpz-Cz-1"] and second.data.shape == (1, 6000)
+    assert read_channels(path, ["EOG"], 100.0).data.shape == (1, 6000)  # other channels read as before
 
 
 def test_derivation_syntax():
@@ -119,7 +142,8 @@ def test_resampling_keeps_the_exact_length_and_timing(sfreq_from):
 
 def test_several_channels_decode_straight_into_one_array_with_each_channels_values(synth_dir, tmp_path):
     from dsn.data.cache import _save_rows
-    from dsn.data.edf import find_recordings, read_channels
+    from dsn.data.datasets import find_recordings
+    from dsn.data.edf import read_channels
     from dsn.data.recording import Preprocessing, load_recording, preprocess
 
     psg = find_recordings(synth_dir)[0].psg
@@ -143,7 +167,7 @@ def test_several_channels_decode_straight_into_one_array_with_each_channels_valu
 # ------------------------------------------------------------------ through the pipeline
 def test_recording_normalisation_and_loaders_carry_n_chans(synth_dir, tmp_path):
     from dsn.data.datamodule import SleepEDFDataModule
-    from dsn.data.edf import find_recordings
+    from dsn.data.datasets import find_recordings
     from dsn.data.normalize import normalize
     from dsn.data.recording import Preprocessing, load_recording
 

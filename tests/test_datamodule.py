@@ -8,7 +8,8 @@ import torch
 
 from dsn.data import recording as recording_mod
 from dsn.data.datamodule import SleepEDFDataModule
-from dsn.data.edf import DataError, find_recordings
+from dsn.data.datasets import find_recordings
+from dsn.data.errors import DataError
 from dsn.data.recording import Preprocessing, load_recording
 
 

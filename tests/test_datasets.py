@@ -10,8 +10,9 @@ import pytest
 from conftest import SLEEP_EDF, needs_shared
 
 from dsn.data import hypnograms
-from dsn.data.datasets import builtin_profiles, load_profile, scan
-from dsn.data.edf import UNANNOTATED, DataError, epoch_labels, find_recordings, parse_name, read_hypnogram
+from dsn.data.datasets import builtin_profiles, describe_name, find_recordings, load_profile, scan
+from dsn.data.errors import DataError
+from dsn.data.hypnograms import UNANNOTATED, epoch_labels
 from dsn.data.labels import IGNORE_INDEX, RK_TO_AASM, map_labels, resolve_label_map
 from dsn.data.recording import Preprocessing, load_recording
 from dsn.data.synth_layouts import write_layout
@@ -77,8 +78,8 @@ def test_nsrr_same_nsrrid_in_two_visits_is_one_subject(layouts):
         ("shhs2-200001", "shhs-200001", 2), ("shhs2-200002", "shhs-200002", 2),
     ]
     assert all(r.hypnogram.name == f"{r.name}-nsrr.xml" for r in recs)  # found in another folder
-    assert parse_name("mros-visit2-aa0042.edf", load_profile("nsrr"))["subject"] == "mros-aa0042"
-    assert parse_name("mros-visit2-aa0042.edf", load_profile("nsrr"))["night"] == 2
+    assert describe_name("mros-visit2-aa0042.edf", load_profile("nsrr"))["subject"] == "mros-aa0042"
+    assert describe_name("mros-visit2-aa0042.edf", load_profile("nsrr"))["night"] == 2
 
 
 def test_bids_subject_and_session(layouts):
@@ -86,7 +87,7 @@ def test_bids_subject_and_session(layouts):
     assert [(r.subject, r.night, r.hypnogram.name) for r in recs] == [
         (f"sub-0{i}", 1, f"sub-0{i}_ses-01_task-sleep_events.tsv") for i in (1, 2, 3)
     ]
-    info = parse_name("sub-07/eeg/sub-07_task-sleep_run-2_eeg.edf", load_profile("bids"))
+    info = describe_name("sub-07/eeg/sub-07_task-sleep_run-2_eeg.edf", load_profile("bids"))
     assert (info["subject"], info["night"], info["kind"]) == ("sub-07", 1, "recording")
 
 
@@ -106,7 +107,7 @@ def test_pairing_problems_are_one_line_each(layouts, tmp_path):
 
 def test_sleep_edf_stays_the_default_profile(synth_dir):
     recs = find_recordings(synth_dir)
-    assert recs == find_recordings(synth_dir, "sleep-edf") and all(r.profile is None for r in recs)
+    assert recs == find_recordings(synth_dir, "sleep-edf") and all(r.profile.is_default for r in recs)
     assert [r.name for r in recs][:2] == ["SC4001E0", "SC4011E0"]
 
 
@@ -179,6 +180,19 @@ def test_table_without_header_of_several_columns_is_refused(tmp_path):
     path = tmp_path / "h.csv"
     path.write_text("1,W\n2,N1\n")
     with pytest.raises(DataError, match=r"h.csv: 2 columns without a header"):
+        hypnograms.read_table(path)
+
+
+def test_table_stray_row_shows_its_content_and_the_fix(tmp_path):
+    """Issue 30: a stray line was "row 151 has no column 2": the message now quotes it and says what to do."""
+    path = tmp_path / "h.csv"
+    path.write_text("epoch,stage\n" + "".join(f"{i},N2\n" for i in range(149)) + "149\n")
+    with pytest.raises(DataError, match=r"h\.csv: line 151 '149' has 1 column\(s\) but the header 'epoch,stage' has 2 "
+                       r"\(column 2 is missing\): complete that line or delete it\.$"):
+        hypnograms.read_table(path)
+    path.write_text("onset,duration,stage\n0,30,W\n30,30\n")
+    with pytest.raises(DataError, match=r"h\.csv: line 3 '30,30' has 2 column\(s\) but the header 'onset,duration,stage' "
+                       r"has 3 \(column 3 is missing\)"):
         hypnograms.read_table(path)
 
 
@@ -284,7 +298,8 @@ def test_real_sleep_edf_labels_through_the_profile_equal_the_direct_reading(tmp_
     (tmp_path / "SC4001EC-Hypnogram.edf").symlink_to(SLEEP_EDF / "SC4001EC-Hypnogram.edf")
     files = find_recordings(tmp_path)[0]
     y = hypnograms.stage_labels(files, 10, length_mismatch="crop")
-    on, du, lab = read_hypnogram(files.hypnogram)
+    hyp = hypnograms.read_edf_annotations(files.hypnogram)
+    on, du, lab = hyp.onsets, hyp.durations, hyp.labels
     np.testing.assert_array_equal(y, epoch_labels(on, du, lab, 10, 30.0, RK_TO_AASM, "crop"))
 
 
@@ -483,10 +498,10 @@ def read_edf_range(path: Path, label: str) -> tuple[float, float]:
 
 
 def test_a_truncated_bdf_file_is_one_line(layouts, tmp_path):
-    from dsn.data.edf import check_edf_size
+    from dsn.data.edf import read_header
 
     data = _copy(layouts, "bids", tmp_path)
     bdf = _to_bdf(data / "sub-02/ses-01/eeg/sub-02_ses-01_task-sleep_eeg.edf")
     bdf.write_bytes(bdf.read_bytes()[:-3000])
     with pytest.raises(DataError, match=r"_eeg\.bdf: truncated BDF file: \d+ bytes but its header announces"):
-        check_edf_size(bdf)
+        read_header(bdf)

@@ -6,17 +6,11 @@ import numpy as np
 import pytest
 from conftest import SLEEP_EDF, needs_shared
 
-from dsn.data.edf import (
-    UNANNOTATED,
-    DataError,
-    check_edf_size,
-    epoch_labels,
-    find_recordings,
-    parse_name,
-    read_eeg,
-    read_hypnogram,
-    trim_and_clean,
-)
+from dsn.data import hypnograms
+from dsn.data.datasets import describe_name, find_recordings, load_profile
+from dsn.data.edf import read_eeg, read_header
+from dsn.data.errors import DataError
+from dsn.data.hypnograms import UNANNOTATED, epoch_labels, trim_and_clean
 from dsn.data.labels import IGNORE_INDEX, class_counts
 
 HYP = SLEEP_EDF / "SC4001EC-Hypnogram.edf"
@@ -24,12 +18,12 @@ PSG = SLEEP_EDF / "SC4001E0-PSG-first300s.edf"
 
 
 def test_parse_name_cassette_and_telemetry():
-    sc = parse_name("SC4012E0-PSG.edf")
-    assert (sc["study"], sc["subject"], sc["night"], sc["kind"]) == ("SC4", "SC401", 2, "PSG")
-    st = parse_name("ST7011JP-Hypnogram.edf")
-    assert (st["subject"], st["night"], st["kind"]) == ("ST701", 1, "Hypnogram")
-    with pytest.raises(DataError, match="not a Sleep-EDF file name"):
-        parse_name("night1.edf")
+    sc = describe_name("SC4012E0-PSG.edf", "sleep-edf")
+    assert (sc["study"], sc["subject"], sc["night"], sc["kind"]) == ("SC4", "SC401", 2, "recording")
+    st = describe_name("ST7011JP-Hypnogram.edf", "sleep-edf")
+    assert (st["subject"], st["night"], st["kind"]) == ("ST701", 1, "hypnogram")
+    with pytest.raises(DataError, match="night1.edf: not a file name of the 'sleep-edf' data set"):
+        describe_name("night1.edf", "sleep-edf")
 
 
 def _touch(d, *names):
@@ -97,7 +91,8 @@ def test_trim_and_clean():
 @needs_shared(HYP)
 def test_real_hypnogram_exact_counts():
     """SC4001EC: 154 annotations; the official rule on the 79,500-s recording gives these counts."""
-    on, du, lab = read_hypnogram(HYP)
+    hyp, _ = hypnograms.read(HYP, load_profile("sleep-edf"))
+    on, du, lab = hyp.onsets, hyp.durations, hyp.labels
     assert len(lab) == 154
     y_all = epoch_labels(on, du, lab, 79500 // 30)
     # every annotation's duration ends up in its label's epochs (until the signal end)
@@ -124,7 +119,7 @@ def test_truncated_and_garbage_edf(tmp_path):
     bad = tmp_path / "SC4001E0-PSG.edf"
     bad.write_bytes(PSG.read_bytes()[:-1000])
     with pytest.raises(DataError, match=r"SC4001E0-PSG\.edf: truncated EDF file.*Re-download"):
-        check_edf_size(bad)
+        read_header(bad)
     with pytest.raises(DataError, match="truncated"):
         read_eeg(bad)
     bad.write_bytes(b"hello world" * 10)
@@ -140,8 +135,8 @@ def test_unknown_annotation_label(synth_copy):
     i = raw.find(b"Sleep stage 2")
     raw[i : i + 13] = b"Sleep stage X"
     hyp.write_bytes(bytes(raw))
-    with pytest.raises(DataError, match=r"Hypnogram\.edf: unknown annotation label\(s\) \['Sleep stage X'\].*label_map"):
-        read_hypnogram(hyp)
+    with pytest.raises(DataError, match=r"Hypnogram\.edf: unknown sleep-stage label\(s\) \['Sleep stage X'\].*label_map"):
+        hypnograms.read(hyp, load_profile("sleep-edf"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,12 +151,10 @@ def _mne_eeg(path, channel):
 
 
 def _fast_path_used(path, channel):
-    from pathlib import Path
+    from dsn.data.edf import _read_channel
 
-    from dsn.data.edf import _edf_layout, _read_channel
-
-    layout = _edf_layout(Path(path))
-    return layout is not None and _read_channel(Path(path), layout, channel) is not None
+    layout = read_header(path)
+    return layout.fast and _read_channel(layout, channel) is not None
 
 
 def test_fast_reader_equals_mne_on_synthetic_psg(synth_dir):
@@ -254,11 +247,8 @@ def test_slower_channel_is_read_at_its_own_rate_and_duplicates_go_through_mne(tm
     dup = tmp_path / "dup.edf"
     sig = EdfSignal(50 * np.sin(2 * np.pi * 7 * t), 100, label="EEG", physical_range=(-100, 100))
     Edf([sig, sig], data_record_duration=30).write(dup)
-    from pathlib import Path
 
-    from dsn.data.edf import _edf_layout
-
-    assert _edf_layout(Path(dup)) is None  # MNE renames duplicates: let it
+    assert not read_header(dup).fast  # MNE renames duplicates: let it
     import mne
 
     names = mne.io.read_raw_edf(dup, verbose="error").ch_names

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsn.data.edf import DataError, epoch_labels, read_hypnogram
+from dsn.data.errors import DataError
+from dsn.data.hypnograms import epoch_labels, read_edf_annotations
 from dsn.data.labels import STAGES
 from dsn.errors import DsnError
 from dsn.hypnogram import (
@@ -284,7 +285,8 @@ def test_edf_hypnogram_round_trip(tmp_path: Path):
     expected_onset = [0, 60, 90, 150, 210, 240, 300, 330]
     expected_dur = [60, 30, 60, 60, 30, 60, 30, 30]
 
-    onsets, durations, labels = read_hypnogram(path)
+    hyp = read_edf_annotations(path)
+    onsets, durations, labels = hyp.onsets, hyp.durations, hyp.labels
     assert labels == expected_desc
     np.testing.assert_allclose(onsets, expected_onset)
     np.testing.assert_allclose(durations, expected_dur)
@@ -305,7 +307,8 @@ def test_edf_hypnogram_long_night_other_epoch_and_no_start(tmp_path: Path):
     rng = np.random.default_rng(1)
     stages = np.repeat(rng.integers(-1, 5, 150), rng.integers(1, 12, 150))  # ~900 epochs, many runs
     path = write_edf_hypnogram(tmp_path / "h.edf", stages, epoch_sec=20.0)
-    onsets, durations, labels = read_hypnogram(path)
+    hyp = read_edf_annotations(path)
+    onsets, durations, labels = hyp.onsets, hyp.durations, hyp.labels
     assert all(a != b for a, b in zip(labels[:-1], labels[1:]))  # runs are merged
     np.testing.assert_allclose(onsets[1:], onsets[:-1] + durations[:-1])  # contiguous
     assert onsets[-1] + durations[-1] == pytest.approx(stages.size * 20.0)

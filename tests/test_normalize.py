@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from dsn.data.datamodule import SleepEDFDataModule
-from dsn.data.edf import DataError, trim_and_clean
+from dsn.data.errors import DataError
+from dsn.data.hypnograms import trim_and_clean
 from dsn.data.normalize import normalize, scale_stats, sleep_window
 
 

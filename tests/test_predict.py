@@ -40,8 +40,8 @@ def fitted(synth_dir, _tracking_template, tmp_path_factory):
 
 
 def test_fit_registers_promote_and_predict(fitted, synth_dir, tmp_path, capsys):
+    from dsn.data.datasets import expert_labels
     from dsn.hypnogram import read_csv
-    from dsn.workflows.predict import expert_labels
 
     res, home, _ = fitted
     assert res.registered == ("deepsleepnet", "1")
@@ -67,7 +67,7 @@ def test_fit_registers_promote_and_predict(fitted, synth_dir, tmp_path, capsys):
     assert len(table.stages) == n and table.proba.shape == (n, 5)
     np.testing.assert_allclose(table.proba.sum(1), 1.0, atol=1e-4)
     np.testing.assert_array_equal(table.proba.argmax(1), table.stages)
-    np.testing.assert_array_equal(expert_labels(out / f"{name}_hypnogram.edf", n), table.stages)  # EDF+ reads back
+    np.testing.assert_array_equal(expert_labels(out / f"{name}_hypnogram.edf", night / psg.name, n), table.stages)  # EDF+ reads back
     assert (out / f"{name}_hypnogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stats = summary["statistics"]
     assert stats["TIB"] == pytest.approx(n * 0.5)

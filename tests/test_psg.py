@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsn.data.edf import DataError, read_eeg
+from dsn.data.edf import read_eeg
+from dsn.data.errors import DataError
 from dsn.data.psg import ScoringInput, read_epochs
 from dsn.errors import DsnError
 

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from dsn.data.edf import DataError
+from dsn.data.errors import DataError
 from dsn.data.recording import Recording
 from dsn.data.sampling import (
     BalancedSampler,

@@ -13,9 +13,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from dsn.data.channels import merge_aliases, pick_channels
-from dsn.data.datasets import load_profile
+from dsn.data.datasets import RecordingFiles, find_recordings, load_profile
 from dsn.data.device_sampling import DeviceBatches
-from dsn.data.edf import DataError, RecordingFiles, find_recordings
+from dsn.data.errors import DataError
 from dsn.data.labels import STAGES, class_counts
 from dsn.data.normalize import NORMALIZE_METHODS, NormalizeMethod, normalize
 from dsn.data.recording import Preprocessing, Recording, load_recording

@@ -23,7 +23,8 @@ A profile is a small YAML file (built-in ones in ``conf/datasets/``, or a user's
 ``extends``
     Another profile whose keys this one starts from.
 
-The profile's name is its file name without ``.yaml``.
+The profile's name is its file name without ``.yaml``. This module builds on :mod:`dsn.data.hypnograms` (the
+readers, given a profile) and :mod:`dsn.data.edf`; neither imports it.
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ from pathlib import Path
 from string import Formatter
 from typing import Any
 
-from dsn.data.edf import DataError, RecordingFiles
-from dsn.data.labels import resolve_label_map
+import numpy as np
+
+from dsn.data import hypnograms
+from dsn.data.edf import NotEdfError, read_header
+from dsn.data.errors import DataError
+from dsn.data.labels import IGNORE_INDEX, resolve_label_map
 
 #: The profile used when none is named (today's Sleep-EDF behaviour).
 DEFAULT_PROFILE = "sleep-edf"
@@ -200,10 +205,10 @@ def _load(resolved: str, mtime_ns: int, shown: str) -> Profile:
     if missing:
         raise DataError(f"{path}: the data-set profile lacks {missing} (see conf/datasets/generic.yaml).")
     recs, hyps = _rule(path, "recordings", raw["recordings"]), _rule(path, "hypnograms", raw["hypnograms"])
-    from dsn.data.hypnograms import FORMATS
-
-    if raw["hypnogram_format"] not in FORMATS:
-        raise DataError(f"{path}: hypnogram_format {raw['hypnogram_format']!r} unknown; one of {list(FORMATS)}.")
+    if raw["hypnogram_format"] not in hypnograms.FORMATS:
+        raise DataError(
+            f"{path}: hypnogram_format {raw['hypnogram_format']!r} unknown; one of {list(hypnograms.FORMATS)}."
+        )
     spec = raw.get("label_map", "aasm")
     try:
         label_map = resolve_label_map(spec)
@@ -237,6 +242,34 @@ def _load(resolved: str, mtime_ns: int, shown: str) -> Profile:
 
 
 # ------------------------------------------------------------------------------------------- discovery
+@dataclass(frozen=True)
+class RecordingFiles:
+    """A PSG file and its hypnogram.
+
+    Attributes
+    ----------
+    name : str
+        Recording name (Sleep-EDF: the PSG file name without ``-PSG.edf``, e.g. ``SC4001E0``; other data
+        sets: the profile's ``recording_name``, by default the file name without extension). Unique in a data set.
+    subject : str
+        Subject identifier by the profile's rule (Sleep-EDF: study prefix + subject number, ``SC400``, unique
+        across SC and ST studies; NSRR: ``shhs-200001`` for both visits; BIDS: ``sub-01``).
+    night : int
+        Night number (Sleep-EDF: 1 or 2; NSRR: the visit; BIDS: the session's number).
+    psg, hypnogram : Path
+    profile : Profile
+        The data-set profile that found the pair and says how the hypnogram is read (never ``None``: the
+        default is the loaded ``sleep-edf`` profile).
+    """
+
+    name: str
+    subject: str
+    night: int
+    psg: Path
+    hypnogram: Path
+    profile: Profile = field(compare=False, repr=False)
+
+
 @dataclass
 class Scan:
     """What :func:`scan` found in a data folder.
@@ -309,37 +342,11 @@ def scan(data_dir: str | Path, profile: str | Path | Profile | None = None) -> S
     names: dict[str, Path] = {}
     nights: dict[tuple[str, int], Path] = {}
     for path, groups in _files(data_dir, prof.recordings):
-        stem = _stem(path)
-        key = _fill(prof.pair, groups, stem)
-        cands = hyps.get(key, [])
+        key = _fill(prof.pair, groups, _stem(path))
         used.add(key)
-        if not cands:
-            hint = _fill(prof.hypnograms.expect, groups, stem) if prof.hypnograms.expect else prof.hypnograms.globs[0]
-            out.problems.append(f"{path}: no hypnogram found. Expected {hint}. Add it or remove the recording.")
-            continue
-        if len(cands) > 1:
-            out.problems.append(f"{path}: several hypnograms match: {', '.join(str(c) for c in cands)}. Keep one.")
-            continue
-        subject = _fill(prof.subject, groups, stem)
-        night = _night(_fill(prof.night, groups, stem))
-        if night is None:
-            out.problems.append(
-                f"{path}: night {_fill(prof.night, groups, stem)!r} has no number (profile '{prof.name}': "
-                f"night: {prof.night!r}). Number the sessions or change the profile's night rule."
-            )
-            continue
-        name = _fill(prof.recording_name, groups, stem) if prof.recording_name else stem
-        if name in names:
-            out.problems.append(f"{path}: recording name {name!r} also used by {names[name]}. Rename one.")
-            continue
-        if (subject, night) in nights:
-            out.problems.append(
-                f"{path}: subject {subject} night {night} also found in {nights[subject, night]}. Keep one, or "
-                f"change the profile's night rule ({prof.night!r}) to tell them apart."
-            )
-            continue
-        names[name], nights[subject, night] = path, path
-        out.recordings.append(RecordingFiles(name, subject, night, path, cands[0], None if prof.is_default else prof))
+        problem = _pair_one(out, path, groups, hyps.get(key, []), names, nights)
+        if problem:
+            out.problems.append(problem)
     for key, paths in sorted(hyps.items()):
         if key not in used:
             out.notes.extend(f"{p}: hypnogram without a recording (left out)." for p in paths)
@@ -352,8 +359,54 @@ def scan(data_dir: str | Path, profile: str | Path | Profile | None = None) -> S
     return out
 
 
+def _pair_one(found: Scan, path: Path, groups: dict[str, str], cands: list[Path], names: dict[str, Path],
+              nights: dict[tuple[str, int], Path]) -> str | None:
+    """Pair one recording with its hypnogram (``cands``: those with its pairing key): add it to
+    ``found.recordings`` and to ``names``/``nights`` (the names and nights taken so far), or return the problem."""
+    prof, stem = found.profile, _stem(path)
+    if not cands:
+        hint = _fill(prof.hypnograms.expect, groups, stem) if prof.hypnograms.expect else prof.hypnograms.globs[0]
+        return f"{path}: no hypnogram found. Expected {hint}. Add it or remove the recording."
+    if len(cands) > 1:
+        return f"{path}: several hypnograms match: {', '.join(str(c) for c in cands)}. Keep one."
+    subject = _fill(prof.subject, groups, stem)
+    night = _night(_fill(prof.night, groups, stem))
+    if night is None:
+        return (f"{path}: night {_fill(prof.night, groups, stem)!r} has no number (profile '{prof.name}': "
+                f"night: {prof.night!r}). Number the sessions or change the profile's night rule.")
+    name = _fill(prof.recording_name, groups, stem) if prof.recording_name else stem
+    if name in names:
+        return f"{path}: recording name {name!r} also used by {names[name]}. Rename one."
+    if (subject, night) in nights:
+        return (f"{path}: subject {subject} night {night} also found in {nights[subject, night]}. Keep one, or "
+                f"change the profile's night rule ({prof.night!r}) to tell them apart.")
+    names[name], nights[subject, night] = path, path
+    found.recordings.append(RecordingFiles(name, subject, night, path, cands[0], prof))
+    return None
+
+
+def find_recordings(data_dir: str | Path, profile: str | Path | Profile | None = None) -> list[RecordingFiles]:
+    """Find recording/hypnogram pairs in ``data_dir`` (searched recursively) by a data-set profile.
+
+    ``profile`` is a built-in name (``sleep-edf``, ``nsrr``, ``bids``, ``generic``), a YAML path or a loaded
+    :class:`Profile`; ``None`` is :data:`DEFAULT_PROFILE` (``sleep-edf``: files paired by the first 7
+    characters of their names, ``SC4001E0-PSG.edf`` <-> ``SC4001EC-Hypnogram.edf``).
+
+    Raises
+    ------
+    DataError
+        If the folder does not exist or holds no recording, if a recording has no hypnogram or several, or
+        two recordings share a name or a subject and night (the first such problem; ``dsn data`` lists all).
+    """
+    found = scan(data_dir, profile)
+    if found.problems:
+        raise DataError(found.problems[0])
+    return found.recordings
+
+
 def describe_name(path: str | Path, profile: str | Path | Profile | None) -> dict[str, str | int]:
-    """Subject, night, kind and pairing key of one file by a profile's rules (see :func:`dsn.data.edf.parse_name`).
+    """Subject, night, kind (``recording``/``hypnogram``), pairing key and the pattern's groups of one file by a
+    profile's rules (the path is matched against its recording pattern, then its hypnogram pattern).
 
     Raises
     ------
@@ -368,13 +421,71 @@ def describe_name(path: str | Path, profile: str | Path | Profile | None) -> dic
             stem = _stem(Path(path))
             night = _night(_fill(prof.night, groups, stem))
             return {
+                **groups,  # the profile's values below win over the pattern's groups of the same name
                 "subject": _fill(prof.subject, groups, stem),
                 "night": night if night is not None else _fill(prof.night, groups, stem),
                 "kind": kind,
                 "key": _fill(prof.pair, groups, stem),
-                **groups,
             }
     raise DataError(
         f"{Path(path).name}: not a file name of the '{prof.name}' data set (recordings: "
         f"{prof.recordings.pattern.pattern}; hypnograms: {prof.hypnograms.pattern.pattern})."
     )
+
+
+# ------------------------------------------------------------------------------------------- one hypnogram
+#: A hypnogram file's form -> the built-in profile that reads it (:func:`profile_for_hypnogram`).
+_PROFILE_BY_FORM = {"edf": "sleep-edf", "xml": "nsrr", "events": "bids", "table": "generic"}
+
+
+def profile_for_hypnogram(path: str | Path, profile: str | Path | Profile | None = None) -> Profile:
+    """The profile that reads a hypnogram file given alone (``dsn predict --hypnogram``): ``profile`` when
+    given, else the built-in profile of the file's form: an EDF+ file (``sleep-edf``: R&K annotations), an XML
+    file (``nsrr``), a BIDS ``*_events.tsv`` (``bids``), any other text table (``generic``: CSV/TSV/one
+    label per line).
+
+    Raises
+    ------
+    DataError
+        For a file that is missing or none of these forms.
+    """
+    if profile is not None:
+        return load_profile(profile)
+    path = Path(path)
+    try:
+        read_header(path)  # an EDF+ file (a missing or truncated one is refused here)
+        return load_profile(_PROFILE_BY_FORM["edf"])
+    except NotEdfError:
+        pass
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if path.suffix.lower() == ".xml" or head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
+        form = "xml"
+    elif path.name.lower().endswith("_events.tsv"):
+        form = "events"
+    elif b"\x00" not in head:
+        form = "table"
+    else:
+        raise DataError(
+            f"{path}: not a hypnogram dsn reads (EDF+ annotations, NSRR XML, BIDS *_events.tsv, CSV/TSV/text)."
+        )
+    return load_profile(_PROFILE_BY_FORM[form])
+
+
+def expert_labels(hypnogram: str | Path, psg: str | Path, n_epochs: int, epoch_sec: float = 30.0,
+                  profile: str | Path | Profile | None = None) -> np.ndarray:
+    """``(n_epochs,)`` labels of an expert hypnogram on a recording's epoch grid, read and placed as ``dsn fit``
+    reads a data set's (:func:`dsn.data.hypnograms.place`: the start-time offset from the recording's header,
+    the scoring epoch length checked), with the part outside the recording cropped; ``IGNORE_INDEX`` where
+    unscored. ``profile``: how to read it (default: by the file's form, :func:`profile_for_hypnogram`).
+
+    Raises
+    ------
+    DataError
+        For an unreadable hypnogram, an unknown label, or one that does not fit the recording (one line each).
+    """
+    prof = profile_for_hypnogram(hypnogram, profile)
+    hyp, codes = hypnograms.read(hypnogram, prof)
+    y = hypnograms.place(hyp, codes, n_epochs, epoch_sec, read_header(psg).start, "crop", prof.epoch_sec, str(psg))
+    y[y == hypnograms.UNANNOTATED] = IGNORE_INDEX
+    return y

@@ -1,176 +1,197 @@
-"""Reading Sleep-EDF recordings: file discovery, the signal channels and the hypnogram.
+"""EDF and BDF files: the one header reader (:func:`read_header`) and the signal channels (:func:`read_channels`).
 
-Each function is small and pure apart from the file it reads. Errors are :class:`DataError`
-with the file, the value and a hint in the message.
+Nothing here knows about hypnograms or data sets (:mod:`dsn.data.hypnograms`, :mod:`dsn.data.datasets` build on
+this module). Errors are :class:`~dsn.data.errors.DataError` with the file, the value and a hint in the message.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import mmap
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-from dsn.data.labels import IGNORE_INDEX, RK_TO_AASM
-from dsn.errors import DsnError
+from dsn.data.errors import DataError
 
-#: Sleep-EDF file names: SC4ssNE0-PSG.edf / SC4ssNEX-Hypnogram.edf (cassette) and ST7ssNJ0-PSG.edf (telemetry).
-_NAME_RE = re.compile(r"^(?P<study>SC4|ST7)(?P<subject>\d{2})(?P<night>\d)(?P<rest>\w{2})-(?P<kind>PSG|Hypnogram)\.edf$")
+__all__ = ["DataError", "EdfHeader", "NotEdfError", "Signals", "locate_channels", "open_raw", "read_channels",
+           "read_eeg", "read_header"]
 
-#: Label used internally for epochs that no annotation covers.
-UNANNOTATED = -2
+#: Physical dimensions MNE reads as microvolts / millivolts (anything else is taken as volts).
+_MICROVOLT_UNITS = ("\u03bcV", "\u00b5V", "\x83\xcaV", "uV")
+_TAL_NAMES = ("EDF Annotations", "BDF Annotations")
 
-
-class DataError(DsnError, ValueError):
-    """Bad input data: the message names the file or value and says how to fix it."""
-
-
-@dataclass(frozen=True)
-class RecordingFiles:
-    """A PSG file and its hypnogram.
-
-    Attributes
-    ----------
-    name : str
-        Recording name (Sleep-EDF: the PSG file name without ``-PSG.edf``, e.g. ``SC4001E0``; other data
-        sets: the profile's ``recording_name``, by default the file name without extension). Unique in a data set.
-    subject : str
-        Subject identifier by the profile's rule (Sleep-EDF: study prefix + subject number, ``SC400``, unique
-        across SC and ST studies; NSRR: ``shhs-200001`` for both visits; BIDS: ``sub-01``).
-    night : int
-        Night number (Sleep-EDF: 1 or 2; NSRR: the visit; BIDS: the session's number).
-    psg, hypnogram : Path
-    profile : Profile or None
-        The data-set profile (:class:`dsn.data.datasets.Profile`) that says how the hypnogram is read;
-        ``None`` for the default ``sleep-edf`` profile.
-    """
-
-    name: str
-    subject: str
-    night: int
-    psg: Path
-    hypnogram: Path
-    profile: object | None = field(default=None, compare=False, repr=False)
+#: The version field of a BDF file (an EDF file's is ``"0"`` followed by spaces).
+_BDF_VERSION = b"\xffBIOSEMI"
+_STIM_NAMES = ("status", "trigger")  # MNE's automatic stim-channel names
+_TRUNCATED_HINT = "Re-download or re-create the file (a partial download leaves a truncated file)."
 
 
-def parse_name(path: str | Path, profile: object | None = None) -> dict[str, str | int]:
-    """Parse a recording's file name into subject, night and pairing key.
-
-    Without ``profile``, a Sleep-EDF name: study, subject, night, kind (``PSG``/``Hypnogram``) and key
-    (its first 7 characters). With a :class:`~dsn.data.datasets.Profile`: the name is matched against the
-    profile's recording rule, then its hypnogram rule, and ``subject``, ``night``, ``kind``
-    (``recording``/``hypnogram``) and ``key`` come from its templates.
-
-    Raises
-    ------
-    DataError
-        If the name does not follow the convention.
-    """
-    if profile is not None:
-        from dsn.data.datasets import describe_name
-
-        return describe_name(path, profile)
-    name = Path(path).name
-    m = _NAME_RE.match(name)
-    if m is None:
-        raise DataError(
-            f"{name}: not a Sleep-EDF file name. Expected e.g. 'SC4001E0-PSG.edf' / 'SC4001EC-Hypnogram.edf' "
-            "(sleep-cassette) or 'ST7011J0-PSG.edf' (sleep-telemetry)."
-        )
-    return {
-        "study": m["study"],
-        "subject": m["study"] + m["subject"],
-        "night": int(m["night"]),
-        "kind": m["kind"],
-        "key": name[:7],
-    }
-
-
-def find_recordings(data_dir: str | Path, profile: str | Path | object | None = None) -> list[RecordingFiles]:
-    """Find recording/hypnogram pairs in ``data_dir`` (searched recursively) by a data-set profile.
-
-    ``profile`` is a built-in name (``sleep-edf``, ``nsrr``, ``bids``, ``generic``), a YAML path or a loaded
-    :class:`~dsn.data.datasets.Profile`; ``None`` is ``sleep-edf``, where files are paired by the first 7
-    characters of their names (``SC4001E0-PSG.edf`` <-> ``SC4001EC-Hypnogram.edf``).
-
-    Raises
-    ------
-    DataError
-        If the folder does not exist or holds no recording, if a recording has no hypnogram or several, or
-        two recordings share a name or a subject and night (the first such problem; ``dsn data`` lists all).
-    """
-    from dsn.data.datasets import scan
-
-    found = scan(data_dir, profile)
-    if found.problems:
-        raise DataError(found.problems[0])
-    return found.recordings
+class NotEdfError(DataError):
+    """A file that does not start with an EDF or BDF header (its version field is neither)."""
 
 
 @dataclass(frozen=True)
 class EdfHeader:
-    """The fixed fields of an EDF or BDF header that :func:`check_edf_size` reads."""
+    """The header of an EDF/EDF+ or BDF file (:func:`read_header`), each field as MNE reads it.
 
+    Attributes
+    ----------
+    path : Path
+    bdf : bool
+        A BDF file (24-bit samples) rather than EDF (16-bit).
+    discontinuous : bool
+        An EDF+D file (data records with gaps).
+    header_bytes, n_records : int
+        The header's length and the number of data records (``-1``: unknown, as a recorder still writing says).
+    record_sec : float
+        The data record duration in seconds (NaN when the field is unreadable).
+    labels : tuple of str
+        Every signal's label, annotation channels included.
+    units : tuple of str
+    physical_min, physical_max, digital_min, digital_max : tuple of float
+        Per signal (NaN where unreadable).
+    n_samples : tuple of int
+        Samples per data record, per signal.
+    start : datetime or None
+        When the recording starts, a naive wall-clock time (EDF has no time zone): the date of the EDF+
+        recording field (four-digit year) when it has one, else the header's ``dd.mm.yy`` (1985-2084), with
+        its ``hh.mm.ss``; ``None`` when unreadable.
+    file_bytes : int
+        The file's size.
+    """
+
+    path: Path
     bdf: bool
+    discontinuous: bool
+    header_bytes: int
     n_records: int
-    record_text: str  # the data record duration as written (seconds)
+    record_sec: float
     labels: tuple[str, ...]
-    n_samples: tuple[int, ...]  # per record, per signal
+    units: tuple[str, ...]
+    physical_min: tuple[float, ...]
+    physical_max: tuple[float, ...]
+    digital_min: tuple[float, ...]
+    digital_max: tuple[float, ...]
+    n_samples: tuple[int, ...]
+    start: _dt.datetime | None
+    file_bytes: int
+
+    @property
+    def names(self) -> list[str]:
+        """The signals' labels without the annotation channels (MNE's channel names when they are distinct)."""
+        return [label for label in self.labels if label not in _TAL_NAMES]
 
     @property
     def rates(self) -> dict[str, float]:
         """``{label: Hz}`` of the signals (annotation channels left out)."""
-        record_sec = float(self.record_text.replace(",", "."))
-        return {lab: k / record_sec for lab, k in zip(self.labels, self.n_samples) if lab not in _TAL_NAMES}
+        return {lab: k / self.record_sec for lab, k in zip(self.labels, self.n_samples) if lab not in _TAL_NAMES}
 
     @property
     def duration(self) -> float:
-        return self.n_records * float(self.record_text.replace(",", "."))
+        """Seconds of signal the header announces (``n_records * record_sec``)."""
+        return self.n_records * self.record_sec
+
+    @property
+    def fast(self) -> bool:
+        """Whether :func:`read_channels` decodes this file itself: a plain continuous 16-bit EDF whose every field
+        it reads exactly as MNE does (anything else is read through MNE)."""
+        names = self.names
+        numbers = self.physical_min + self.physical_max + self.digital_min + self.digital_max
+        return (
+            not self.bdf
+            and not self.discontinuous
+            and self.header_bytes == 256 * (len(self.labels) + 1)
+            and self.n_records >= 1
+            and self.record_sec > 0
+            and min(self.n_samples) >= 1
+            and bool(names)
+            and len(set(names)) == len(names)  # MNE renames duplicates
+            and not any(name.lower() in _STIM_NAMES for name in names)  # MNE treats these as stim channels
+            and bool(np.isfinite(numbers).all())
+            and self.file_bytes == self.header_bytes + 2 * self.n_records * sum(self.n_samples)
+        )
 
 
-def check_edf_size(path: str | Path) -> EdfHeader:
-    """Check that an EDF or BDF file is complete: header readable and file as long as its header says.
+def _edf_text(field: bytes) -> str:
+    return field.decode("latin-1").split("\x00")[0]
 
-    Returns the header's fixed fields (:class:`EdfHeader`).
+
+def _number(field: bytes) -> float:
+    """A header number as MNE reads it (``,`` as decimal point); NaN when unreadable."""
+    try:
+        return float(_edf_text(field).replace(",", "."))
+    except ValueError:
+        return float("nan")
+
+
+def _start(head: bytes) -> _dt.datetime | None:
+    """The start date and time of a header (see :attr:`EdfHeader.start`)."""
+    try:
+        h, mi, s = (int(v) for v in head[176:184].decode("ascii").split("."))
+        rec = head[88:168].decode("latin-1").rstrip().split(" ")
+        if len(rec) == 5:  # EDF+: "Startdate 23-JUL-1989 ...", the year in four digits
+            try:
+                day = _dt.datetime.strptime(rec[1], "%d-%b-%Y")
+                return day.replace(hour=h, minute=mi, second=s)
+            except ValueError:
+                pass
+        dd, mm, yy = (int(v) for v in head[168:176].decode("ascii").split("."))
+        return _dt.datetime(2000 + yy if yy < 85 else 1900 + yy, mm, dd, h, mi, s)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def read_header(path: str | Path) -> EdfHeader:
+    """Read and check the header of an EDF/EDF+ or BDF file: the one place dsn parses one.
+
+    The file must be complete: as long as its header says (a partial download is refused).
 
     Raises
     ------
+    NotEdfError
+        If the file does not start with an EDF or BDF version field.
     DataError
-        If the file is missing, not EDF/BDF, or truncated.
+        If the file is missing, its header unreadable, or the file truncated.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found.")
     size = path.stat().st_size
-    hint = "Re-download or re-create the file (a partial download leaves a truncated file)."
     with open(path, "rb") as f:
         head = f.read(256)
         bdf = head[:8] == _BDF_VERSION
+        if len(head) < 256 or not (head[:8].strip() == b"0" or bdf):
+            raise NotEdfError(f"{path}: not a readable EDF/BDF file (no EDF or BDF header). {_TRUNCATED_HINT}")
         try:
-            if len(head) < 256 or not (head[:1] == b"0" or bdf):
-                raise ValueError("no EDF or BDF header")
-            n_header = int(head[184:192].decode("ascii").strip())
-            n_records = int(head[236:244].decode("ascii").strip())
-            n_signals = int(head[252:256].decode("ascii").strip())
-            sig = f.read(n_signals * 256)
-            if len(sig) < n_signals * 256:
+            n_header, n_records, n = (int(head[a:b].decode("ascii").strip()) for a, b in ((184, 192), (236, 244), (252, 256)))
+            sig = f.read(n * 256)
+            if len(sig) < n * 256:
                 raise ValueError("header cut short")
-            off = n_signals * (16 + 80 + 8 + 8 + 8 + 8 + 8 + 80)
-            samples = [int(sig[off + 8 * i : off + 8 * i + 8].decode("ascii").strip()) for i in range(n_signals)]
+            starts = np.cumsum([0, 16, 80, 8, 8, 8, 8, 8, 80, 8]) * n
+
+            def field(k: int, width: int = 8) -> list[bytes]:
+                return [sig[starts[k] + width * i : starts[k] + width * (i + 1)] for i in range(n)]
+
+            samples = tuple(int(b.decode("ascii").strip()) for b in field(8))
         except (ValueError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: not a readable EDF/BDF file ({e}). {hint}") from None
+            raise DataError(f"{path}: not a readable EDF/BDF file ({e}). {_TRUNCATED_HINT}") from None
     expected = n_header + max(n_records, 0) * sum(samples) * (3 if bdf else 2)
     if n_records >= 0 and size < expected:
         raise DataError(
-            f"{path}: truncated {'BDF' if bdf else 'EDF'} file: {size} bytes but its header announces {n_records} data records "
-            f"({expected} bytes). {hint}"
+            f"{path}: truncated {'BDF' if bdf else 'EDF'} file: {size} bytes but its header announces {n_records} data "
+            f"records ({expected} bytes). {_TRUNCATED_HINT}"
         )
-    labels = tuple(sig[16 * i : 16 * (i + 1)].strip().decode("latin-1") for i in range(n_signals))
-    return EdfHeader(bdf, n_records, _edf_text(head[244:252]), labels, tuple(samples))
+    return EdfHeader(
+        path=path, bdf=bdf, discontinuous=head[192:197] == b"EDF+D", header_bytes=n_header, n_records=n_records,
+        record_sec=_number(head[244:252]), labels=tuple(b.strip().decode("latin-1") for b in field(0, 16)),
+        units=tuple(b.strip().decode("latin-1") for b in field(2)),
+        physical_min=tuple(_number(b) for b in field(3)), physical_max=tuple(_number(b) for b in field(4)),
+        digital_min=tuple(_number(b) for b in field(5)), digital_max=tuple(_number(b) for b in field(6)),
+        n_samples=samples, start=_start(head), file_bytes=size,
+    )
 
 
 def read_eeg(
@@ -260,32 +281,52 @@ def read_channels(
         has, the names tried and the fix), or channels of different rates with ``sfreq=None``.
     """
     path = Path(path)
-    layout, resolved = _locate(path, channels, aliases, hint)
-    wanted = list(dict.fromkeys(label for _, plus, minus in resolved for label in (plus, minus) if label))
-    read: dict[str, tuple[np.ndarray, float]] = {}
+    header, resolved = _locate(path, channels, aliases, hint)
+    layout = header if header.fast else None
     rows = _rows_at_target(layout, resolved, sfreq)
     if rows is not None:  # several plain channels at the target rate: decoded straight into one array
-        for (_, plus, _), row in zip(resolved, rows):
-            fast = _read_channel(path, layout, plus, row)
-            if fast is None:
-                break
-            read[plus] = fast
-        else:
-            return _signals(rows, resolved, [read[plus][1] for _, plus, _ in resolved])
-        read = {}
-    if layout is not None:
-        for label in wanted:
-            fast = _read_channel(path, layout, label)
-            if fast is not None:
-                read[label] = fast
-    missing = [label for label in wanted if label not in read]
-    if missing:
-        read.update(_read_channels_mne(path, missing))
+        rates = _read_into_rows(layout, resolved, rows)
+        if rates is not None:
+            return _signals(rows, resolved, rates)
+    read = _read_labels(header, [label for _, plus, minus in resolved for label in (plus, minus) if label])
     rates = [min(read[plus][1], read[minus][1]) if minus else read[plus][1] for _, plus, minus in resolved]
     if sfreq is None and len(set(rates)) > 1:
         raise DataError(f"{path}: the channels have different rates ({', '.join(f'{r:g}' for r in rates)} Hz); "
                         "give a common rate (data.sfreq).")
     target = float(rates[0] if sfreq is None else sfreq)
+    return _signals(_at_rate(read, resolved, target), resolved, rates, target)
+
+
+def _read_into_rows(layout: EdfHeader, resolved, rows: np.ndarray) -> list[float] | None:
+    """Decode every channel of ``resolved`` into its row of ``rows``; their rates, or ``None`` when one channel
+    needs MNE."""
+    rates = []
+    for (_, plus, _), row in zip(resolved, rows):
+        fast = _read_channel(layout, plus, row)
+        if fast is None:
+            return None
+        rates.append(fast[1])
+    return rates
+
+
+def _read_labels(header: EdfHeader, labels: Sequence[str]) -> dict[str, tuple[np.ndarray, float]]:
+    """``{label: (signal, rate)}`` of the file labels, each at its own rate where the fast reader can decode it,
+    the others through MNE (at the file's fastest rate)."""
+    wanted = list(dict.fromkeys(labels))
+    read: dict[str, tuple[np.ndarray, float]] = {}
+    if header.fast:
+        for label in wanted:
+            fast = _read_channel(header, label)
+            if fast is not None:
+                read[label] = fast
+    missing = [label for label in wanted if label not in read]
+    if missing:
+        read.update(_read_channels_mne(header, missing))
+    return read
+
+
+def _at_rate(read: dict[str, tuple[np.ndarray, float]], resolved, target: float) -> np.ndarray:
+    """``(n_chans, n_samples)``: each channel (a derivation: plus - minus) at ``target`` Hz, cut to the shortest."""
 
     def at_target(label: str) -> np.ndarray:
         signal, rate = read[label]
@@ -300,8 +341,7 @@ def read_channels(
             x = x[:n] - ref[:n]
         out.append(x)
     n = min(len(x) for x in out)
-    data = out[0][None, :n] if len(out) == 1 else np.stack([x[:n] for x in out])
-    return _signals(data, resolved, rates, target)
+    return out[0][None, :n] if len(out) == 1 else np.stack([x[:n] for x in out])
 
 
 def _signals(data: np.ndarray, resolved, rates: Sequence[float], target: float | None = None) -> Signals:
@@ -314,7 +354,7 @@ def _signals(data: np.ndarray, resolved, rates: Sequence[float], target: float |
     )
 
 
-def _rows_at_target(layout: _EdfLayout | None, resolved, sfreq: float | None) -> np.ndarray | None:
+def _rows_at_target(layout: EdfHeader | None, resolved, sfreq: float | None) -> np.ndarray | None:
     """An empty ``(n_chans, n_samples)`` float32 array when the fast reader can decode every channel straight
     into its row: two or more plain (not derived, distinct) channels with the same number of samples per
     record, at ``sfreq`` (or at one common rate when ``sfreq`` is None); else ``None``."""
@@ -343,12 +383,8 @@ def locate_channels(
     DataError
         As :func:`read_channels` does for a missing file or channel.
     """
-    path = Path(path)
-    layout, resolved = _locate(path, channels, aliases)
-    if layout is not None:
-        rates = {label: float(n / layout.record_sec) for label, n in zip(layout.labels, layout.n_samples)}
-    else:
-        rates = {}
+    header, resolved = _locate(Path(path), channels, aliases)
+    rates = {label: float(n / header.record_sec) for label, n in zip(header.labels, header.n_samples)} if header.fast else {}
     out = []
     for spec, plus, minus in resolved:
         rate = min(rates.get(plus, np.nan), rates.get(minus, np.inf) if minus else np.inf) if rates else np.nan
@@ -361,33 +397,48 @@ _CHANNEL_HINT = ("Set data.channels to channels of this file, or add the file's 
 
 
 def _locate(path: Path, channels: Sequence[str], aliases: Mapping[str, Sequence[str]] | None, hint: str | None = None):
-    """The file's layout (``None``: MNE reads it) and the labels to read for each channel."""
+    """The file's header and the labels to read for each channel (MNE's channel names when it reads the file)."""
     from dsn.data.channels import resolve_channels
 
-    check_edf_size(path)
-    layout = _edf_layout(path)
-    names = layout.names if layout is not None else list(open_raw(path).ch_names)
+    header = read_header(path)
+    names = header.names if header.fast else list(open_raw(path, header).ch_names)
     try:
-        return layout, resolve_channels(list(channels), names, aliases)
+        return header, resolve_channels(list(channels), names, aliases)
     except ValueError as e:
+        _refuse_duplicate_label(header, channels, aliases)
         raise DataError(f"{path}: {e}. {hint or _CHANNEL_HINT}") from None
 
 
-def is_bdf(path: str | Path) -> bool:
-    """Whether ``path`` is a BDF file (BioSemi's 24-bit variant of EDF: version field ``0xFF "BIOSEMI"``)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(8) == _BDF_VERSION
-    except OSError:
-        return False
+def _refuse_duplicate_label(header: EdfHeader, channels: Sequence[str], aliases) -> None:
+    """Raise the real cause when a channel asked for is a label the file has twice (MNE renames such labels
+    ``LABEL-0``, ``LABEL-1``, so the plain label is not found)."""
+    from dsn.data.channels import resolve_channels
+
+    names = header.names
+    twice = {label for label in names if names.count(label) > 1}
+    if not twice:
+        return
+    for channel in channels:
+        try:
+            ((_, plus, minus),) = resolve_channels([channel], list(dict.fromkeys(names)), aliases)
+        except ValueError:
+            continue
+        label = plus if plus in twice else minus
+        if label in twice:
+            where = [str(i + 1) for i, name in enumerate(names) if name == label]
+            raise DataError(
+                f"{header.path}: channel '{channel}': the label '{label}' appears {len(where)} times in this file "
+                f"(signals {', '.join(where)}). Choose one as MNE names them, '{label}-0' or '{label}-1' "
+                "(data.channels / --channel), or rename one of them in the file."
+            )
 
 
-def open_raw(path: str | Path):
+def open_raw(path: str | Path, header: EdfHeader | None = None):
     """``mne.io.read_raw_edf`` (or ``read_raw_bdf`` for a BDF file) without loading the data; a
-    :class:`DataError` naming the file when MNE cannot read it."""
+    :class:`DataError` naming the file when MNE cannot read it. ``header``: the file's, when already read."""
     import mne
 
-    bdf = is_bdf(path)
+    bdf = (header or read_header(path)).bdf
     try:
         reader = mne.io.read_raw_bdf if bdf else mne.io.read_raw_edf
         return reader(path, preload=False, verbose="error")
@@ -396,10 +447,9 @@ def open_raw(path: str | Path):
         raise DataError(f"{path}: MNE could not read this {kind} file ({type(e).__name__}: {e}).") from None
 
 
-
-def _read_channels_mne(path: Path, labels: list[str]) -> dict[str, tuple[np.ndarray, float]]:
+def _read_channels_mne(header: EdfHeader, labels: list[str]) -> dict[str, tuple[np.ndarray, float]]:
     """Channels at the file's fastest rate through MNE (the fallback of :func:`read_channels`)."""
-    raw = open_raw(path)
+    raw = open_raw(header.path, header)
     raw.pick(labels).load_data(verbose="error")
     # MNE returns volts; Sleep-EDF tools (and the official DeepSleepNet data) use microvolts.
     data = raw.get_data(picks=labels)
@@ -432,86 +482,7 @@ def _resample(signal: np.ndarray, sfreq_from: float, sfreq_to: float) -> np.ndar
     return out[:n_out].astype(np.float32)
 
 
-#: Physical dimensions MNE reads as microvolts / millivolts (anything else is taken as volts).
-_MICROVOLT_UNITS = ("\u03bcV", "\u00b5V", "\x83\xcaV", "uV")
-_TAL_NAMES = ("EDF Annotations", "BDF Annotations")
-
-#: The version field of a BDF file (an EDF file's is ``"0"`` followed by spaces).
-_BDF_VERSION = b"\xffBIOSEMI"
-_STIM_NAMES = ("status", "trigger")  # MNE's automatic stim-channel names
-
-
-@dataclass(frozen=True)
-class _EdfLayout:
-    """The header of a plain EDF file, as far as :func:`_read_channel` needs it (MNE's reading of each field)."""
-
-    header_bytes: int
-    n_records: int
-    record_sec: float
-    labels: list[str]  # every signal, annotation channels included
-    names: list[str]  # the channel names MNE lists (annotation channels left out)
-    units: list[str]
-    physical_min: np.ndarray
-    physical_max: np.ndarray
-    digital_min: np.ndarray
-    digital_max: np.ndarray
-    n_samples: np.ndarray  # samples per data record, per signal
-
-
-def _edf_text(field: bytes) -> str:
-    return field.decode("latin-1").split("\x00")[0]
-
-
-def _edf_layout(path: Path) -> _EdfLayout | None:
-    """Parse ``path``'s header; ``None`` unless it is a plain continuous 16-bit EDF the fast reader handles
-    exactly like MNE (then MNE reads it)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(256)
-            n = int(_edf_text(head[252:256]))
-            sig = f.read(256 * n)
-        if n < 1 or len(sig) < 256 * n or head[:8].strip() != b"0" or head[192:197] == b"EDF+D":
-            return None
-        starts = np.cumsum([0, 16, 80, 8, 8, 8, 8, 8, 80, 8]) * n
-
-        def field(k: int, width: int) -> list[bytes]:
-            return [sig[starts[k] + width * i : starts[k] + width * (i + 1)] for i in range(n)]
-
-        def numbers(k: int) -> np.ndarray:
-            return np.array([float(_edf_text(b).replace(",", ".")) for b in field(k, 8)])
-
-        labels = [b.strip().decode("latin-1") for b in field(0, 16)]
-        layout = _EdfLayout(
-            header_bytes=int(_edf_text(head[184:192])),
-            n_records=int(_edf_text(head[236:244])),
-            record_sec=float(_edf_text(head[244:252])),
-            labels=labels,
-            names=[name for name in labels if name not in _TAL_NAMES],
-            units=[b.strip().decode("latin-1") for b in field(2, 8)],
-            physical_min=numbers(3),
-            physical_max=numbers(4),
-            digital_min=numbers(5),
-            digital_max=numbers(6),
-            n_samples=np.array([int(_edf_text(b)) for b in field(8, 8)], dtype=np.int64),
-        )
-    except (OSError, ValueError):
-        return None
-    names = layout.names
-    if (
-        layout.header_bytes != 256 * (n + 1)
-        or layout.n_records < 1
-        or not layout.record_sec > 0
-        or (layout.n_samples < 1).any()
-        or not names
-        or len(set(names)) != len(names)  # MNE renames duplicates
-        or any(name.lower() in _STIM_NAMES for name in names)  # MNE treats these as stim channels
-        or path.stat().st_size != layout.header_bytes + 2 * layout.n_records * int(layout.n_samples.sum())
-    ):
-        return None
-    return layout
-
-
-def _read_channel(path: Path, layout: _EdfLayout, channel: str,
+def _read_channel(layout: EdfHeader, channel: str,
                   out: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
     """Decode one channel's samples from the data records at the channel's own rate, in microvolts, with MNE's
     arithmetic (``((d * cal + offset) * unit) * 1e6`` in float64, then float32: a channel at the file's fastest
@@ -530,10 +501,10 @@ def _read_channel(path: Path, layout: _EdfLayout, channel: str,
     gain = 1e-6 if unit in _MICROVOLT_UNITS else 1e-3 if unit == "mV" else 1.0
 
     table, scale, shift, exact_affine = _sample_scaling(cal, offset, gain)
-    record = int(layout.n_samples.sum())
-    first = int(layout.n_samples[:i].sum())
+    record = int(sum(layout.n_samples))
+    first = int(sum(layout.n_samples[:i]))
     out = np.empty((layout.n_records, n_ch), dtype=np.float32) if out is None else out.reshape(layout.n_records, n_ch)
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+    with open(layout.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         _decode(buf, layout.header_bytes, (layout.n_records, record), first, out, table, scale, shift, exact_affine)
     return out.reshape(-1), float(n_ch / layout.record_sec)
 
@@ -577,134 +548,3 @@ def _decode(
             np.add(t, shift, out=out[r : r + rows])
         else:
             np.take(table, block.view(np.uint16), out=out[r : r + rows])
-
-
-def read_hypnogram(path: str | Path, label_map: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Read a Sleep-EDF hypnogram (EDF+ annotations).
-
-    Returns
-    -------
-    onsets, durations : ndarray of float seconds from the recording start
-    labels : list of descriptions
-
-    Raises
-    ------
-    DataError
-        On an unreadable file, or a description not in ``label_map`` (default :data:`RK_TO_AASM`).
-    """
-    import mne
-
-    label_map = RK_TO_AASM if label_map is None else label_map
-    check_edf_size(path)
-    try:
-        ann = mne.read_annotations(path)
-    except Exception as e:
-        raise DataError(f"{path}: could not read hypnogram annotations ({type(e).__name__}: {e}).") from None
-    unknown = sorted(set(ann.description) - set(label_map))
-    if unknown:
-        raise DataError(
-            f"{path}: unknown annotation label(s) {unknown}. Known labels: {sorted(label_map)}. "
-            "Add them to `label_map` (mapping to a class index, or -1 to ignore) if they are valid."
-        )
-    return np.asarray(ann.onset, float), np.asarray(ann.duration, float), list(ann.description)
-
-
-def epoch_labels(
-    onsets: np.ndarray,
-    durations: np.ndarray,
-    labels: list[str],
-    n_epochs: int,
-    epoch_sec: float = 30.0,
-    label_map: dict[str, int] | None = None,
-    length_mismatch: Literal["raise", "crop"] = "raise",
-    source: str = "hypnogram",
-) -> np.ndarray:
-    """One class label per epoch of a signal with ``n_epochs`` epochs.
-
-    An epoch takes the label of the annotation covering its midpoint. Epochs covered by no annotation
-    are :data:`UNANNOTATED`; unscored labels (``Sleep stage ?``, ``Movement time``) map to
-    :data:`~dsn.data.labels.IGNORE_INDEX`.
-
-    Raises
-    ------
-    DataError
-        With ``length_mismatch="raise"``: if scored annotations extend more than one epoch past the end
-        of the signal (hypnogram longer), or the annotations end more than one epoch before it (shorter).
-    """
-    label_map = RK_TO_AASM if label_map is None else label_map
-    y = np.full(n_epochs, UNANNOTATED, dtype=np.int64)
-    mids = (np.arange(n_epochs) + 0.5) * epoch_sec
-    signal_end = n_epochs * epoch_sec
-    scored_end = 0.0
-    ann_end = 0.0
-    for onset, dur, lab in zip(onsets, durations, labels):
-        code = label_map[lab]
-        ann_end = max(ann_end, onset + dur)
-        if code != IGNORE_INDEX:
-            scored_end = max(scored_end, onset + dur)
-        i0 = int(np.searchsorted(mids, onset, side="left"))
-        i1 = int(np.searchsorted(mids, onset + dur, side="left"))
-        y[i0:i1] = code
-    if length_mismatch == "raise":
-        hint = (
-            "Check that the PSG and hypnogram belong together; set `length_mismatch: crop` to keep only the "
-            "part both cover."
-        )
-        if scored_end > signal_end + epoch_sec:
-            raise DataError(
-                f"{source}: hypnogram longer than the signal: scored stages run to {scored_end:.0f} s but the "
-                f"signal has {n_epochs} epochs ({signal_end:.0f} s). {hint}"
-            )
-        if ann_end < signal_end - epoch_sec:
-            raise DataError(
-                f"{source}: hypnogram shorter than the signal: annotations end at {ann_end:.0f} s but the "
-                f"signal lasts {signal_end:.0f} s. {hint}"
-            )
-    return y
-
-
-def sleep_period(is_sleep: np.ndarray, trim_minutes: float | None = 30.0, epoch_sec: float = 30.0) -> slice | None:
-    """The epochs from ``trim_minutes`` before the first to ``trim_minutes`` after the last sleep epoch
-    (all epochs when ``trim_minutes`` is None); ``None`` when ``is_sleep`` holds no sleep epoch."""
-    sleep = np.flatnonzero(is_sleep)
-    if sleep.size == 0:
-        return None
-    if trim_minutes is None:
-        return slice(0, len(is_sleep))
-    edge = int(round(trim_minutes * 60 / epoch_sec))
-    return slice(max(int(sleep[0]) - edge, 0), min(int(sleep[-1]) + edge + 1, len(is_sleep)))
-
-
-def trim_and_clean(
-    y: np.ndarray,
-    trim_minutes: float | None = 30.0,
-    epoch_sec: float = 30.0,
-    unscored: Literal["drop", "mask"] = "drop",
-    source: str = "recording",
-) -> np.ndarray:
-    """Select the epochs to keep: trimmed around sleep, unscored epochs dropped or masked.
-
-    Parameters
-    ----------
-    y : ndarray (n_epochs,) labels from :func:`epoch_labels`.
-    trim_minutes : wake kept before the first and after the last sleep epoch; ``None`` keeps all.
-    unscored : ``"drop"`` removes ``?``/movement/unannotated epochs (the official code);
-        ``"mask"`` keeps them with label ``IGNORE_INDEX`` so sequences stay contiguous.
-
-    Returns
-    -------
-    keep : ndarray of int indices into ``y`` (sorted). Apply ``y[keep]``; with ``"mask"``
-        replace ``UNANNOTATED`` by ``IGNORE_INDEX``.
-    """
-    window = sleep_period(y > 0, trim_minutes, epoch_sec)
-    if window is None:
-        raise DataError(
-            f"{source}: no sleep epochs (N1, N2, N3, REM) in the hypnogram, nothing to train on. "
-            "Check the hypnogram file, or exclude this recording."
-        )
-    idx = np.arange(window.start, window.stop)
-    if unscored == "drop":
-        idx = idx[y[idx] >= 0]
-    elif unscored != "mask":
-        raise DataError(f"unscored={unscored!r}: expected 'drop' or 'mask'.")
-    return idx

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from dsn.data.edf import DataError
+from dsn.data.errors import DataError
 
 
 def fetch_sleep_edf(

@@ -4,7 +4,7 @@ hypnogram into one label per sleep epoch of its recording.
 Every reader returns a :class:`Hypnogram`: intervals (onset, duration, label as written in the file) and,
 when the file states it, its start time. :func:`stage_labels` maps the labels through the data set's label
 map and places the intervals on the recording's 30-s epoch grid by these rules, each a one-line
-:class:`~dsn.data.edf.DataError` naming the file, the seconds and the fix when it fails:
+:class:`~dsn.data.errors.DataError` naming the file, the seconds and the fix when it fails:
 
 - **Start time.** A hypnogram that states a start time (EDF+ header; NSRR XML ``Recording Start Time``
   clock time) is placed at that time of its recording (offset = hypnogram start - recording start; files
@@ -19,7 +19,11 @@ map and places the intervals on the recording's 30-s epoch grid by these rules, 
   the length to set (``data.epoch_sec: 20``): stages are not regrouped into longer epochs.
 - **Overrun.** Scored intervals running more than one epoch past the signal's end (or annotations ending more
   than one epoch before it) are refused with ``length_mismatch: raise``; ``crop`` keeps the part both cover
-  (:func:`dsn.data.edf.epoch_labels`).
+  (:func:`epoch_labels`).
+
+The profile (:class:`dsn.data.datasets.Profile`) is passed in: this module never imports
+:mod:`dsn.data.datasets`, which builds on it. Also here: the training data's trimming around sleep
+(:func:`sleep_period`, :func:`trim_and_clean`).
 """
 
 from __future__ import annotations
@@ -35,10 +39,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dsn.data.edf import DataError, RecordingFiles, check_edf_size, epoch_labels
-from dsn.data.labels import IGNORE_INDEX, map_labels
+from dsn.data.edf import read_header
+from dsn.data.errors import DataError
+from dsn.data.labels import IGNORE_INDEX, RK_TO_AASM, map_labels
 
 log = logging.getLogger(__name__)
+
+#: Label used internally for epochs that no annotation covers.
+UNANNOTATED = -2
 
 
 @dataclass
@@ -64,34 +72,18 @@ class Hypnogram:
     per_epoch: bool = False
 
 
-def edf_start(path: str | Path) -> _dt.datetime | None:
-    """The start date and time in an EDF header (bytes 168-184, ``dd.mm.yy`` ``hh.mm.ss``); ``None`` if unreadable.
-
-    Two-digit years are 1985-2084, as the EDF specification says.
-    """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(184)
-        d, t = head[168:176].decode("ascii"), head[176:184].decode("ascii")
-        dd, mm, yy = (int(v) for v in d.split("."))
-        h, mi, s = (int(v) for v in t.split("."))
-        return _dt.datetime(1900 + yy if yy >= 85 else 2000 + yy, mm, dd, h, mi, s)
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-
-
 # ------------------------------------------------------------------------------------------- readers
 def read_edf_annotations(path: str | Path, options: dict[str, Any] | None = None, epoch_sec: float = 30.0) -> Hypnogram:
     """An EDF+ hypnogram (Sleep-EDF): its annotations, read with MNE, and its header's start time."""
     import mne
 
-    check_edf_size(path)
+    header = read_header(path)
     try:
         ann = mne.read_annotations(path)
     except Exception as e:  # MNE raises many types for broken files
         raise DataError(f"{path}: could not read hypnogram annotations ({type(e).__name__}: {e}).") from None
     return Hypnogram(np.asarray(ann.onset, float), np.asarray(ann.duration, float), list(ann.description), str(path),
-                     start=edf_start(path))
+                     start=header.start)
 
 
 _CLOCK = re.compile(r"(\d{1,2})[.:](\d{2})[.:](\d{2})\s*$")
@@ -197,44 +189,15 @@ def read_table(path: str | Path, options: dict[str, Any] | None = None, epoch_se
     otherwise tab, comma, semicolon or white space as found). Lines starting with ``#`` are comments.
     """
     options = options or {}
-    on_col = str(options.get("onset_column", "onset")).casefold()
-    du_col = str(options.get("duration_column", "duration")).casefold()
     lab_col = str(options.get("label_column", "stage")).casefold()
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable hypnogram file ({e}).") from None
-    lines = [(i, ln.strip()) for i, ln in enumerate(text.splitlines(), start=1) if ln.strip() and not ln.lstrip().startswith("#")]
-    if not lines:
-        raise DataError(f"{path}: empty hypnogram file.")
-    delim = options.get("delimiter") or {".tsv": "\t", ".csv": ","}.get(Path(path).suffix.lower())
-    if delim is None:
-        first = lines[0][1]
-        delim = next((d for d in ("\t", ",", ";") if d in first), None)
-
-    def cells(line: str) -> list[str]:
-        parts = line.split(delim) if delim else line.split()
-        return [p.strip().strip('"') for p in parts]
-
-    head = [c.casefold() for c in cells(lines[0][1])]
-    if on_col in head and du_col in head:
-        li = head.index(lab_col) if lab_col in head else (2 if len(head) > 2 else None)
-        if li is None:
-            raise DataError(f"{path}: no label column {lab_col!r} beside onset/duration (header: {head}).")
-        io, idu = head.index(on_col), head.index(du_col)
-        onsets, durations, labels = [], [], []
-        for row, line in lines[1:]:
-            c = cells(line)
-            if len(c) <= max(io, idu, li):
-                raise DataError(f"{path}: row {row} has {len(c)} column(s), the header {len(head)}.")
-            onsets.append(_number(c[io], path, row, "onset"))
-            durations.append(_number(c[idu], path, row, "duration"))
-            labels.append(c[li])
-        return Hypnogram(np.array(onsets, float), np.array(durations, float), labels, str(path))
-    body = lines
-    col = 0
+    table = _Table.read(path, options)
+    head = [c.casefold() for c in table.cells(table.lines[0][1])]
+    columns = [str(options.get(k, d)).casefold() for k, d in (("onset_column", "onset"), ("duration_column", "duration"))]
+    if all(c in head for c in columns):
+        return _intervals(table, head, [head.index(c) for c in columns], lab_col)
+    body, col = table.lines, 0
     if lab_col in head or set(head) & _HEADER_WORDS:
-        body = lines[1:]
+        body = table.lines[1:]
         col = head.index(lab_col) if lab_col in head else next(
             (k for k, h in enumerate(head) if h in _HEADER_WORDS - {"epoch"}), len(head) - 1
         )
@@ -243,14 +206,64 @@ def read_table(path: str | Path, options: dict[str, Any] | None = None, epoch_se
             f"{path}: {len(head)} columns without a header. Write one label per line, or a header naming the "
             f"columns (onset,duration,{lab_col} or epoch,{lab_col})."
         )
-    labels = []
-    for row, line in body:
-        c = cells(line)
-        if len(c) <= col:
-            raise DataError(f"{path}: row {row} has no column {col + 1}.")
-        labels.append(c[col])
+    labels = [table.column(row, line, col) for row, line in body]
     n = len(labels)
     return Hypnogram(np.arange(n) * float(epoch_sec), np.full(n, float(epoch_sec)), labels, str(path), per_epoch=True)
+
+
+@dataclass
+class _Table:
+    """The non-empty, non-comment lines of a text hypnogram (with their line numbers) and how to split them."""
+
+    path: str | Path
+    lines: list[tuple[int, str]]
+    delim: str | None
+
+    @classmethod
+    def read(cls, path: str | Path, options: dict[str, Any]) -> _Table:
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: not a readable hypnogram file ({e}).") from None
+        lines = [(i, ln.strip()) for i, ln in enumerate(text.splitlines(), start=1)
+                 if ln.strip() and not ln.lstrip().startswith("#")]
+        if not lines:
+            raise DataError(f"{path}: empty hypnogram file.")
+        delim = options.get("delimiter") or {".tsv": "\t", ".csv": ","}.get(Path(path).suffix.lower())
+        if delim is None:
+            delim = next((d for d in ("\t", ",", ";") if d in lines[0][1]), None)
+        return cls(path, lines, delim)
+
+    def cells(self, line: str) -> list[str]:
+        parts = line.split(self.delim) if self.delim else line.split()
+        return [p.strip().strip('"') for p in parts]
+
+    def column(self, row: int, line: str, k: int) -> str:
+        """Cell ``k`` of a row; a row without it is refused with its content and the header it lacks."""
+        c = self.cells(line)
+        if len(c) <= k:
+            header = self.lines[0][1]
+            raise DataError(
+                f"{self.path}: line {row} {line!r} has {len(c)} column(s) but the header {header!r} has "
+                f"{len(self.cells(header))} (column {k + 1} is missing): complete that line or delete it."
+            )
+        return c[k]
+
+
+def _intervals(table: _Table, head: list[str], cols: list[int], lab_col: str) -> Hypnogram:
+    """``onset,duration,label`` rows (``cols``: the onset and duration columns)."""
+    li = head.index(lab_col) if lab_col in head else (2 if len(head) > 2 else None)
+    if li is None:
+        raise DataError(f"{table.path}: no label column {lab_col!r} beside onset/duration (header: {head}).")
+    io, idu = cols
+    onsets, durations, labels = [], [], []
+    for row, line in table.lines[1:]:
+        table.column(row, line, max(io, idu, li))
+        c = table.cells(line)
+        onsets.append(_number(c[io], table.path, row, "onset"))
+        durations.append(_number(c[idu], table.path, row, "duration"))
+        labels.append(c[li])
+    return Hypnogram(np.array(onsets, float), np.array(durations, float), labels, str(table.path))
 
 
 #: hypnogram_format -> reader(path, options, epoch_sec)
@@ -286,6 +299,14 @@ def _when(t: _dt.datetime, clock_only: bool) -> str:
     return t.strftime("%H:%M:%S") if clock_only else t.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _span(sec: float) -> str:
+    """Seconds as a readable signed length: ``+7:30:00``, ``-805 d 3:18:02``."""
+    sign, rest = ("-" if sec < 0 else "+"), int(round(abs(sec)))
+    days, rest = divmod(rest, 86400)
+    clock = f"{rest // 3600}:{rest // 60 % 60:02d}:{rest % 60:02d}"
+    return f"{sign}{days} d {clock}" if days else f"{sign}{clock}"
+
+
 def place(
     hyp: Hypnogram,
     codes: np.ndarray,
@@ -309,74 +330,90 @@ def place(
     -------
     y : ndarray, shape (n_epochs,), int64: class index, ``IGNORE_INDEX`` or ``UNANNOTATED``.
     """
-    src = hyp.source
     if hyp.per_epoch and abs(hyp_epoch_sec - epoch_sec) > 1e-6:
         raise DataError(
-            f"{src}: scored in {hyp_epoch_sec:g}-s epochs (the profile's epoch_sec) but data.epoch_sec is "
+            f"{hyp.source}: scored in {hyp_epoch_sec:g}-s epochs (the profile's epoch_sec) but data.epoch_sec is "
             f"{epoch_sec:g}: set data.epoch_sec: {hyp_epoch_sec:g} (stages are not regrouped into other epochs)."
         )
     shift = _offset(hyp, psg_start)
     onsets = np.asarray(hyp.onsets, float) + shift
     durations = np.asarray(hyp.durations, float)
     scored = codes != IGNORE_INDEX
-    signal_sec = n_epochs * epoch_sec
     if scored.any():
-        first, last = float(onsets[scored].min()), float((onsets + durations)[scored].max())
-        if first >= signal_sec or last <= 0:
-            when = ""
-            if hyp.start is not None and psg_start is not None:
-                when = (f" It starts {_when(hyp.start, hyp.clock_only)}, {shift:+.0f} s from the recording's start "
-                        f"({_when(psg_start, hyp.clock_only)}).")
-            raise DataError(
-                f"{src}: its scored stages ({first:.0f}-{last:.0f} s) do not overlap {psg} (0-{signal_sec:.0f} s)."
-                f"{when} Is it another night's hypnogram? Pair each recording with its own."
-            )
-        off = np.abs(onsets[scored] / epoch_sec - np.round(onsets[scored] / epoch_sec)) * epoch_sec > 1e-3
-        if off.any():
-            bad = float(onsets[scored][off][0])
-            grid = _grid(np.concatenate([hyp.onsets[scored], durations[scored]]))
-            if 0 < grid < epoch_sec and abs(shift / grid - round(shift / grid)) * grid < 1e-3:
-                raise DataError(
-                    f"{src}: scored in {grid:g}-s epochs (a stage starts at {bad:g} s) but data.epoch_sec is "
-                    f"{epoch_sec:g}: set data.epoch_sec: {grid:g} (stages are not regrouped into other epochs)."
-                )
-            raise DataError(
-                f"{src}: a scored stage starts at {bad:g} s from the start of {psg}, not on its {epoch_sec:g}-s "
-                f"epoch grid (hypnogram offset {shift:+g} s). Stages are never shifted by part of an epoch: fix the "
-                "onsets or the start times."
-            )
+        _check_overlap(hyp, onsets[scored], (onsets + durations)[scored], n_epochs * epoch_sec, psg_start, shift, psg)
+        _check_grid(hyp, scored, onsets[scored], epoch_sec, shift, psg)
+        first = float(onsets[scored].min())
         if first < 0 and length_mismatch == "raise":
             raise DataError(
-                f"{src}: scored stages begin {-first:.0f} s before {psg} starts. Check that they belong together; "
-                "set `length_mismatch: crop` to drop the part before the recording."
+                f"{hyp.source}: scored stages begin {-first:.0f} s before {psg} starts. Check that they belong "
+                "together; set `length_mismatch: crop` to drop the part before the recording."
             )
     if shift:
-        log.info("%s: placed %+.0f s from the start of %s (its stated start time)", src, shift, psg)
+        log.info("%s: placed %+.0f s from the start of %s (its stated start time)", hyp.source, shift, psg)
     label_of = {i: int(c) for i, c in enumerate(codes)}
     keys = [str(i) for i in range(len(codes))]
     return epoch_labels(
-        onsets, durations, keys, n_epochs, epoch_sec, {k: label_of[int(k)] for k in keys}, length_mismatch, src
+        onsets, durations, keys, n_epochs, epoch_sec, {k: label_of[int(k)] for k in keys}, length_mismatch, hyp.source
     )
 
 
-def read(files: RecordingFiles) -> tuple[Hypnogram, np.ndarray]:
-    """Read a recording's hypnogram by its profile and map its labels: ``(hypnogram, class indices)``."""
-    from dsn.data.datasets import load_profile
+def _check_overlap(hyp: Hypnogram, onsets: np.ndarray, ends: np.ndarray, signal_sec: float,
+                   psg_start: _dt.datetime | None, shift: float, psg: str) -> None:
+    """Refuse a hypnogram whose scored stages (placed ``onsets`` to ``ends``) miss the recording entirely."""
+    first, last = float(onsets.min()), float(ends.max())
+    if first < signal_sec and last > 0:
+        return
+    when = ""
+    if hyp.start is not None and psg_start is not None:
+        when = (f" The hypnogram starts {_when(hyp.start, hyp.clock_only)}, the recording "
+                f"{_when(psg_start, hyp.clock_only)}: {shift:+.0f} s from the recording's start ({_span(shift)}).")
+    raise DataError(
+        f"{hyp.source}: its scored stages ({_span(first)} to {_span(last)} from the start of {psg}) do not "
+        f"overlap {psg}, which lasts {_span(signal_sec)[1:]}.{when} Is it another night's hypnogram? Pair each "
+        "recording with its own, or correct the start time in the hypnogram's header."
+    )
 
-    prof = load_profile(files.profile)
-    reader = FORMATS[prof.hypnogram_format]
-    hyp = reader(files.hypnogram, prof.hypnogram_options, prof.epoch_sec)
+
+def _check_grid(hyp: Hypnogram, scored: np.ndarray, onsets: np.ndarray, epoch_sec: float, shift: float, psg: str) -> None:
+    """Refuse scored stages that do not start on the recording's epoch grid (naming the epoch length when
+    the hypnogram was scored in shorter epochs)."""
+    off = np.abs(onsets / epoch_sec - np.round(onsets / epoch_sec)) * epoch_sec > 1e-3
+    if not off.any():
+        return
+    bad = float(onsets[off][0])
+    grid = _grid(np.concatenate([hyp.onsets[scored], np.asarray(hyp.durations, float)[scored]]))
+    if 0 < grid < epoch_sec and abs(shift / grid - round(shift / grid)) * grid < 1e-3:
+        raise DataError(
+            f"{hyp.source}: scored in {grid:g}-s epochs (a stage starts at {bad:g} s) but data.epoch_sec is "
+            f"{epoch_sec:g}: set data.epoch_sec: {grid:g} (stages are not regrouped into other epochs)."
+        )
+    raise DataError(
+        f"{hyp.source}: a scored stage starts at {bad:g} s from the start of {psg}, not on its {epoch_sec:g}-s "
+        f"epoch grid (hypnogram offset {shift:+g} s). Stages are never shifted by part of an epoch: fix the "
+        "onsets or the start times."
+    )
+
+
+def read(path: str | Path, profile) -> tuple[Hypnogram, np.ndarray]:
+    """Read a hypnogram by a data-set profile and map its labels: ``(hypnogram, class indices)``.
+
+    ``profile``: a :class:`dsn.data.datasets.Profile` (its ``hypnogram_format``, ``hypnogram_options``,
+    ``epoch_sec`` and ``label_map`` are used).
+    """
+    hyp = FORMATS[profile.hypnogram_format](path, profile.hypnogram_options, profile.epoch_sec)
     try:
-        codes = map_labels(hyp.labels, prof.label_map, str(files.hypnogram), prof.label_map_name())
+        codes = map_labels(hyp.labels, profile.label_map, str(path), profile.label_map_name())
     except ValueError as e:
         raise DataError(str(e)) from None
     return hyp, codes
 
 
 def stage_labels(
-    files: RecordingFiles, n_epochs: int, epoch_sec: float = 30.0, length_mismatch: Literal["raise", "crop"] = "raise"
+    files, n_epochs: int, epoch_sec: float = 30.0, length_mismatch: Literal["raise", "crop"] = "raise"
 ) -> np.ndarray:
     """One label per sleep epoch of ``files.psg`` (``n_epochs`` epochs) from its hypnogram.
+
+    ``files``: a :class:`dsn.data.datasets.RecordingFiles` (its ``psg``, ``hypnogram`` and ``profile``).
 
     Returns
     -------
@@ -387,8 +424,107 @@ def stage_labels(
     DataError
         By the rules of this module, naming the hypnogram, the seconds and the fix.
     """
-    from dsn.data.datasets import load_profile
+    hyp, codes = read(files.hypnogram, files.profile)
+    return place(hyp, codes, n_epochs, epoch_sec, read_header(files.psg).start, length_mismatch,
+                 files.profile.epoch_sec, str(files.psg))
 
-    hyp, codes = read(files)
-    prof = load_profile(files.profile)
-    return place(hyp, codes, n_epochs, epoch_sec, edf_start(files.psg), length_mismatch, prof.epoch_sec, str(files.psg))
+
+def epoch_labels(
+    onsets: np.ndarray,
+    durations: np.ndarray,
+    labels: list[str],
+    n_epochs: int,
+    epoch_sec: float = 30.0,
+    label_map: dict[str, int] | None = None,
+    length_mismatch: Literal["raise", "crop"] = "raise",
+    source: str = "hypnogram",
+) -> np.ndarray:
+    """One class label per epoch of a signal with ``n_epochs`` epochs.
+
+    An epoch takes the label of the annotation covering its midpoint. Epochs covered by no annotation
+    are :data:`UNANNOTATED`; unscored labels (``Sleep stage ?``, ``Movement time``) map to
+    :data:`~dsn.data.labels.IGNORE_INDEX`.
+
+    Raises
+    ------
+    DataError
+        With ``length_mismatch="raise"``: if scored annotations extend more than one epoch past the end
+        of the signal (hypnogram longer), or the annotations end more than one epoch before it (shorter).
+    """
+    label_map = RK_TO_AASM if label_map is None else label_map
+    y = np.full(n_epochs, UNANNOTATED, dtype=np.int64)
+    mids = (np.arange(n_epochs) + 0.5) * epoch_sec
+    signal_end = n_epochs * epoch_sec
+    scored_end = 0.0
+    ann_end = 0.0
+    for onset, dur, lab in zip(onsets, durations, labels):
+        code = label_map[lab]
+        ann_end = max(ann_end, onset + dur)
+        if code != IGNORE_INDEX:
+            scored_end = max(scored_end, onset + dur)
+        i0 = int(np.searchsorted(mids, onset, side="left"))
+        i1 = int(np.searchsorted(mids, onset + dur, side="left"))
+        y[i0:i1] = code
+    if length_mismatch == "raise":
+        hint = (
+            "Check that the PSG and hypnogram belong together; set `length_mismatch: crop` to keep only the "
+            "part both cover."
+        )
+        if scored_end > signal_end + epoch_sec:
+            raise DataError(
+                f"{source}: hypnogram longer than the signal: scored stages run to {scored_end:.0f} s but the "
+                f"signal has {n_epochs} epochs ({signal_end:.0f} s). {hint}"
+            )
+        if ann_end < signal_end - epoch_sec:
+            raise DataError(
+                f"{source}: hypnogram shorter than the signal: annotations end at {ann_end:.0f} s but the "
+                f"signal lasts {signal_end:.0f} s. {hint}"
+            )
+    return y
+
+
+def sleep_period(is_sleep: np.ndarray, trim_minutes: float | None = 30.0, epoch_sec: float = 30.0) -> slice | None:
+    """The epochs from ``trim_minutes`` before the first to ``trim_minutes`` after the last sleep epoch
+    (all epochs when ``trim_minutes`` is None); ``None`` when ``is_sleep`` holds no sleep epoch."""
+    sleep = np.flatnonzero(is_sleep)
+    if sleep.size == 0:
+        return None
+    if trim_minutes is None:
+        return slice(0, len(is_sleep))
+    edge = int(round(trim_minutes * 60 / epoch_sec))
+    return slice(max(int(sleep[0]) - edge, 0), min(int(sleep[-1]) + edge + 1, len(is_sleep)))
+
+
+def trim_and_clean(
+    y: np.ndarray,
+    trim_minutes: float | None = 30.0,
+    epoch_sec: float = 30.0,
+    unscored: Literal["drop", "mask"] = "drop",
+    source: str = "recording",
+) -> np.ndarray:
+    """Select the epochs to keep: trimmed around sleep, unscored epochs dropped or masked.
+
+    Parameters
+    ----------
+    y : ndarray (n_epochs,) labels from :func:`epoch_labels`.
+    trim_minutes : wake kept before the first and after the last sleep epoch; ``None`` keeps all.
+    unscored : ``"drop"`` removes ``?``/movement/unannotated epochs (the official code);
+        ``"mask"`` keeps them with label ``IGNORE_INDEX`` so sequences stay contiguous.
+
+    Returns
+    -------
+    keep : ndarray of int indices into ``y`` (sorted). Apply ``y[keep]``; with ``"mask"``
+        replace ``UNANNOTATED`` by ``IGNORE_INDEX``.
+    """
+    window = sleep_period(y > 0, trim_minutes, epoch_sec)
+    if window is None:
+        raise DataError(
+            f"{source}: no sleep epochs (N1, N2, N3, REM) in the hypnogram, nothing to train on. "
+            "Check the hypnogram file, or exclude this recording."
+        )
+    idx = np.arange(window.start, window.stop)
+    if unscored == "drop":
+        idx = idx[y[idx] >= 0]
+    elif unscored != "mask":
+        raise DataError(f"unscored={unscored!r}: expected 'drop' or 'mask'.")
+    return idx

@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from dsn.data.edf import sleep_period
+from dsn.data.hypnograms import sleep_period
 
 __all__ = ["NORMALIZE_METHODS", "SCALE_BAND", "NormalizeMethod", "normalize", "scale_stats", "sleep_window"]
 
@@ -114,7 +114,7 @@ def normalize(x: np.ndarray, method: NormalizeMethod, sfreq: float | None = None
 def sleep_window(stages: np.ndarray, trim_minutes: float | None, epoch_sec: float = 30.0, wake: int = 0) -> slice:
     """The epochs from ``trim_minutes`` before the first to ``trim_minutes`` after the last non-wake epoch.
 
-    The training data's trimming rule (:func:`dsn.data.edf.sleep_period`), applied to a
+    The training data's trimming rule (:func:`dsn.data.hypnograms.sleep_period`), applied to a
     predicted hypnogram; all epochs when ``trim_minutes`` is None or nothing but wake was predicted.
     """
     stages = np.asarray(stages)

@@ -3,7 +3,7 @@
 Unlike :mod:`dsn.data.recording`, nothing here needs a hypnogram: the whole recording is cut into
 consecutive epochs from its first sample, without trimming (nothing is known about sleep yet). The
 channels are read with :func:`dsn.data.edf.read_channels`; every problem is a one-line
-:class:`~dsn.data.edf.DataError` naming the file and saying what to do.
+:class:`~dsn.data.errors.DataError` naming the file and saying what to do.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dsn.data.edf import DataError, check_edf_size, is_bdf, read_channels
+from dsn.data.edf import EdfHeader, NotEdfError, read_channels, read_header
+from dsn.data.errors import DataError
 
 __all__ = ["ScoringInput", "read_epochs"]
-
-#: The first 8 bytes of every EDF/EDF+ file (version field "0" padded with spaces).
-_EDF_MAGIC = b"0       "
 
 
 @dataclass(frozen=True)
@@ -85,15 +83,6 @@ class ScoringInput:
         return float(self.x.shape[-1] / self.sfreq)
 
 
-def _start(path: Path) -> _dt.datetime | None:
-    from dsn.data.edf import open_raw
-
-    meas = open_raw(path).info.get("meas_date")
-    if meas is None:
-        return None
-    return meas.replace(tzinfo=None) if isinstance(meas, _dt.datetime) else None
-
-
 def read_epochs(
     path: str | Path,
     channels: str | Sequence[str] = "EEG Fpz-Cz",
@@ -140,28 +129,64 @@ def read_epochs(
     """
     path = Path(path)
     channels = [channels] if isinstance(channels, str) else list(channels)
+    n_times = _samples_per_epoch(path, sfreq, epoch_sec)
+    header = _header(path)
+    hint = ("The model reads these channels; score a recording that has them, or name this file's channel "
+            "with `--channel NAME` (the derivation the model was trained on).")
+    sig = read_channels(path, channels, sfreq, aliases, hint=hint)
+    _check_rates(path, sig.names, sig.source_sfreq, sfreq, trained_sfreqs)
+    x, n_dropped = _cut(path, sig.data, n_times, sfreq, epoch_sec)
+    name = path.stem[: -len("-PSG")] if path.stem.endswith("-PSG") else path.stem
+    return ScoringInput(
+        name=name, path=path, channels=list(sig.names), labels=list(sig.labels), x=x,
+        onsets=np.arange(len(x), dtype=np.float64) * epoch_sec, sfreq=float(sig.sfreq),
+        source_sfreqs=list(sig.source_sfreq), start=header.start, n_dropped_samples=n_dropped,
+    )
+
+
+def _cut(path: Path, data: np.ndarray, n_times: int, sfreq: float, epoch_sec: float) -> tuple[np.ndarray, int]:
+    """``(n_epochs, n_chans, n_times)`` float32 epochs of ``(n_chans, n_samples)`` signals and the number of
+    samples after the last whole epoch (left out)."""
+    n_samples = data.shape[1]
+    if n_samples < n_times:
+        raise DataError(
+            f"{path}: recording lasts {n_samples / sfreq:.1f} s, shorter than one {epoch_sec:g}-s epoch; nothing "
+            "to score. Pass a longer recording."
+        )
+    n_epochs = n_samples // n_times
+    used = n_epochs * n_times
+    x = np.ascontiguousarray(data[:, :used].reshape(len(data), n_epochs, n_times).transpose(1, 0, 2), dtype=np.float32)
+    return x, int(n_samples - used)
+
+
+def _samples_per_epoch(path: Path, sfreq: float, epoch_sec: float) -> int:
+    """``sfreq * epoch_sec``, refused unless a whole number."""
     n_times_f = sfreq * epoch_sec
     if not (sfreq > 0 and epoch_sec > 0) or abs(n_times_f - round(n_times_f)) > 1e-6:
         raise DataError(
             f"{path}: sfreq={sfreq} Hz and epoch_sec={epoch_sec} s do not give a whole number of samples per "
             "epoch; use a model whose sampling rate times the epoch length is an integer."
         )
-    n_times = int(round(n_times_f))
+    return int(round(n_times_f))
 
+
+def _header(path: Path) -> EdfHeader:
+    """The file's header (:func:`dsn.data.edf.read_header`), with what to pass instead of a missing or non-EDF file."""
     if not path.is_file():
         raise DataError(f"{path}: file not found. Pass the path of a PSG recording in EDF or BDF format.")
-    with open(path, "rb") as f:
-        magic = f.read(len(_EDF_MAGIC))
-    if magic != _EDF_MAGIC and not is_bdf(path):
+    try:
+        return read_header(path)  # truncated downloads too
+    except NotEdfError:
         raise DataError(
             f"{path}: not an EDF or BDF file (it does not start with their header). Pass a PSG recording in "
             "EDF/EDF+ or BDF format (e.g. SC4001E0-PSG.edf); convert other formats to EDF first."
-        )
-    check_edf_size(path)  # truncated downloads
-    hint = ("The model reads these channels; score a recording that has them, or name this file's channel "
-            "with `--channel NAME` (the derivation the model was trained on).")
-    sig = read_channels(path, channels, sfreq, aliases, hint=hint)
-    for c, (name, rate) in enumerate(zip(sig.names, sig.source_sfreq)):
+        ) from None
+
+
+def _check_rates(path: Path, names: Sequence[str], rates: Sequence[float], sfreq: float,
+                 trained_sfreqs: Sequence[float] | None) -> None:
+    """Refuse a channel sampled below the model's rate and below its rate in the model's training files."""
+    for c, (name, rate) in enumerate(zip(names, rates)):
         trained = trained_sfreqs[c] if trained_sfreqs is not None and c < len(trained_sfreqs) else sfreq
         if rate < min(sfreq, trained) - 1e-6:
             raise DataError(
@@ -170,27 +195,3 @@ def read_epochs(
                 + "; upsampling would invent the high frequencies the model relies on. Use a model trained at "
                 f"{rate:g} Hz or lower."
             )
-    n_samples = sig.data.shape[1]
-    if n_samples < n_times:
-        raise DataError(
-            f"{path}: recording lasts {n_samples / sfreq:.1f} s, shorter than one {epoch_sec:g}-s epoch; nothing "
-            "to score. Pass a longer recording."
-        )
-    n_epochs = n_samples // n_times
-    used = n_epochs * n_times
-    data = sig.data[:, :used]
-    x = np.ascontiguousarray(data.reshape(len(data), n_epochs, n_times).transpose(1, 0, 2), dtype=np.float32)
-    onsets = np.arange(n_epochs, dtype=np.float64) * epoch_sec
-    name = path.stem[: -len("-PSG")] if path.stem.endswith("-PSG") else path.stem
-    return ScoringInput(
-        name=name,
-        path=path,
-        channels=list(sig.names),
-        labels=list(sig.labels),
-        x=x,
-        onsets=onsets,
-        sfreq=float(sig.sfreq),
-        source_sfreqs=list(sig.source_sfreq),
-        start=_start(path),
-        n_dropped_samples=int(n_samples - used),
-    )

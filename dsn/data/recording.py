@@ -11,13 +11,9 @@ import numpy as np
 
 from dsn.data import cache
 from dsn.data.channels import DEFAULT_CHANNELS, channel_names, merge_aliases, parse_channel
-from dsn.data.edf import (
-    UNANNOTATED,
-    RecordingFiles,
-    read_channels,
-    trim_and_clean,
-)
-from dsn.data.hypnograms import stage_labels
+from dsn.data.datasets import RecordingFiles
+from dsn.data.edf import read_channels
+from dsn.data.hypnograms import UNANNOTATED, stage_labels, trim_and_clean
 from dsn.data.labels import IGNORE_INDEX
 
 
@@ -154,7 +150,7 @@ def load_recording(
     reads it; its ``meta.json`` records the file labels read and their rates (``meta["channels"]``).
     """
     params = prep.params()
-    if files.profile is not None:  # how another data set's hypnogram is read (Sleep-EDF keys stay as they were)
+    if not files.profile.is_default:  # how another data set's hypnogram is read (Sleep-EDF keys stay as they were)
         params["hypnogram"] = files.profile.reading_key()
     folder = None
     if use_cache:

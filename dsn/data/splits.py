@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dsn.data.edf import DataError
+from dsn.data.errors import DataError
 
 
 @dataclass(frozen=True)

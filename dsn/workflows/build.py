@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from dsn.data.edf import DataError
+from dsn.data.errors import DataError
 from dsn.errors import ConfigError
 
 log = logging.getLogger(__name__)

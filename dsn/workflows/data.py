@@ -12,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dsn.data.labels import STAGES
+
+if TYPE_CHECKING:
+    from dsn.data.edf import EdfHeader
 
 
 @dataclass
@@ -58,18 +61,20 @@ class DataReport:
 
 def edf_header(path: Path) -> tuple[float, dict[str, float]]:
     """Duration in seconds and ``{label: Hz}`` of an EDF or BDF file's signals (annotation channels left out)."""
-    from edfio import read_edf
+    header = _header(path)
+    return header.duration, header.rates
 
-    from dsn.data.edf import DataError, check_edf_size
 
-    header = check_edf_size(path)
-    if header.bdf:  # edfio reads BDF data eagerly: the header's fields are enough here
-        return header.duration, header.rates
-    try:
-        edf = read_edf(path, lazy_load_data=True)
-    except Exception as e:  # edfio raises several types for non-conforming headers
-        raise DataError(f"{path}: could not read the EDF header ({type(e).__name__}: {e}).") from None
-    return float(edf.duration), {s.label: float(s.sampling_frequency) for s in edf.signals}
+def _header(path: Path) -> EdfHeader:
+    """:func:`dsn.data.edf.read_header`, refusing a header without a usable data record duration."""
+    from dsn.data.edf import read_header
+    from dsn.data.errors import DataError
+
+    header = read_header(path)
+    if not header.record_sec > 0:
+        raise DataError(f"{path}: could not read the EDF header (data record duration "
+                        f"{header.record_sec!r} s). Re-create the file with a valid header.")
+    return header
 
 
 def inspect(
@@ -89,7 +94,7 @@ def inspect(
     from dsn.data import hypnograms
     from dsn.data.channels import ChannelLookupError, resolve_channels
     from dsn.data.datasets import scan
-    from dsn.data.edf import DataError
+    from dsn.data.errors import DataError
     from dsn.data.labels import IGNORE_INDEX
 
     found = scan(data_dir, dataset)
@@ -100,7 +105,8 @@ def inspect(
         r = RecordingReport(f.name, f.subject, f.night, str(f.psg), str(f.hypnogram))
         rep.recordings.append(r)
         try:
-            duration, rates = edf_header(f.psg)
+            header = _header(f.psg)
+            duration, rates = header.duration, header.rates
         except DataError as e:
             rep.problems.append(str(e))
             continue
@@ -118,8 +124,8 @@ def inspect(
         else:
             r.channels = rates
         try:
-            hyp, codes = hypnograms.read(f)
-            y = hypnograms.place(hyp, codes, int(duration // epoch_sec), epoch_sec, hypnograms.edf_start(f.psg),
+            hyp, codes = hypnograms.read(f.hypnogram, prof)
+            y = hypnograms.place(hyp, codes, int(duration // epoch_sec), epoch_sec, header.start,
                                  length_mismatch, prof.epoch_sec, str(f.psg))
         except DataError as e:
             rep.problems.append(str(e))

@@ -114,8 +114,7 @@ def evaluate(
         (the same per recording), ``channels`` (one :class:`ChannelUse` dict per model channel),
         ``cross_montage``, ``model``, ``data_dir``, ``dataset``, ``class_names``.
     """
-    from dsn.data.datasets import load_profile
-    from dsn.data.edf import find_recordings
+    from dsn.data.datasets import find_recordings, load_profile
     from dsn.data.normalize import normalize
     from dsn.data.recording import Preprocessing, load_recording
     from dsn.workflows.data import edf_header

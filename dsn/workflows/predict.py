@@ -37,17 +37,6 @@ from dsn.evaluation import apply_temperature
 log = logging.getLogger(__name__)
 
 
-def expert_labels(path: str | Path, n_epochs: int, epoch_sec: float = 30.0) -> np.ndarray:
-    """``(n_epochs,)`` AASM labels of an expert hypnogram on the recording's epoch grid (``-1`` unscored)."""
-    from dsn.data.edf import UNANNOTATED, epoch_labels, read_hypnogram
-    from dsn.data.labels import IGNORE_INDEX, RK_TO_AASM
-
-    onsets, durations, labels = read_hypnogram(path, RK_TO_AASM)
-    y = epoch_labels(onsets, durations, labels, n_epochs, epoch_sec, RK_TO_AASM, "crop", str(path))
-    y[y == UNANNOTATED] = IGNORE_INDEX
-    return y
-
-
 def scaled_proba(scorer, x: np.ndarray, source: str = "recording", return_input: bool = False):
     """The scorer's probabilities for a whole night, normalised and scored as its training data was.
 
@@ -185,7 +174,9 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
         "files": {k: str(v) for k, v in files.items()},
     }  # fmt: skip
     if hypnogram is not None:
-        y_true = expert_labels(hypnogram, len(stages), epoch_sec)
+        from dsn.data.datasets import expert_labels  # every profile's format, placed by the start times
+
+        y_true = expert_labels(hypnogram, path, len(stages), epoch_sec)
         ag = agreement(y_true, stages, scorer.class_names)
         summary["agreement"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ag.items()}
         summary["expert_hypnogram"] = str(hypnogram)
