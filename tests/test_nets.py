@@ -323,6 +323,18 @@ def test_braindecode_missing_names_the_install_line():
         make_encoder("SleepStagerChambon2018", 2, N_TIMES, SFREQ, 5)
 
 
+def test_adapter_broken_compiled_library(monkeypatch):
+    """braindecode's torchaudio as installed from PyPI is a CUDA build of another torch (stack notes)."""
+    import dsn.models.external as external
+
+    def broken(name):
+        raise OSError("libc10_cuda.so: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(external.importlib, "import_module", broken)
+    with pytest.raises(ModelError, match="libc10_cuda.so.*delete the .so files in torchaudio/lib"):
+        make_encoder("SleepStagerChambon2018", 2, N_TIMES, SFREQ, 5)
+
+
 def test_dsn_models_import_does_not_import_braindecode():
     code = "import sys, dsn.models; assert 'braindecode' not in sys.modules, 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -331,8 +343,8 @@ def test_dsn_models_import_does_not_import_braindecode():
 # ---- braindecode's sleep stagers (skip where braindecode is not installed) --------------------------------------
 BRAINDECODE = [
     ("SleepStagerChambon2018", [1, 2]),
-    ("SleepStagerBlanco2020", [1, 2]),
-    ("DeepSleepNet", [1, 2]),
+    ("SleepStagerBlanco2020", [2]),  # n_groups=2 (its default) needs an even number of channels
+    ("DeepSleepNet", [2]),  # 40 M parameters: one case
     ("AttnSleep", [1]),
 ]
 
@@ -366,5 +378,8 @@ def test_braindecode_attnsleep_and_usleep_errors():
         make_encoder("braindecode.models.AttnSleep", 2, N_TIMES, SFREQ, 5)
     with pytest.raises(ModelError, match="USleep.*whole-sequence network"):
         make_encoder("braindecode.models.USleep", 2, N_TIMES, SFREQ, 5)
+    with pytest.raises(ModelError, match="SleepStagerBlanco2020.*in_channels must be divisible by groups"):
+        make_encoder("braindecode.models.SleepStagerBlanco2020", 1, N_TIMES, SFREQ, 5)
+    assert make_encoder("SleepStagerBlanco2020", 1, N_TIMES, SFREQ, 5, n_groups=1).n_features > 5
     with pytest.raises(ModelError, match="no constructor argument 'n_filters'"):
         make_encoder("braindecode.models.SleepStagerChambon2018", 2, N_TIMES, SFREQ, 5, n_filters=3)

@@ -261,7 +261,7 @@ class ExternalEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         """Describe the module in ``repr``."""
-        return f"class_path={self.class_path}, returns={self.returns}, n_features={self.n_features}"
+        return ", ".join(f"{k}={getattr(self, k, '?')}" for k in ("class_path", "returns", "n_features"))
 
 
 def make_encoder(
