@@ -239,6 +239,24 @@ def test_deepfeaturenet_in_front_of_any_sequence_model():
     assert net(torch.randn(2, 3, 2, N_TIMES)).shape == (2, 3, 5)
 
 
+def test_pretrain_system_takes_any_encoder():
+    """The pretraining system puts its head on any encoder with ``n_features`` (l2_layers: none for an adapter)."""
+    pytest.importorskip("lightning")
+    from dsn.systems.pretrain import PretrainSystem
+
+    x, y = torch.randn(4, 1, N_TIMES), torch.randint(0, 5, (4,))
+    for enc, l2 in (
+        (TinySleepNetEncoder(bn_momentum=0.1), "small"),
+        (make_encoder(f"{HERE}.UserNet", 1, N_TIMES, SFREQ), "none"),
+    ):
+        system = PretrainSystem(enc, l2_layers=l2)
+        assert system(x).shape == (4, 5)
+        assert torch.isfinite(system._shared_step((x, y), "val"))
+        assert system.configure_optimizers() is not None
+    with pytest.raises(ModelError, match="set l2_layers: none"):
+        PretrainSystem(make_encoder(f"{HERE}.UserNet", 1, N_TIMES, SFREQ)).configure_optimizers()
+
+
 def test_finetune_system_takes_any_sequence_model():
     """The fine-tuning system's step runs unchanged on an EncoderSequenceNet, with and without a state."""
     pytest.importorskip("lightning")

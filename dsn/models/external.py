@@ -232,13 +232,17 @@ class ExternalEncoder(nn.Module):
             )
         return int(out[0].numel())
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Features (or class scores) ``(batch, n_features)`` of raw epochs ``(batch, n_chans, n_times)``."""
+    def check_input(self, x: Tensor) -> None:
+        """Raise :class:`~dsn.errors.ModelError` unless ``x`` has shape ``(batch, n_chans, n_times)``."""
         if x.ndim != 3 or x.shape[1] != self.n_chans or x.shape[2] != self.n_times:
             raise ModelError(
                 f"{self.class_path} was built for (batch, n_chans={self.n_chans}, n_times={self.n_times}), got shape "
                 f"{tuple(x.shape)}; check the channels and the epoch length"
             )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Features (or class scores) ``(batch, n_features)`` of raw epochs ``(batch, n_chans, n_times)``."""
+        self.check_input(x)
         return self.module(x).flatten(1)
 
     def first_conv_weights(self, which: str = "none") -> list[nn.Parameter]:
