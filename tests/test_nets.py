@@ -401,3 +401,20 @@ def test_braindecode_attnsleep_and_usleep_errors():
     assert make_encoder("SleepStagerBlanco2020", 1, N_TIMES, SFREQ, 5, n_groups=1).n_features > 5
     with pytest.raises(ModelError, match="no constructor argument 'n_filters'"):
         make_encoder("braindecode.models.SleepStagerChambon2018", 2, N_TIMES, SFREQ, 5, n_filters=3)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:`torch.jit.trace:DeprecationWarning")
+@pytest.mark.parametrize("adapted", [False, True])
+def test_tinysleepnet_encoder_traces_for_export(adapted):
+    """The export's fixed "SAME" padding (``traceable_feature_net``) applies to TinySleepNet's encoder as it is."""
+    from dsn.workflows.export import traceable_feature_net
+
+    enc = (
+        TinySleepNetEncoder(n_chans=2)
+        if not adapted
+        else make_encoder("dsn.models.TinySleepNetEncoder", 2, N_TIMES, SFREQ)
+    )
+    enc.eval()
+    x = torch.randn(3, 2, N_TIMES)
+    traced = torch.jit.trace(traceable_feature_net(enc), x[:1])
+    torch.testing.assert_close(traced(x), enc(x), rtol=1e-4, atol=1e-5)
