@@ -11,15 +11,37 @@ from dsn.models.deepsleepnet import (
     same_output_length,
     same_padding,
 )
+from dsn.models.external import ExternalEncoder, make_encoder
+from dsn.models.sequence import (
+    SEQUENCE_NETS,
+    EncoderSequenceNet,
+    LstmSequenceNet,
+    NoSequence,
+    SequenceNet,
+    TransformerSequenceNet,
+    make_sequence_net,
+)
+from dsn.models.tinysleepnet import TinySleepNet, TinySleepNetEncoder
 
 __all__ = [
+    "SEQUENCE_NETS",
     "Conv1dSame",
     "DeepFeatureNet",
     "DeepSleepNet",
+    "EncoderSequenceNet",
+    "ExternalEncoder",
     "FeatureClassifierNet",
     "LSTMState",
+    "LstmSequenceNet",
     "MaxPool1dSame",
+    "NoSequence",
+    "SequenceNet",
+    "TinySleepNet",
+    "TinySleepNetEncoder",
+    "TransformerSequenceNet",
     "l2_penalty",
+    "make_encoder",
+    "make_sequence_net",
     "same_output_length",
     "same_padding",
 ]
