@@ -118,6 +118,7 @@ def evaluate(
     from dsn.data.edf import find_recordings
     from dsn.data.normalize import normalize
     from dsn.data.recording import Preprocessing, load_recording
+    from dsn.data.sanity import check_signals, describe_problems
     from dsn.workflows.data import edf_header
     from dsn.workflows.registry import load_scorer
 
@@ -136,6 +137,10 @@ def evaluate(
         rec = load_recording(f, p, cache_dir, use_cache)
         if rec.x.shape[-1] != scorer.n_times:
             raise ConfigError(f"{f.psg}: epochs of {rec.x.shape[-1]} samples, but the model expects {scorer.n_times}.")
+        if problems := check_signals(rec.x, model_channels):
+            raise ConfigError(f"{describe_problems(problems, str(f.psg))}: no sleep stage can be read from it, and "
+                              f"scoring it would spoil the pooled figures; move it out of {data_dir} (or read another "
+                              "channel with --data.channels) and evaluate again.")
         loaded.append((f, rec))
     method = prep.get("normalize", "none")
     per, y_all, p_all = [], [], []
