@@ -183,12 +183,13 @@ def signal_problems(inp, force: bool = False) -> list:
 
 def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str | Sequence[str] | None = None,
                     hypnogram: str | Path | None = None, model_ref: str = "",
-                    low_confidence: float | None = None, inp=None, force: bool = False) -> dict[str, Any]:
+                    low_confidence: float | None = None, inp=None, force: bool = False,
+                    read_s: float = 0.0) -> dict[str, Any]:
     """Score one recording and write its five outputs; returns the summary (also written as JSON).
 
     The model's channels are read by their names and aliases (its ``channel_aliases``); ``channel`` reads
     other labels of this file in their place (one per model channel, in the model's order); ``inp``: the
-    recording already read (:func:`read_night`).
+    recording already read (:func:`read_night`, in ``read_s`` seconds).
     ``low_confidence``: threshold of the per-epoch flag on the top-class probability (default: the one in
     the model's spec, chosen on its validation subjects; else :data:`dsn.workflows.calibration.LOW_CONFIDENCE`).
     An impossible signal (:mod:`dsn.data.sanity`) is refused; with ``force`` it is scored and flagged: every
@@ -202,7 +203,7 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
     epoch_sec = float(scorer.preprocessing.get("epoch_sec", 30.0))
     inp = read_night(scorer, path, channel) if inp is None else inp
     problems = signal_problems(inp, force)
-    timings["read_s"] = time.perf_counter() - t
+    timings["read_s"] = time.perf_counter() - t + read_s
     t = time.perf_counter()
     proba, x_in, period = scaled_proba(scorer, inp.x, str(path), return_input=True)
     stages = proba.argmax(-1)
@@ -298,15 +299,16 @@ def check_paths(recordings: Sequence[str], hypnograms: Sequence[str] | None) -> 
                 raise DataError(f"{p}: {kind} file not found. Check the path.")
 
 
-def read_all(scorer, a) -> list:
-    """Read and check every recording before any is scored (:func:`read_night`, :func:`signal_problems`): the
-    nights, kept while they fit in :data:`KEEP_BYTES` (None for one to read again)."""
+def read_all(scorer, a) -> list[tuple[Any, float]]:
+    """Read and check every recording before any is scored (:func:`read_night`, :func:`signal_problems`): each
+    night, kept while they fit in :data:`KEEP_BYTES` (None for one to read again), and its reading time."""
     kept, inputs = 0, []
     for rec in a.recordings:
+        t = time.perf_counter()
         inp = read_night(scorer, rec, a.channel)
         signal_problems(inp, getattr(a, "force", False))
         kept += inp.x.nbytes
-        inputs.append(inp if kept <= KEEP_BYTES else None)
+        inputs.append((inp, time.perf_counter() - t) if kept <= KEEP_BYTES else (None, 0.0))
     return inputs
 
 
@@ -334,9 +336,10 @@ def main(a) -> list[dict[str, Any]]:
     results = []
     for i, rec in enumerate(a.recordings):
         hyp = a.hypnogram[i] if a.hypnogram else None
-        s = score_recording(scorer, rec, out, a.channel, hyp, a.model, getattr(a, "low_confidence", None), inputs[i],
-                            getattr(a, "force", False))
-        inputs[i] = None
+        inp, read_s = inputs[i]
+        inputs[i] = (None, 0.0)
+        s = score_recording(scorer, rec, out, a.channel, hyp, a.model, getattr(a, "low_confidence", None), inp,
+                            getattr(a, "force", False), read_s)
         results.append(s)
         report(s, hyp, scorer.class_names, out)
     return results
