@@ -92,16 +92,17 @@ def _uri(a, write: bool = True) -> str:
 
 
 # ----------------------------------------------------------------------------- output paths, checked before any work
-def _writable(path: Path, flag: str, what: str) -> None:
-    """``path`` (a folder, made when missing) can be written: its nearest existing folder is one, writable."""
+def _writable(folder: Path, flag: str, given: str) -> None:
+    """``folder`` (made when missing) can be written: its nearest existing ancestor is a folder, writable."""
     from dsn.errors import ConfigError
 
-    path = path.absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
+    folder = folder.absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
-        raise ConfigError(f"{flag} {path}: {existing} is a file, not a folder; give {what} in a folder.")
+        raise ConfigError(f"{flag} {given}: {existing} is a file, not a folder; check the path.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: the folder {existing} is read-only; give {what} in a folder you can write to.")
+        raise ConfigError(f"{flag} {given}: the folder {existing} is read-only; write somewhere you can (or fix its "
+                          "permissions).")
 
 
 def check_out_folder(path: str, flag: str = "--out") -> None:
@@ -118,7 +119,7 @@ def check_out_folder(path: str, flag: str = "--out") -> None:
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{flag} {path}: an existing file, not a folder; give a folder for the outputs "
                           "(a new one is made).")
-    _writable(p, flag, "a folder for the outputs")
+    _writable(p, flag, path)
 
 
 def check_out_file(path: str, flag: str = "--out", example: str = "model.onnx") -> None:
@@ -134,7 +135,7 @@ def check_out_file(path: str, flag: str = "--out", example: str = "model.onnx") 
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"{flag} {path}: an existing folder; give the file to write (e.g. {p / example}).")
-    _writable(p.parent, flag, "the file")
+    _writable(p.parent, flag, path)
 
 
 # ----------------------------------------------------------------------------- commands

@@ -149,6 +149,8 @@ def test_output_folder_read_only_is_one_line(synth_dir, tmp_path, monkeypatch, c
     assert f"the folder {ro} is read-only" in line
     line = _error(capsys, cli(["synth", str(ro)]))
     assert f"the folder {ro} is read-only" in line
+    line = _error(capsys, cli(["export", MODEL, "--out", str(ro / "m.onnx")]))
+    assert f"--out {ro / 'm.onnx'}: the folder {ro} is read-only" in line
     assert not list(ro.iterdir())
 
 
