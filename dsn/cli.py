@@ -9,10 +9,12 @@ answers at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -76,12 +78,64 @@ def _flat(ns) -> argparse.Namespace:
     return argparse.Namespace(**{k.replace(".", "_"): v for k, v in ns.items()})
 
 
-def _uri(a) -> str:
+def _uri(a, write: bool = True) -> str:
+    """The command's tracking URI, checked: reachable, and writable (``write``) or existing (a command that only
+    reads never creates a store)."""
     from dsn import tracking
 
-    uri = tracking.tracking_uri(a.tracking_uri, a.tracking_home)
-    tracking.check_tracking(uri)
+    if write:
+        uri = tracking.tracking_uri(a.tracking_uri, a.tracking_home)
+    else:
+        uri = tracking.reading_uri(a.tracking_uri, a.tracking_home)
+    tracking.check_tracking(uri, write=write)
     return uri
+
+
+# ----------------------------------------------------------------------------- output paths, checked before any work
+def _writable(folder: Path, flag: str, given: str) -> None:
+    """``folder`` (made when missing) can be written: its nearest existing ancestor is a folder, writable."""
+    from dsn.errors import ConfigError
+
+    folder = folder.absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {given}: {existing} is a file, not a folder; check the path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {given}: the folder {existing} is read-only; write somewhere you can (or fix its "
+                          "permissions).")
+
+
+def check_out_folder(path: str, flag: str = "--out") -> None:
+    """An output folder (made when missing, only once there is something to write): not a file, writable.
+
+    Raises
+    ------
+    ConfigError
+        Naming the path and what to give instead.
+    """
+    from dsn.errors import ConfigError
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} {path}: an existing file, not a folder; give a folder for the outputs "
+                          "(a new one is made).")
+    _writable(p, flag, path)
+
+
+def check_out_file(path: str, flag: str = "--out", example: str = "model.onnx") -> None:
+    """An output file: not an existing folder, in a writable folder.
+
+    Raises
+    ------
+    ConfigError
+        Naming the path and what to give instead.
+    """
+    from dsn.errors import ConfigError
+
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {path}: an existing folder; give the file to write (e.g. {p / example}).")
+    _writable(p.parent, flag, path)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -109,6 +163,7 @@ def _synth(argv: list[str]) -> int:
     a = parse_command(p, argv)
     from dsn.errors import ConfigError
 
+    check_out_folder(a.out_dir, "OUT_DIR")
     site = _site(a)
     if a.layout != "sleep-edf":
         if site is not None:
@@ -315,11 +370,15 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("--low_confidence", type=float | None, default=None,
                    help="Flag epochs whose top-class probability is below this (null: the model's threshold, chosen on its "
                         "validation subjects; 0.5 for a model without one or with --no_calibration).")
+    p.add_argument("--force", type=bool, default=False,
+                   help="Score a night whose signal is impossible (a flat, saturated or not-a-number channel) instead "
+                        "of refusing it; every output is then flagged (all epochs low-confidence, signal_problems).")
     tracking_options(p, experiment_help="none needed")
-    argv = [x for a in argv for x in ((a, "true") if a == "--no_calibration" else (a,))]  # a bare flag, as before
+    argv = [x for a in argv for x in ((a, "true") if a in ("--no_calibration", "--force") else (a,))]  # bare flags
     a = parse_command(p, argv, appends=("--hypnogram", "--channel"))
     from dsn.workflows.predict import main
 
+    check_out_folder(a.out)
     main(a)
     return 0
 
@@ -354,7 +413,7 @@ def _registry(argv: list[str]) -> int:
 
     from dsn.workflows import registry
 
-    uri = _uri(a)
+    uri = _uri(a, write=a.action in ("promote", "upgrade"))
     if a.action == "list":
         rows = registry.list_models(uri)
         print(registry.format_table(rows, ["name", "version", "aliases", "stage", "dataset", "channel", "f1_macro", "kappa", "run_id"]))
@@ -380,17 +439,20 @@ def _spec_format() -> str:
 def _export(argv: list[str]) -> int:
     p = command_parser("export")
     p.add_argument("ref", type=str, help=REF_HELP)
-    p.add_argument("--format", type=Literal["onnx", "torchscript"], default="onnx", help="File format.")
+    p.add_argument("--format", type=Literal["onnx", "torchscript"] | None, default=None,
+                   help="File format (null: from --out's extension, .onnx or .pt/.pth/.ts; onnx for any other).")
     p.add_argument("--out", type=str, required=True, help="File to write (e.g. model.onnx, model.pt).")
     tracking_options(p, experiment_help="none needed")
     a = parse_command(p, argv)
     from dsn import tracking
-    from dsn.workflows.export import main
+    from dsn.workflows.export import main, resolve_format
 
+    fmt = resolve_format(a.format, a.out)
+    check_out_file(a.out, example="model.onnx" if fmt == "onnx" else "model.pt")
     remote = "://" in a.ref or a.ref.startswith(("models:/", "runs:/"))
-    uri = tracking.tracking_uri(a.tracking_uri, a.tracking_home) if remote else None
-    out = main(a.ref, a.format, a.out, uri)
-    print(f"wrote {out} ({a.format}, {out.stat().st_size / 1e6:.2f} MB) from {a.ref}")
+    uri = tracking.reading_uri(a.tracking_uri, a.tracking_home) if remote else None
+    out = main(a.ref, fmt, a.out, uri)
+    print(f"wrote {out} ({fmt}, {out.stat().st_size / 1e6:.2f} MB) from {a.ref}")
     return 0
 
 
@@ -402,8 +464,6 @@ def _ui(argv: list[str]) -> int:
                    help="Also print the link that opens this sweep study's complete trials side by side.")
     tracking_options(p, experiment_help="the experiment used last")
     a = parse_command(p, argv)
-    import subprocess
-
     from dsn import tracking
 
     uri = tracking.tracking_uri(a.tracking_uri, a.tracking_home)
@@ -428,10 +488,68 @@ def _ui(argv: list[str]) -> int:
         print(f"  study '{a.study}', its trials side by side:\n  {compare}")
     print("  (Ctrl-C to stop)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", a.host, "--port", str(a.port)]
+    return serve(cmd)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children first), read from ``/proc``; empty where there is none (not Linux)."""
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    with open(f"/proc/{d}/stat") as f:
+                        ppid = int(f.read().rpartition(")")[2].split()[1])
+                    children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(0), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def serve(cmd: list[str], grace: float = 10.0) -> int:
+    """Run a server command until it ends. SIGTERM and SIGINT are forwarded to the server and every process it
+    started (its workers), then it is waited for; what is left of them ``grace`` seconds after the server ends is
+    killed, and a second signal kills them at once. 0 when stopped by a signal, else the server's exit code."""
+    import signal
+    import subprocess
+    import time
+
+    seen: list[int] = []
+
+    def forward(signum, frame) -> None:
+        sig = signal.SIGKILL if seen else signum
+        seen.extend(p for p in _descendants(os.getpid()) if p not in seen)
+        for pid in seen:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 0
+        code = subprocess.call(cmd)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    deadline = time.monotonic() + grace
+    while seen and time.monotonic() < deadline and any(_alive(p) for p in seen):
+        time.sleep(0.1)
+    for pid in seen:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return 0 if seen else code
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie (exited, not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    return True
 
 
 # ----------------------------------------------------------------------------- logging and warnings
@@ -494,6 +612,24 @@ def setup_logging(quiet_lightning: bool = False) -> None:
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 
 
+def os_error_line(e: OSError) -> str:
+    """One line for an ``OSError``: the path(s), what the system said, and what to do."""
+    import errno
+
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    what = e.strerror or str(e) or type(e).__name__
+    todo = {errno.EACCES: "choose a location you can write to, or fix its permissions",
+            errno.EPERM: "choose a location you can write to, or fix its permissions",
+            errno.EROFS: "the file system is read-only: write somewhere else",
+            errno.ENOSPC: "free some space or write somewhere else",
+            errno.EDQUOT: "free some space or write somewhere else",
+            errno.ENOENT: "check the path",
+            errno.EISDIR: "give a file, not a folder",
+            errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+            errno.EEXIST: "it exists already: remove it or choose another name"}.get(e.errno, "check the path and retry")
+    return f"{where + ': ' if where else ''}{what[0].lower() + what[1:]} ({type(e).__name__}); {todo}."
+
+
 #: name -> (one-line description, handler, whether it can be resumed)
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int], bool]] = {
     "synth": ("write a synthetic Sleep-EDF-shaped data set (EDF files) for demos and tests", _synth, False),
@@ -536,6 +672,9 @@ def main(argv: list[str] | None = None) -> int:
         return handler(rest)
     except DsnError as e:
         print(f"dsn {cmd}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a file system or network refusal dsn did not foresee: one line, never a traceback
+        print(f"dsn {cmd}: error: {os_error_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"\ndsn {cmd}: interrupted{hint}", file=sys.stderr)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BANDS", "check", "describe", "night_features"]
+__all__ = ["BANDS", "check", "describe", "night_features", "verdict"]
 
 #: Frequency bands (Hz) whose share of the 0.5-30 Hz power is described.
 BANDS = {"delta": (0.5, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 12.0), "sigma": (12.0, 16.0), "beta": (16.0, 30.0)}
@@ -203,7 +203,10 @@ def check(features: Mapping[str, Any], description: Mapping[str, Any]) -> dict[s
         if f > FLAT_LIMIT:
             warnings.append(f"flat channel {chans[c]}: {100 * f:.0f}% of the epochs carry no signal")
     seen = list(description.get("clip_max") or [])  # descriptions written before it: the absolute limit alone
+    flat = list(features.get("flat", []))
     for c, f in enumerate(features.get("clip", [])):
+        if c < len(flat) and flat[c] > FLAT_LIMIT and f > 0.5:  # a flat channel sits "at its extreme": not clipping
+            continue
         if f > max(CLIP_LIMIT, CLIP_FACTOR * (seen[c] if c < len(seen) else 0.0)):
             warnings.append(f"clipped channel {chans[c]}: {100 * f:.2f}% of the samples at the extreme value")
     for c in over("skew"):
@@ -217,5 +220,36 @@ def check(features: Mapping[str, Any], description: Mapping[str, Any]) -> dict[s
         warnings.append(f"unusually low confidence: mean top-class probability {features['mean_confidence']:.2f} "
                         f"(validation nights {ref['mean_confidence']['median']:.2f})")
     score = _score(z)
-    return {"score": score, "threshold": thr, "familiar": not warnings, "warnings": warnings,
+    largest = _largest(z, chans)
+    if score > thr and not warnings and largest:  # past the threshold on a feature no rule above words
+        warnings.append(f"unusual {_feature_name(largest['feature'])} on {largest['channel']}: z = {largest['z']:+.1f} "
+                        "against the training nights")
+    return {"score": score, "threshold": thr, "familiar": not warnings, "warnings": warnings, "largest": largest,
             "zscores": {k: np.atleast_1d(v).round(2).tolist() for k, v in z.items()}}
+
+
+def _feature_name(key: str) -> str:
+    return {"log_amp": "amplitude", "high": "power above 30 Hz", "mains": "mains power", "skew": "skewness",
+            "mean_confidence": "mean confidence"}.get(key, f"{key} power")
+
+
+def _largest(z: Mapping[str, np.ndarray], chans: Sequence[str]) -> dict[str, Any] | None:
+    """The feature (and channel) of the largest z-score that counts in the score (low confidence only)."""
+    best = None
+    for key, v in z.items():
+        v = np.atleast_1d(v)
+        for c, val in enumerate(v.tolist()):
+            size = max(0.0, -val) if key == "mean_confidence" else abs(val)
+            if best is None or size > best[0]:
+                channel = "the night" if key == "mean_confidence" else (chans[c] if c < len(chans) else f"channel {c}")
+                best = (size, {"feature": key, "channel": channel, "z": float(val)})
+    return best[1] if best else None
+
+
+def verdict(result: Mapping[str, Any]) -> str:
+    """The one-line verdict of :func:`check`, naming the feature that drives the score, e.g. ``familiarity score
+    6.6 (threshold 4.0; largest: skewness z = +6.6 on EEG Fpz-Cz): this night is unlike the training data``."""
+    big = result.get("largest")
+    named = f"; largest: {_feature_name(big['feature'])} z = {big['z']:+.1f} on {big['channel']}" if big else ""
+    return (f"familiarity score {result['score']:.1f} (threshold {result['threshold']:.1f}{named}): "
+            + ("like the training nights" if result["familiar"] else "this night is unlike the training data"))

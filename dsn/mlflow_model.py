@@ -19,6 +19,32 @@ import numpy as np
 
 from dsn.artifact import MLFLOW_KEY
 
+def _checked_input(model_input, scorer) -> np.ndarray:
+    """The input as float32 epochs, refused with ``INVALID_PARAMETER_VALUE`` (a served model answers HTTP 400
+    with the message) when it is not numbers of the model's shape, or holds an impossible signal
+    (:mod:`dsn.data.sanity`: NaN/Inf, a flat or saturated channel)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    from dsn.data.sanity import check_signals
+
+    fn = scorer.feature_net
+    want = f"(n_epochs, {int(fn.n_chans)}, {int(fn.n_times)}) epochs in µV"
+    try:
+        x = np.asarray(model_input, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise MlflowException(f"model input: not numbers ({e}); send {want}.", INVALID_PARAMETER_VALUE) from None
+    if x.ndim != 3 or x.shape[1:] != (int(fn.n_chans), int(fn.n_times)):
+        raise MlflowException(f"model input of shape {x.shape}: send {want}.", INVALID_PARAMETER_VALUE)
+    chans = scorer.preprocessing.get("channels") or [scorer.preprocessing.get("channel") or "channel 1"]
+    problems = check_signals(x, chans)
+    if problems:
+        raise MlflowException("model input: " + "; ".join(f"{p.channel}: {p.describe()}" for p in problems)
+                              + f"; no sleep stage can be read from it. Send {want} with signal on every channel.",
+                              INVALID_PARAMETER_VALUE)
+    return x
+
+
 with warnings.catch_warnings():  # MLflow asks for type hints; the declared signature describes the input
     warnings.simplefilter("ignore", UserWarning)
 
@@ -40,7 +66,7 @@ with warnings.catch_warnings():  # MLflow asks for type hints; the declared sign
 
             from dsn.workflows.predict import scaled_proba
 
-            x = np.asarray(model_input, dtype=np.float32)
+            x = _checked_input(model_input, self.scorer)
             proba = scaled_proba(self.scorer, x, "model input")
             names = self.scorer.class_names
             out = pd.DataFrame(proba.astype(np.float64), columns=names)

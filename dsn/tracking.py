@@ -52,8 +52,62 @@ def artifact_root(uri: str, home: str | Path = DEFAULT_HOME) -> str | None:
     return None
 
 
-def check_tracking(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast (before training) when the tracking store cannot be reached.
+def local_store(uri: str) -> Path | None:
+    """The database file of a local ``sqlite:///PATH`` tracking URI; None for any other store."""
+    from urllib.parse import unquote
+
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = unquote(uri[len("sqlite:///"):].split("?")[0])  # SQLAlchemy: sqlite:///rel.db, sqlite:////abs.db
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def check_writable_store(uri: str) -> None:
+    """Fail at once, before any run is created, when a local tracking store cannot be written: an existing
+    database that is read-only, or a read-only folder (SQLite writes its journal beside the database, and a
+    new database there could never be created). Nothing is checked for a server's store.
+
+    Raises
+    ------
+    TrackingError
+        Naming the path and the fix.
+    """
+    db = local_store(uri)
+    if db is None:
+        return
+    fix = ("give a writable tracking home (--tracking.home DIR, or --tracking.uri sqlite:///DIR/mlflow.db), "
+           "or make it writable")
+    folder = next((p for p in (db.parent, *db.parent.parents) if p.exists()), Path("/"))
+    if db.exists() and not os.access(db, os.W_OK):
+        raise TrackingError(f"tracking store {db} is read-only: dsn cannot record runs or models in it; {fix}.")
+    if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+        raise TrackingError(f"tracking store {db}: the folder {folder} is read-only (SQLite writes its journal "
+                            f"there{'' if db.exists() else ' and creates the database there'}); {fix}.")
+
+
+def reading_uri(uri: str | None = None, home: str | Path = DEFAULT_HOME) -> str:
+    """The tracking URI of a command that only reads the store (:func:`tracking_uri`), which never creates
+    one: neither the tracking home nor a new database.
+
+    Raises
+    ------
+    TrackingError
+        When the local store does not exist (naming its path and how to point at one).
+    """
+    if not uri and not os.environ.get("MLFLOW_TRACKING_URI") and not Path(home).is_dir():
+        raise TrackingError(f"no tracking store at {Path(home).resolve() / 'mlflow.db'}: nothing to read. Point "
+                            "--tracking.home at the folder `dsn fit` tracked into, or --tracking.uri at its store.")
+    uri = tracking_uri(uri, home)
+    db = local_store(uri)
+    if db is not None and not db.is_file():
+        raise TrackingError(f"no tracking store at {db.absolute()}: nothing to read (and none is created). Point "
+                            "--tracking.home at the folder `dsn fit` tracked into, or --tracking.uri at its store.")
+    return uri
+
+
+def check_tracking(uri: str, timeout: float = 5.0, write: bool = True) -> None:
+    """Fail fast (before training) when the tracking store cannot be reached, or (``write``) cannot be written
+    (:func:`check_writable_store`). A command that only reads gets its URI from :func:`reading_uri`.
 
     Raises
     ------
@@ -62,6 +116,8 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
     """
     import mlflow
 
+    if write:
+        check_writable_store(uri)
     env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout))}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

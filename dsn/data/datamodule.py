@@ -19,6 +19,7 @@ from dsn.data.errors import DataError
 from dsn.data.labels import STAGES, class_counts
 from dsn.data.normalize import NORMALIZE_METHODS, NormalizeMethod, normalize
 from dsn.data.recording import Preprocessing, Recording, load_recording
+from dsn.data.sanity import check_signals, describe_problems
 from dsn.data.sampling import (
     BalancedSampler,
     EpochDataset,
@@ -303,6 +304,9 @@ class SleepEDFDataModule(L.LightningDataModule):
             it = tqdm(wanted, desc="Loading recordings", unit="rec", leave=False)
         for f in it:
             rec = load_recording(f, self.prep, self.hparams.cache_dir, self.hparams.use_cache)
+            if problems := check_signals(rec.x, self.prep.channel_names):  # refused, not warned: see dsn.data.sanity
+                raise DataError(f"{describe_problems(problems, str(f.psg))}: a training night must carry signal on "
+                                f"every channel; move it out of {self.hparams.data_dir} and fit again.")
             if self.hparams.normalize != "none":
                 try:
                     rec.x = normalize(rec.x, self.hparams.normalize, self.prep.sfreq)

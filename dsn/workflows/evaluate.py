@@ -135,6 +135,7 @@ def evaluate(
         rec = load_recording(f, p, cache_dir, use_cache)
         if rec.x.shape[-1] != scorer.n_times:
             raise ConfigError(f"{f.psg}: epochs of {rec.x.shape[-1]} samples, but the model expects {scorer.n_times}.")
+        refuse_impossible(rec.x, model_channels, f.psg, data_dir)
         loaded.append((f, rec))
     method = prep.get("normalize", "none")
     per, y_all, p_all = [], [], []
@@ -152,6 +153,23 @@ def evaluate(
         "n_subjects": len({r["subject"] for r in per}), "channels": [u.__dict__ for u in uses or []],
         "cross_montage": any(u.cross_montage for u in uses or []), "pooled": pooled, "per_recording": per,
     }  # fmt: skip
+
+
+def refuse_impossible(x: np.ndarray, channels: Sequence[str], psg: str | Path, data_dir: str | Path) -> None:
+    """Refuse a recording with an impossible signal (:func:`dsn.data.sanity.check_signals`) before anything is
+    scored: it would spoil the pooled figures.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and channel, and what to do.
+    """
+    from dsn.data.sanity import check_signals, describe_problems
+
+    if problems := check_signals(x, channels):
+        raise ConfigError(f"{describe_problems(problems, str(psg))}: no sleep stage can be read from it, and scoring "
+                          f"it would spoil the pooled figures; move it out of {data_dir} (or read another channel "
+                          "with --data.channels) and evaluate again.")
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -31,6 +31,32 @@ from typing import Literal
 from dsn.errors import ConfigError
 
 FORMATS = ("onnx", "torchscript")
+#: File name extensions that say a format (``--format`` inferred from them, a mismatch refused).
+EXTENSIONS = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript",
+              ".torchscript": "torchscript"}
+
+
+def resolve_format(fmt: str | None, out: str | Path) -> str:
+    """The format to write ``out`` in: ``fmt`` when given, else the one its extension names (``.onnx``;
+    ``.pt``, ``.pth``, ``.ts``, ``.torchscript``), else ONNX.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown format, or an extension that names the other format (a TorchScript file called
+        ``m.onnx`` would be read as ONNX, and fail, by whoever gets it).
+    """
+    if fmt is not None and fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: must be one of {', '.join(FORMATS)}.")
+    ext = Path(out).suffix.lower()
+    implied = EXTENSIONS.get(ext)
+    if fmt is None:
+        return implied or "onnx"
+    if implied is not None and implied != fmt:
+        right = next(e for e, f in EXTENSIONS.items() if f == fmt)
+        raise ConfigError(f"--out {out}: a {ext} file is {implied}, not {fmt}; name it "
+                          f"{Path(out).with_suffix(right).name} or give --format {implied}.")
+    return fmt
 
 
 def _pad_fixed(module, n_in: int):
@@ -187,10 +213,9 @@ def _export_onnx(module, args, path: Path, kind: str, spec: str) -> None:
     onnx.save(model, str(path))
 
 
-def main(ref: str, fmt: str, out: str, uri: str | None = None) -> Path:
-    """``dsn export`` (arguments parsed by :mod:`dsn.cli`)."""
+def main(ref: str, fmt: str | None, out: str, uri: str | None = None) -> Path:
+    """``dsn export`` (arguments parsed by :mod:`dsn.cli`; ``fmt`` None: from ``out``'s extension, see
+    :func:`resolve_format`)."""
     from dsn.workflows.registry import load_scorer
 
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format {fmt!r}: must be one of {', '.join(FORMATS)}.")
-    return export(load_scorer(ref, uri), fmt, out)
+    return export(load_scorer(ref, uri), resolve_format(fmt, out), out)

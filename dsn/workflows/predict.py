@@ -132,46 +132,85 @@ def night_familiarity(scorer, x: np.ndarray, proba: np.ndarray) -> dict[str, Any
     return familiarity.check(feats, desc)
 
 
+def read_night(scorer, path: str | Path, channel: str | Sequence[str] | None = None):
+    """The :class:`~dsn.data.psg.ScoringInput` of one recording as ``scorer`` reads it (its channels, found by
+    name or alias or named by ``channel``, at its rate, cut into its epochs).
+
+    Raises
+    ------
+    DataError, ConfigError
+        For a file that cannot be read, lacks a channel, or whose epochs do not fit the model.
+    """
+    from dsn.data.psg import read_epochs
+
+    prep = scorer.preprocessing
+    inp = read_epochs(path, _channels_to_read(prep, channel, path), scorer.sfreq, float(prep.get("epoch_sec", 30.0)),
+                      prep.get("channel_aliases"), prep.get("source_sfreq"))
+    if inp.x.shape[-1] != scorer.n_times:
+        raise ConfigError(f"{path}: epochs of {inp.x.shape[-1]} samples, but the model expects {scorer.n_times}.")
+    return inp
+
+
+def signal_problems(inp, force: bool = False) -> list:
+    """The impossible channels of a read night (:func:`dsn.data.sanity.check_signals`).
+
+    Raises
+    ------
+    DataError
+        Naming the file and channel, unless ``force`` (then the problems are returned, to flag every output).
+    """
+    from dsn.data.edf import DataError
+    from dsn.data.sanity import check_signals, describe_problems
+
+    problems = check_signals(inp.x, inp.channels)
+    if problems and not force:
+        raise DataError(f"{describe_problems(problems, str(inp.path))}: no sleep stage can be read from it. Check the "
+                        "electrode, read another channel with --channel NAME, or score it anyway with --force (every "
+                        "output is then flagged).")
+    return problems
+
+
 def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str | Sequence[str] | None = None,
                     hypnogram: str | Path | None = None, model_ref: str = "",
-                    low_confidence: float | None = None) -> dict[str, Any]:
+                    low_confidence: float | None = None, inp=None, force: bool = False,
+                    read_s: float = 0.0) -> dict[str, Any]:
     """Score one recording and write its five outputs; returns the summary (also written as JSON).
 
     The model's channels are read by their names and aliases (its ``channel_aliases``); ``channel`` reads
-    other labels of this file in their place (one per model channel, in the model's order).
+    other labels of this file in their place (one per model channel, in the model's order); ``inp``: the
+    recording already read (:func:`read_night`, in ``read_s`` seconds).
     ``low_confidence``: threshold of the per-epoch flag on the top-class probability (default: the one in
     the model's spec, chosen on its validation subjects; else :data:`dsn.workflows.calibration.LOW_CONFIDENCE`).
+    An impossible signal (:mod:`dsn.data.sanity`) is refused; with ``force`` it is scored and flagged: every
+    epoch low-confidence (CSV, EDF+ annotations, PNG), the summary's ``signal_problems``.
     """
-    from dsn.data.psg import read_epochs
     from dsn.hypnogram import agreement, atomic_write, sleep_statistics
     from dsn.workflows.calibration import LOW_CONFIDENCE
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    prep = scorer.preprocessing
-    epoch_sec = float(prep.get("epoch_sec", 30.0))
-    inp = read_epochs(path, _channels_to_read(prep, channel, path), scorer.sfreq, epoch_sec,
-                      prep.get("channel_aliases"), prep.get("source_sfreq"))
-    timings["read_s"] = time.perf_counter() - t
+    epoch_sec = float(scorer.preprocessing.get("epoch_sec", 30.0))
+    inp = read_night(scorer, path, channel) if inp is None else inp
+    problems = signal_problems(inp, force)
+    timings["read_s"] = time.perf_counter() - t + read_s
     t = time.perf_counter()
-    if inp.x.shape[-1] != scorer.n_times:
-        raise ConfigError(f"{path}: epochs of {inp.x.shape[-1]} samples, but the model expects {scorer.n_times}.")
     proba, x_in, period = scaled_proba(scorer, inp.x, str(path), return_input=True)
     stages = proba.argmax(-1)
     timings["model_s"] = time.perf_counter() - t
     familiar = night_familiarity(scorer, x_in, proba)
     t = time.perf_counter()
     threshold = float(scorer.calibration.get("threshold", LOW_CONFIDENCE) if low_confidence is None else low_confidence)
-    conf, flagged = confidence_summary(stages, proba, threshold, epoch_sec, scorer.class_names)
-    conf["temperature"] = scorer.temperature
-    files = write_outputs(Path(out_dir), inp, stages, proba, flagged, threshold, epoch_sec, scorer.class_names)
+    flag_below = np.inf if problems else threshold  # an impossible signal: no epoch is to be trusted
+    conf, flagged = confidence_summary(stages, proba, flag_below, epoch_sec, scorer.class_names)
+    conf.update(threshold=threshold, temperature=scorer.temperature)
+    files = write_outputs(Path(out_dir), inp, stages, proba, flagged, flag_below, epoch_sec, scorer.class_names, problems)
     summary: dict[str, Any] = {
         "recording": str(path), "name": inp.name, "channel": inp.channel, "channels": inp.channels,
         "labels": inp.labels, "source_sfreq": inp.source_sfreq, "source_sfreqs": inp.source_sfreqs,
         "sfreq": inp.sfreq, "n_epochs": int(len(stages)), "model": model_ref, "model_kind": scorer.kind,
         "scored_period": {"first_epoch": int(period.start), "n_epochs": int(period.stop - period.start)},
         "statistics": sleep_statistics(stages, epoch_sec), "confidence": conf, "familiarity": familiar,
-        "files": {k: str(v) for k, v in files.items()},
+        "signal_problems": [p.as_dict() for p in problems], "files": {k: str(v) for k, v in files.items()},
     }  # fmt: skip
     if hypnogram is not None:
         from dsn.data.datasets import expert_labels  # every profile's format, placed by the start times
@@ -188,23 +227,29 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
 
 
 def write_outputs(out: Path, inp, stages: np.ndarray, proba: np.ndarray, flagged: np.ndarray, threshold: float,
-                  epoch_sec: float, class_names: Sequence[str]) -> dict[str, Path]:
-    """Write a scored night's CSV, EDF+ hypnogram, low-confidence EDF+ annotations and PNG (each atomically);
-    returns every output's path, the summary JSON's included (written last by :func:`score_recording`)."""
+                  epoch_sec: float, class_names: Sequence[str], problems: Sequence = ()) -> dict[str, Path]:
+    """Write a scored night's CSV, EDF+ hypnogram, low-confidence EDF+ annotations and PNG (each atomically,
+    ``out`` made when missing); returns every output's path, the summary JSON's included (written last by
+    :func:`score_recording`). ``problems``: the night's impossible channels, scored with ``--force``: the
+    annotations and the figure's title name them."""
     from dsn import plots
     from dsn.hypnogram import atomic_write, write_csv, write_edf_annotations, write_edf_hypnogram
 
+    out.mkdir(parents=True, exist_ok=True)
     files = {"csv": out / f"{inp.name}_hypnogram.csv", "edf": out / f"{inp.name}_hypnogram.edf",
              "low_confidence": out / f"{inp.name}_low_confidence.edf",
              "png": out / f"{inp.name}_hypnogram.png", "summary": out / f"{inp.name}_summary.json"}
     write_csv(files["csv"], inp.onsets, stages, proba, class_names, low_confidence=threshold)
     write_edf_hypnogram(files["edf"], stages, epoch_sec, start=inp.start)
+    flag = "Low confidence"
+    if problems:
+        flag = "Impossible signal (" + ", ".join(f"{p.channel} {p.kind}" for p in problems) + "), scored with --force"
     runs = np.flatnonzero(np.diff(np.r_[0, flagged.astype(np.int8), 0]))  # starts and stops of flagged runs
-    write_edf_annotations(files["low_confidence"], [(float(a * epoch_sec), float((b - a) * epoch_sec), "Low confidence")
+    write_edf_annotations(files["low_confidence"], [(float(a * epoch_sec), float((b - a) * epoch_sec), flag)
                                                     for a, b in zip(runs[::2], runs[1::2])], start=inp.start,
                           empty_text="No low-confidence epochs")
-    fig = plots.hypnodensity_figure(stages, proba, epoch_sec, title=f"{inp.name}: dsn hypnogram and hypnodensity",
-                                    low_confidence=flagged)
+    fig = plots.hypnodensity_figure(stages, proba, epoch_sec, title=f"{inp.name}: dsn hypnogram and hypnodensity"
+                                    + (f" - {flag}" if problems else ""), low_confidence=flagged)
     with atomic_write(files["png"]) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     return files
@@ -219,46 +264,100 @@ def format_agreement(ag: dict[str, Any], class_names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+#: Nights read ahead (to check every input before scoring any) are kept in memory up to this many bytes, then
+#: read again when their turn comes.
+KEEP_BYTES = 2 << 30
+
+
+def check_paths(recordings: Sequence[str], hypnograms: Sequence[str] | None) -> None:
+    """Every recording and expert hypnogram is a file (before the model is loaded).
+
+    Raises
+    ------
+    DataError
+        Naming a folder (and the PSG files in it) or a missing file.
+    """
+    from dsn.data.edf import DataError
+
+    for kind, paths in (("recording", recordings), ("expert hypnogram", hypnograms or ())):
+        for p in map(Path, paths):
+            if p.is_dir():
+                inside = sorted((q.name for q in p.iterdir() if q.suffix.lower() in (".edf", ".bdf")),
+                                key=lambda n: ("hypnogram" in n.lower(), n))
+                raise DataError(f"{p}: a folder, not a {kind} file. Pass the file(s) themselves"
+                                + (f" (e.g. {p / inside[0]})" if inside else "") + ".")
+            if not p.exists():
+                raise DataError(f"{p}: {kind} file not found. Check the path.")
+
+
+def read_all(scorer, a) -> list[tuple[Any, float]]:
+    """Read and check every recording before any is scored (:func:`read_night`, :func:`signal_problems`): each
+    night, kept while they fit in :data:`KEEP_BYTES` (None for one to read again), and its reading time."""
+    kept, inputs = 0, []
+    for rec in a.recordings:
+        t = time.perf_counter()
+        inp = read_night(scorer, rec, a.channel)
+        signal_problems(inp, getattr(a, "force", False))
+        kept += inp.x.nbytes
+        inputs.append((inp, time.perf_counter() - t) if kept <= KEEP_BYTES else (None, 0.0))
+    return inputs
+
+
 def main(a) -> list[dict[str, Any]]:
-    """``dsn predict`` (arguments parsed by :mod:`dsn.cli`)."""
+    """``dsn predict`` (arguments parsed by :mod:`dsn.cli`): every input checked, then each night scored and
+    its outputs written (``--out`` made only then)."""
     from dsn import tracking
-    from dsn.hypnogram import format_sleep_statistics
     from dsn.workflows.registry import load_scorer
 
     if a.hypnogram and len(a.hypnogram) != len(a.recordings):
         raise ConfigError(f"--hypnogram given {len(a.hypnogram)} time(s) for {len(a.recordings)} recording(s): "
                           "give one expert hypnogram per recording, in the same order, or none.")
-    uri = tracking.tracking_uri(a.tracking_uri, a.tracking_home)
+    check_paths(a.recordings, a.hypnogram)
+    remote = "://" in a.model or a.model.startswith(("models:/", "runs:/"))
+    uri = tracking.reading_uri(a.tracking_uri, a.tracking_home) if remote else None
     t = time.perf_counter()
     scorer = load_scorer(a.model, uri)
     if getattr(a, "no_calibration", False):
         scorer.calibration = {}  # the raw softmax
     load_s = time.perf_counter() - t
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     log.info(f"model {a.model}: {scorer.kind} model, channels {', '.join(model_channels(scorer.preprocessing))}, {scorer.sfreq:g} Hz "
           f"(loaded in {load_s:.2f} s)")
+    inputs = read_all(scorer, a)
     results = []
     for i, rec in enumerate(a.recordings):
         hyp = a.hypnogram[i] if a.hypnogram else None
-        s = score_recording(scorer, rec, out, a.channel, hyp, a.model, getattr(a, "low_confidence", None))
+        inp, read_s = inputs[i]
+        inputs[i] = (None, 0.0)
+        s = score_recording(scorer, rec, out, a.channel, hyp, a.model, getattr(a, "low_confidence", None), inp,
+                            getattr(a, "force", False), read_s)
         results.append(s)
-        tm = s["timings"]
-        log.info(f"\n{s['name']}: {s['n_epochs']} epochs scored in {sum(tm.values()):.2f} s "
-              f"(read {tm['read_s']:.2f}, model {tm['model_s']:.2f}, write {tm['write_s']:.2f})")
-        log.info(format_sleep_statistics(s["statistics"]))
-        c = s["confidence"]
-        mix = ", ".join(f"{k} {v:.1f}" for k, v in c["low_confidence_stages_min"].items() if v > 0)
-        log.info(f"low confidence (top-class probability < {c['threshold']:g}, temperature {c['temperature']:.2f}): "
-              f"{c['low_confidence_minutes']:.1f} min" + (f" ({mix} min)" if mix else ""))
-        if "agreement" in s:
-            log.info(f"\nagreement with {hyp}:")
-            log.info(format_agreement(s["agreement"], scorer.class_names))
-        fam = s.get("familiarity")
-        if fam:
-            log.info(f"familiarity score {fam['score']:.1f} (threshold {fam['threshold']:.1f}): "
-                  + ("like the training nights" if fam["familiar"] else "this night is unlike the training data"))
-            for line in fam["warnings"]:
-                log.warning(f"warning: {line}")
-        log.info("wrote " + ", ".join(Path(p).name for p in s["files"].values()) + f" to {out}")
+        report(s, hyp, scorer.class_names, out)
     return results
+
+
+def report(s: dict[str, Any], hyp: str | None, class_names: Sequence[str], out: Path) -> None:
+    """Log a scored night's lines: timings, night statistics, low confidence, agreement, familiarity, problems."""
+    from dsn import familiarity
+    from dsn.hypnogram import format_sleep_statistics
+
+    tm = s["timings"]
+    log.info(f"\n{s['name']}: {s['n_epochs']} epochs scored in {sum(tm.values()):.2f} s "
+             f"(read {tm['read_s']:.2f}, model {tm['model_s']:.2f}, write {tm['write_s']:.2f})")
+    for p in s.get("signal_problems", []):
+        log.warning(f"warning: impossible signal, scored with --force (every epoch flagged low-confidence): "
+                    f"{p['channel']}: {p['message']}")
+    log.info(format_sleep_statistics(s["statistics"]))
+    c = s["confidence"]
+    mix = ", ".join(f"{k} {v:.1f}" for k, v in c["low_confidence_stages_min"].items() if v > 0)
+    log.info(f"low confidence (top-class probability < {c['threshold']:g}, temperature {c['temperature']:.2f}): "
+             f"{c['low_confidence_minutes']:.1f} min" + (f" ({mix} min)" if mix else ""))
+    if "agreement" in s:
+        log.info(f"\nagreement with {hyp}:")
+        log.info(format_agreement(s["agreement"], class_names))
+    fam = s.get("familiarity")
+    if fam:
+        log.info(familiarity.verdict(fam))
+        for line in fam["warnings"]:
+            log.warning(f"warning: {line}")
+    log.info("wrote " + ", ".join(Path(p).name for p in s["files"].values()) + f" to {out}")

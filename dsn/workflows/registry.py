@@ -72,6 +72,12 @@ def _load_checkpoint(path: Path):
 
     from dsn.models.scoring import build_scorer
 
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # a zip (torch.save) or a pickle (older torch)
+        raise ModelError(f"{path}: not a model file (a PyTorch checkpoint is a zip or pickle file; this one starts "
+                         f"with {head!r}). Give the selected.ckpt a `dsn fit` stage wrote, a model folder "
+                         "(dsn_model.json + weights.pt), or a registry reference (models:/deepsleepnet@champion).")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
