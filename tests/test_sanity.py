@@ -61,7 +61,7 @@ def test_impossible_channels_are_named_with_their_share():
 def test_training_refuses_a_flat_night_and_names_it(synth_copy, tmp_path, monkeypatch):
     """normalize: none would train on it silently (zscore/robust already stop at it): refused, named."""
     import dsn.data.datamodule as dmod
-    from dsn.data.edf import DataError
+    from dsn.data.errors import DataError
 
     real = dmod.load_recording
     victim = sorted(p.name for p in synth_copy.glob("*-PSG.edf"))[1]

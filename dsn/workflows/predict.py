@@ -159,7 +159,7 @@ def signal_problems(inp, force: bool = False) -> list:
     DataError
         Naming the file and channel, unless ``force`` (then the problems are returned, to flag every output).
     """
-    from dsn.data.edf import DataError
+    from dsn.data.errors import DataError
     from dsn.data.sanity import check_signals, describe_problems
 
     problems = check_signals(inp.x, inp.channels)
@@ -277,7 +277,7 @@ def check_paths(recordings: Sequence[str], hypnograms: Sequence[str] | None) -> 
     DataError
         Naming a folder (and the PSG files in it) or a missing file.
     """
-    from dsn.data.edf import DataError
+    from dsn.data.errors import DataError
 
     for kind, paths in (("recording", recordings), ("expert hypnogram", hypnograms or ())):
         for p in map(Path, paths):
