@@ -373,13 +373,24 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("--force", type=bool, default=False,
                    help="Score a night whose signal is impossible (a flat, saturated or not-a-number channel) instead "
                         "of refusing it; every output is then flagged (all epochs low-confidence, signal_problems).")
+    p.add_argument("--norms", type=str | None, default=None,
+                   help="A YAML file overriding the plausibility ranges of dsn/trust/norms.yaml (see docs/trust.md).")
+    p.add_argument("--age", type=float | None, default=None,
+                   help="The subject's age in years: age-aware plausibility ranges where the sources give them.")
+    p.add_argument("--strict", type=bool, default=False,
+                   help="Exit with status 3 when a night's verdict is 'do not use' (outputs are still written).")
     tracking_options(p, experiment_help="none needed")
-    argv = [x for a in argv for x in ((a, "true") if a in ("--no_calibration", "--force") else (a,))]  # bare flags
+    argv = [x for a in argv for x in ((a, "true") if a in ("--no_calibration", "--force", "--strict") else (a,))]  # bare flags
     a = parse_command(p, argv, appends=("--hypnogram", "--channel"))
     from dsn.workflows.predict import main
 
     check_out_folder(a.out)
-    main(a)
+    results = main(a)
+    bad = [s["name"] for s in results if s.get("trust", {}).get("verdict") == "do not use"]
+    if a.strict and bad:
+        print(f"dsn predict: --strict: verdict 'do not use' for {', '.join(bad)} (reasons above and in the summary JSON)",
+              file=sys.stderr)
+        return 3
     return 0
 
 

@@ -201,3 +201,33 @@ def test_predict_warns_on_an_altered_night_and_not_on_an_ordinary_one(fitted, sy
     assert "warning:" in printed and "amplitude" in printed, printed
     summary = json.loads((tmp_path / "loud" / f"{name}_summary.json").read_text())
     assert summary["familiarity"]["familiar"] is False and summary["familiarity"]["score"] > summary["familiarity"]["threshold"]
+
+
+def test_predict_gives_each_night_a_verdict_and_strict_exits_on_do_not_use(fitted, synth_dir, tmp_path, capsys):
+    """The summary carries the night's verdict (plausibility rules, familiarity); ``--norms`` overrides the
+    ranges; ``--strict`` makes 'do not use' a non-zero exit while the outputs are still written."""
+    _, home, tmp = fitted
+    ckpt = next(Path(tmp).rglob("finetune/selected.ckpt"))
+    psg = sorted(Path(synth_dir).glob("*-PSG.edf"))[0]
+    name = psg.name[: -len("-PSG.edf")]
+    out = tmp_path / "plain"
+    assert cli(["predict", str(psg), "--model", str(ckpt), "--out", str(out)]) == 0
+    trust = json.loads((out / f"{name}_summary.json").read_text())["trust"]
+    assert trust["verdict"] in ("trusted", "check", "do not use")
+    assert {f["name"] for f in trust["findings"]} >= {"total_sleep_time", "rem_share"}
+    printed = capsys.readouterr()
+    assert f"verdict: {trust['verdict']}" in printed.out + printed.err
+    # ranges no night can meet: every night is 'do not use', named by its rule
+    norms = tmp_path / "norms.yaml"
+    norms.write_text("rules:\n  total_sleep_time:\n    check: [100000, null]\n    do_not_use: [10000, null]\n"
+                     "    min_recording_min: 0\n")
+    strict = tmp_path / "strict"
+    rc = cli(["predict", str(psg), "--model", str(ckpt), "--out", str(strict), "--norms", str(norms), "--strict"])
+    err = capsys.readouterr().err
+    assert rc == 3 and name in err
+    trust = json.loads((strict / f"{name}_summary.json").read_text())["trust"]
+    assert trust["verdict"] == "do not use" and "total_sleep_time" in trust["rules"]
+    # a bad override file: one line before any night is scored
+    norms.write_text("rules:\n  rem_shares:\n    check: [0, 1]\n")
+    assert cli(["predict", str(psg), "--model", str(ckpt), "--out", str(tmp_path / "bad"), "--norms", str(norms)]) != 0
+    assert "rem_shares" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -173,7 +173,7 @@ def signal_problems(inp, force: bool = False) -> list:
 def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str | Sequence[str] | None = None,
                     hypnogram: str | Path | None = None, model_ref: str = "",
                     low_confidence: float | None = None, inp=None, force: bool = False,
-                    read_s: float = 0.0) -> dict[str, Any]:
+                    read_s: float = 0.0, norms=None, age: float | None = None) -> dict[str, Any]:
     """Score one recording and write its five outputs; returns the summary (also written as JSON).
 
     The model's channels are read by their names and aliases (its ``channel_aliases``); ``channel`` reads
@@ -183,9 +183,12 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
     the model's spec, chosen on its validation subjects; else :data:`dsn.workflows.calibration.LOW_CONFIDENCE`).
     An impossible signal (:mod:`dsn.data.sanity`) is refused; with ``force`` it is scored and flagged: every
     epoch low-confidence (CSV, EDF+ annotations, PNG), the summary's ``signal_problems``.
+    The summary's ``trust`` is the night's verdict (:func:`dsn.workflows.trust.night_verdict`; ``norms``, ``age``:
+    the plausibility ranges' override file and the subject's age).
     """
     from dsn.hypnogram import agreement, atomic_write, sleep_statistics
     from dsn.workflows.calibration import LOW_CONFIDENCE
+    from dsn.workflows.trust import night_verdict
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -211,6 +214,8 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
         "scored_period": {"first_epoch": int(period.start), "n_epochs": int(period.stop - period.start)},
         "statistics": sleep_statistics(stages, epoch_sec), "confidence": conf, "familiarity": familiar,
         "signal_problems": [p.as_dict() for p in problems], "files": {k: str(v) for k, v in files.items()},
+        "trust": night_verdict(stages, epoch_sec, calibration=scorer.calibration, period=period, familiar=familiar,
+                               problems=problems, norms=norms, age=age).as_dict(),
     }  # fmt: skip
     if hypnogram is not None:
         from dsn.data.datasets import expert_labels  # every profile's format, placed by the start times
@@ -307,6 +312,7 @@ def main(a) -> list[dict[str, Any]]:
     """``dsn predict`` (arguments parsed by :mod:`dsn.cli`): every input checked, then each night scored and
     its outputs written (``--out`` made only then)."""
     from dsn import tracking
+    from dsn.trust import load_norms
     from dsn.workflows.registry import load_scorer
 
     if a.hypnogram and len(a.hypnogram) != len(a.recordings):
@@ -324,13 +330,14 @@ def main(a) -> list[dict[str, Any]]:
     log.info(f"model {a.model}: {scorer.kind} model, channels {', '.join(model_channels(scorer.preprocessing))}, {scorer.sfreq:g} Hz "
           f"(loaded in {load_s:.2f} s)")
     inputs = read_all(scorer, a)
+    norms = load_norms(a.norms) if getattr(a, "norms", None) else None  # a bad file: one line before any scoring
     results = []
     for i, rec in enumerate(a.recordings):
         hyp = a.hypnogram[i] if a.hypnogram else None
         inp, read_s = inputs[i]
         inputs[i] = (None, 0.0)
         s = score_recording(scorer, rec, out, a.channel, hyp, a.model, getattr(a, "low_confidence", None), inp,
-                            getattr(a, "force", False), read_s)
+                            getattr(a, "force", False), read_s, norms, getattr(a, "age", None))
         results.append(s)
         report(s, hyp, scorer.class_names, out)
     return results
@@ -360,4 +367,8 @@ def report(s: dict[str, Any], hyp: str | None, class_names: Sequence[str], out: 
         log.info(familiarity.verdict(fam))
         for line in fam["warnings"]:
             log.warning(f"warning: {line}")
+    trust = s.get("trust")
+    if trust:
+        (log.info if trust["verdict"] == "trusted" else log.warning)(
+            f"verdict: {trust['verdict']}" + (f" ({'; '.join(trust['reasons'])})" if trust["reasons"] else ""))
     log.info("wrote " + ", ".join(Path(p).name for p in s["files"].values()) + f" to {out}")
