@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from dsn.errors import ConfigError
+from dsn.utils import flatten
 
 TRAINER_SKIP = {"logger", "callbacks", "enable_checkpointing", "default_root_dir", "plugins", "profiler", "use_distributed_sampler"}
 STAGES = ("pretrain", "finetune")
@@ -232,8 +233,6 @@ def dump(cfg, parser=None) -> str:
 
 def training_items(cfg) -> dict[str, Any]:
     """Flattened ``{dotted key: value}`` of what determines training (for comparing two configs)."""
-    from dsn.tracking import flatten
-
     return {k: v for k, v in flatten(to_dict(cfg)).items() if k.split(".")[0] not in NON_TRAINING_KEYS}
 
 
