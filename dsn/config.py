@@ -20,7 +20,8 @@ from dsn.errors import ConfigError
 from dsn.utils import flatten
 
 TRAINER_SKIP = {"logger", "callbacks", "enable_checkpointing", "default_root_dir", "plugins", "profiler", "use_distributed_sampler"}
-STAGES = ("pretrain", "finetune")
+#: The training stages of a fit, in order (not the sleep stages: :data:`dsn.data.labels.STAGES`).
+TRAINING_STAGES = ("pretrain", "finetune")
 #: Keys of a fit config that are command flags, not part of what is trained (never logged as params).
 NON_TRAINING_KEYS = ("config", "__path__", "resume", "allow_config_change", "print_config")
 #: Keys (``fnmatch`` patterns) that cannot change the trained weights: where a run is tracked, how the data
@@ -43,7 +44,7 @@ def add_training_arguments(p) -> None:
     from dsn.systems.pretrain import PretrainSystem
 
     p.add_argument("--seed_everything", type=int, default=0, help="Seed of torch, numpy and python (reproducible runs).")
-    p.add_argument("--stages", type=list[Literal["pretrain", "finetune"]], default=list(STAGES), help="Stages to run, in order.")
+    p.add_argument("--stages", type=list[Literal["pretrain", "finetune"]], default=list(TRAINING_STAGES), help="Stages to run, in order.")
     p.add_argument("--selection", type=Literal["best", "last"], default="best",
                    help="Model kept from each stage: best validation macro-F1, or the last epoch (the paper).")
     p.add_argument("--test", type=bool, default=True, help="Evaluate the selected model on the test subjects.")
@@ -275,7 +276,7 @@ def check(cfg) -> None:
         ft = dict(d["finetune"]["system"], pretrained=None)
         net = build("finetune.net", DeepSleepNet, fnet, **d["finetune"]["net"])
         build("finetune.system", FinetuneSystem, net, **ft)
-    for stage in STAGES:
+    for stage in TRAINING_STAGES:
         s = d[stage]
         if s["batch_size"] < 1:
             raise ConfigError(f"{stage}.batch_size={s['batch_size']}: must be at least 1.")

@@ -201,6 +201,7 @@ def write_outputs(out: Path, inp, stages: np.ndarray, proba: np.ndarray, flagged
     """Write a scored night's CSV, EDF+ hypnogram, low-confidence EDF+ annotations and PNG (each atomically);
     returns every output's path, the summary JSON's included (written last by :func:`score_recording`)."""
     from dsn import plots
+    from dsn.data.labels import true_runs
     from dsn.hypnogram import atomic_write, write_csv, write_edf_annotations, write_edf_hypnogram
 
     files = {"csv": out / f"{inp.name}_hypnogram.csv", "edf": out / f"{inp.name}_hypnogram.edf",
@@ -208,9 +209,8 @@ def write_outputs(out: Path, inp, stages: np.ndarray, proba: np.ndarray, flagged
              "png": out / f"{inp.name}_hypnogram.png", "summary": out / f"{inp.name}_summary.json"}
     write_csv(files["csv"], inp.onsets, stages, proba, class_names, low_confidence=threshold)
     write_edf_hypnogram(files["edf"], stages, epoch_sec, start=inp.start)
-    runs = np.flatnonzero(np.diff(np.r_[0, flagged.astype(np.int8), 0]))  # starts and stops of flagged runs
     write_edf_annotations(files["low_confidence"], [(float(a * epoch_sec), float((b - a) * epoch_sec), "Low confidence")
-                                                    for a, b in zip(runs[::2], runs[1::2])], start=inp.start,
+                                                    for a, b in true_runs(flagged)], start=inp.start,
                           empty_text="No low-confidence epochs")
     fig = plots.hypnodensity_figure(stages, proba, epoch_sec, title=f"{inp.name}: dsn hypnogram and hypnodensity",
                                     low_confidence=flagged)
