@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -31,8 +30,6 @@ from dsn.data.splits import Split, fixed_split, subject_kfold
 
 SPLITS = ("train", "val", "test")
 
-logger = logging.getLogger(__name__)
-
 
 def subject_ids(subjects: list[int | str], sleep_edf: bool = True) -> set[str]:
     """Subject ids (``SC401``, ``ST701``) named by ``subjects``: a number ``n`` (or a string of digits) is the
@@ -59,6 +56,16 @@ def subject_ids(subjects: list[int | str], sleep_edf: bool = True) -> set[str]:
                 "subject id like 'SC401' or 'ST701' (telemetry subjects are selected by id only)"
             )
     return ids
+
+
+def _check_options(max_shift: float, skip_first: int, normalize: str) -> None:
+    """:class:`SleepEDFDataModule`'s augmentation and normalisation options in range (``ValueError`` naming the key)."""
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int | float) or not 0.0 <= max_shift <= 1.0:
+        raise ValueError(f"max_shift={max_shift!r}: must be a fraction of the epoch length in [0, 1] (0: off)")
+    if isinstance(skip_first, bool) or not isinstance(skip_first, int) or skip_first < 0:
+        raise ValueError(f"skip_first={skip_first!r}: must be an integer number of epochs >= 0 (0: off)")
+    if normalize not in NORMALIZE_METHODS:
+        raise ValueError(f"normalize={normalize!r}: must be one of {list(NORMALIZE_METHODS)}")
 
 
 class SleepEDFDataModule(L.LightningDataModule):
@@ -224,19 +231,12 @@ class SleepEDFDataModule(L.LightningDataModule):
         progress: bool = True,
     ):
         super().__init__()
-        if isinstance(max_shift, bool) or not isinstance(max_shift, int | float) or not 0.0 <= max_shift <= 1.0:
-            raise ValueError(f"max_shift={max_shift!r}: must be a fraction of the epoch length in [0, 1] (0: off)")
-        if isinstance(skip_first, bool) or not isinstance(skip_first, int) or skip_first < 0:
-            raise ValueError(f"skip_first={skip_first!r}: must be an integer number of epochs >= 0 (0: off)")
-        if normalize not in NORMALIZE_METHODS:
-            raise ValueError(f"normalize={normalize!r}: must be one of {list(NORMALIZE_METHODS)}")
+        _check_options(max_shift, skip_first, normalize)
         self.profile = load_profile(dataset)
         self._subject_ids = None if subjects is None else subject_ids(subjects, self.profile.is_default)
         self.save_hyperparameters()
-        if channel is not None:
-            logger.warning("data.channel is deprecated: use data.channels: [%s]", channel)
         self.prep = Preprocessing(
-            tuple(pick_channels(channels, channel)), sfreq, epoch_sec, trim_minutes, unscored, length_mismatch,
+            tuple(pick_channels(channels, channel)),  # a config comes normalised (dsn.config.normalize): channel null sfreq, epoch_sec, trim_minutes, unscored, length_mismatch,
             merge_aliases(None if self.profile.is_default else self.profile.channel_aliases, channel_aliases) or None,
         )
         self.mode = mode

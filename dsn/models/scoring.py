@@ -133,6 +133,13 @@ class SleepScorer(nn.Module):
     def n_times(self) -> int:
         return int(self.feature_net.n_times)
 
+    @property
+    def channels(self) -> list[str]:
+        """The channels the model reads, in order (``preprocessing["channels"]``: labels, aliases or derivations
+        ``NAME=PLUS-MINUS``); a model saved before several channels existed has one ``"channel"``."""
+        chans = self.preprocessing.get("channels")
+        return list(chans) if chans else [self.preprocessing.get("channel") or "EEG Fpz-Cz"]
+
     def spec(self) -> dict[str, Any]:
         """Everything but the weights: enough for :func:`~dsn.models.spec.build_scorer` to rebuild this scorer (JSON-able)."""
         from dsn import __version__

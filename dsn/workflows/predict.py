@@ -96,24 +96,6 @@ def scaled_proba(scorer, x: np.ndarray, source: str = "recording", return_input:
     return (proba, x_in, window) if return_input else proba
 
 
-def model_channels(preprocessing: dict[str, Any]) -> list[str]:
-    """The channels a model reads, in order (``preprocessing["channels"]``; a model saved before several
-    channels existed has one ``"channel"``)."""
-    chans = preprocessing.get("channels")
-    return list(chans) if chans else [preprocessing.get("channel") or "EEG Fpz-Cz"]
-
-
-def _channels_to_read(prep: dict[str, Any], channel: str | Sequence[str] | None, path) -> list[str]:
-    chans = model_channels(prep)
-    if channel is None:
-        return chans
-    given = [channel] if isinstance(channel, str) else list(channel)
-    if len(given) != len(chans):
-        raise ConfigError(f"{path}: --channel names {len(given)} channel(s) but the model reads {len(chans)} "
-                          f"({', '.join(chans)}); name one of this file's channels for each, in that order.")
-    return given
-
-
 def confidence_summary(stages: np.ndarray, proba: np.ndarray, threshold: float, epoch_sec: float,
                        class_names: Sequence[str]) -> tuple[dict[str, Any], np.ndarray]:
     """The summary's ``confidence`` entry and the ``(n_epochs,)`` low-confidence flags of a scored night."""
@@ -151,17 +133,19 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
     The model's channels are read by their names and aliases (its ``channel_aliases``); ``channel`` reads
     other labels of this file in their place (one per model channel, in the model's order).
     ``low_confidence``: threshold of the per-epoch flag on the top-class probability (default: the one in
-    the model's spec, chosen on its validation subjects; else :data:`dsn.workflows.calibration.LOW_CONFIDENCE`).
+    the model's spec, chosen on its validation subjects; else :data:`dsn.evaluation.LOW_CONFIDENCE`).
     """
     from dsn.data.psg import read_epochs
+    from dsn.evaluation import LOW_CONFIDENCE
     from dsn.hypnogram import agreement, atomic_write, sleep_statistics
-    from dsn.workflows.calibration import LOW_CONFIDENCE
+    from dsn.workflows.evaluate import channel_uses
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
     prep = scorer.preprocessing
     epoch_sec = float(prep.get("epoch_sec", 30.0))
-    inp = read_epochs(path, _channels_to_read(prep, channel, path), scorer.sfreq, epoch_sec,
+    uses = channel_uses(scorer.channels, channel, source=str(path), option="--channel")
+    inp = read_epochs(path, [u.asked for u in uses], scorer.sfreq, epoch_sec,
                       prep.get("channel_aliases"), prep.get("source_sfreq"))
     timings["read_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -245,7 +229,7 @@ def main(a) -> list[dict[str, Any]]:
     load_s = time.perf_counter() - t
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    log.info(f"model {a.model}: {scorer.kind} model, channels {', '.join(model_channels(scorer.preprocessing))}, {scorer.sfreq:g} Hz "
+    log.info(f"model {a.model}: {scorer.kind} model, channels {', '.join(scorer.channels)}, {scorer.sfreq:g} Hz "
           f"(loaded in {load_s:.2f} s)")
     results = []
     for i, rec in enumerate(a.recordings):
