@@ -235,8 +235,8 @@ class SleepEDFDataModule(L.LightningDataModule):
         self.profile = load_profile(dataset)
         self._subject_ids = None if subjects is None else subject_ids(subjects, self.profile.is_default)
         self.save_hyperparameters()
-        self.prep = Preprocessing(
-            tuple(pick_channels(channels, channel)),  # a config comes normalised (dsn.config.normalize): channel null sfreq, epoch_sec, trim_minutes, unscored, length_mismatch,
+        self.prep = Preprocessing(  # channel: a library caller's old spelling (a parsed config has it null)
+            tuple(pick_channels(channels, channel)), sfreq, epoch_sec, trim_minutes, unscored, length_mismatch,
             merge_aliases(None if self.profile.is_default else self.profile.channel_aliases, channel_aliases) or None,
         )
         self.mode = mode
