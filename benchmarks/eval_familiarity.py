@@ -111,7 +111,7 @@ def main() -> None:
     import numpy as np
 
     from dsn.data.psg import read_epochs
-    from dsn.workflows.predict import model_channels, night_familiarity, scaled_proba
+    from dsn.workflows.predict import night_familiarity, scaled_proba
 
     with tempfile.TemporaryDirectory() as tmp:
         if a.model:
@@ -125,7 +125,7 @@ def main() -> None:
             raise SystemExit(f"{a.model}: this model was saved without a description of its training nights")
         rng = np.random.default_rng(a.seed)
         prep = scorer.preprocessing
-        channels = model_channels(prep)
+        channels = scorer.channels
         rows, reasons = [], {}
         results = collections.defaultdict(list)
         for path in paths:

@@ -8,9 +8,9 @@ A scorer is written as two files:
 - ``weights.pt``: the networks' ``state_dict`` (tensors only), read back with
   ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers.
 
-Reading rebuilds the networks from the spec (:func:`~dsn.models.scoring.build_scorer`) and loads the
+Reading rebuilds the networks from the spec (:func:`~dsn.models.spec.build_scorer`) and loads the
 weights, so a model outlives renamed classes and new attributes, and loading it runs no code from the file.
-The compatibility rule is :func:`~dsn.models.scoring.upgrade_spec`'s. This is what ``dsn fit`` logs as the
+The compatibility rule is :func:`~dsn.models.spec.upgrade_spec`'s. This is what ``dsn fit`` logs as the
 MLflow model (inside a pyfunc model, :mod:`dsn.mlflow_model`) and what ``dsn predict --model FOLDER`` reads.
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dsn.errors import ModelError
+from dsn.utils import json_default
 
 __all__ = ["MLFLOW_KEY", "SPEC_FILE", "WEIGHTS_FILE", "is_artifact", "read_artifact", "read_spec", "write_artifact"]
 
@@ -45,7 +46,7 @@ def write_artifact(scorer, path: str | Path) -> Path:
     torch.save(state, tmp)
     tmp.replace(out / WEIGHTS_FILE)
     tmp = out / (SPEC_FILE + ".tmp")
-    tmp.write_text(json.dumps(scorer.spec(), indent=2, default=_json_default) + "\n")
+    tmp.write_text(json.dumps(scorer.spec(), indent=2, default=json_default) + "\n")
     tmp.replace(out / SPEC_FILE)
     return out
 
@@ -56,14 +57,14 @@ def is_artifact(path: str | Path) -> bool:
 
 
 def read_spec(path: str | Path, source: str | None = None) -> dict[str, Any]:
-    """The spec of the artifact folder ``path`` in the current layout (see :func:`~dsn.models.scoring.upgrade_spec`).
+    """The spec of the artifact folder ``path`` in the current layout (see :func:`~dsn.models.spec.upgrade_spec`).
 
     Raises
     ------
     ModelError
         If the spec is missing, not JSON, or of a newer major format version.
     """
-    from dsn.models.scoring import upgrade_spec
+    from dsn.models.spec import upgrade_spec
 
     f = Path(path) / SPEC_FILE
     source = source or str(path)
@@ -89,7 +90,7 @@ def read_artifact(path: str | Path, source: str | None = None, map_location: str
     """
     import torch
 
-    from dsn.models.scoring import build_scorer
+    from dsn.models.spec import build_scorer
 
     source = source or str(path)
     spec = read_spec(path, source)
@@ -106,13 +107,3 @@ def read_artifact(path: str | Path, source: str | None = None, map_location: str
         if isinstance(e, ModelError):
             raise
         raise ModelError(f"{source}: the weights do not fit the networks of its spec ({str(e).splitlines()[0][:200]}).") from None
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, (np.ndarray, tuple)):
-        return list(o.tolist() if isinstance(o, np.ndarray) else o)
-    return str(o)

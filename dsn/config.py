@@ -12,14 +12,17 @@ key, the value and what is allowed.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from dsn.errors import ConfigError
+from dsn.utils import flatten
 
 TRAINER_SKIP = {"logger", "callbacks", "enable_checkpointing", "default_root_dir", "plugins", "profiler", "use_distributed_sampler"}
-STAGES = ("pretrain", "finetune")
+#: The training stages of a fit, in order (not the sleep stages: :data:`dsn.data.labels.STAGES`).
+TRAINING_STAGES = ("pretrain", "finetune")
 #: Keys of a fit config that are command flags, not part of what is trained (never logged as params).
 NON_TRAINING_KEYS = ("config", "__path__", "resume", "allow_config_change", "print_config")
 #: Keys (``fnmatch`` patterns) that cannot change the trained weights: where a run is tracked, how the data
@@ -42,7 +45,7 @@ def add_training_arguments(p) -> None:
     from dsn.systems.pretrain import PretrainSystem
 
     p.add_argument("--seed_everything", type=int, default=0, help="Seed of torch, numpy and python (reproducible runs).")
-    p.add_argument("--stages", type=list[Literal["pretrain", "finetune"]], default=list(STAGES), help="Stages to run, in order.")
+    p.add_argument("--stages", type=list[Literal["pretrain", "finetune"]], default=list(TRAINING_STAGES), help="Stages to run, in order.")
     p.add_argument("--selection", type=Literal["best", "last"], default="best",
                    help="Model kept from each stage: best validation macro-F1, or the last epoch (the paper).")
     p.add_argument("--test", type=bool, default=True, help="Evaluate the selected model on the test subjects.")
@@ -149,6 +152,7 @@ def parse(argv: Sequence[str], parser=None):
         raise
     except Exception as e:
         raise ConfigError(_short(e)) from None
+    normalize(cfg)
     check(cfg)
     return cfg
 
@@ -186,13 +190,47 @@ def set_keys(cfg, values: Mapping[str, Any], parser=None):
         node[parts[-1]] = value
     d.get("net", {}).pop("sfreq", None)
     d.get("net", {}).pop("n_chans", None)
+    if values.get("data.channel") is not None and "data.channels" not in values:  # the old key given anew
+        d["data"].pop("channels", None)
     shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
     try:
         new = parser.parse_object(d)
     except Exception as e:
         raise ConfigError(f"{shown}: {_short(e)}") from None
+    normalize(new)
     check(new)
     return new
+
+
+def normalize(cfg):
+    """Bring a parsed config to its one form, in place (:func:`parse` and :func:`set_keys` call it): the
+    deprecated ``data.channel: X`` becomes ``data.channels: [X]`` (``data.channel`` then null), and every entry
+    of ``data.channels`` is spelt as :class:`~dsn.data.channels.ChannelSpec` writes it (a derivation as
+    ``NAME=PLUS - MINUS``), so later code reads ``data.channels`` alone and
+    :func:`~dsn.data.channels.channel_names` of it. Returns ``cfg``.
+
+    Raises
+    ------
+    ConfigError
+        When both keys are given and disagree, or a channel is malformed (naming ``data.channels``).
+    """
+    data = normalized_data(to_dict(cfg.data))
+    if cfg.data.channel is not None:
+        logging.getLogger(__name__).warning("data.channel is deprecated: use data.channels: [%s]", cfg.data.channel)
+    cfg.data.channels, cfg.data.channel = data["channels"], None
+    return cfg
+
+
+def normalized_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config's ``data`` section with its channels in the one form :func:`normalize` describes
+    (also how :func:`training_items` reads a config logged before that form)."""
+    from dsn.data.channels import parse_channel, pick_channels
+
+    try:
+        channels = [str(parse_channel(c)) for c in pick_channels(data.get("channels"), data.get("channel"))]
+    except ValueError as e:
+        raise ConfigError(f"data.{e}") from None
+    return {**data, "channels": channels, "channel": None}
 
 
 def config_keys(parser=None) -> set[str]:
@@ -232,9 +270,10 @@ def dump(cfg, parser=None) -> str:
 
 def training_items(cfg) -> dict[str, Any]:
     """Flattened ``{dotted key: value}`` of what determines training (for comparing two configs)."""
-    from dsn.tracking import flatten
-
-    return {k: v for k, v in flatten(to_dict(cfg)).items() if k.split(".")[0] not in NON_TRAINING_KEYS}
+    d = to_dict(cfg)
+    if "data" in d:  # a config logged before the one form (parsed from its YAML) compares as today's
+        d["data"] = normalized_data(d["data"])
+    return {k: v for k, v in flatten(d).items() if k.split(".")[0] not in NON_TRAINING_KEYS}
 
 
 def identity_items(cfg) -> dict[str, Any]:
@@ -276,7 +315,7 @@ def check(cfg) -> None:
         ft = dict(d["finetune"]["system"], pretrained=None)
         net = build("finetune.net", DeepSleepNet, fnet, **d["finetune"]["net"])
         build("finetune.system", FinetuneSystem, net, **ft)
-    for stage in STAGES:
+    for stage in TRAINING_STAGES:
         s = d[stage]
         if s["batch_size"] < 1:
             raise ConfigError(f"{stage}.batch_size={s['batch_size']}: must be at least 1.")
@@ -298,13 +337,10 @@ def check(cfg) -> None:
 
 
 def _check_channels(data: dict) -> None:
-    """``data.channels`` / ``data.channel`` well formed (names, derivations), as ``ConfigError("data.channels ...")``."""
-    from dsn.data.channels import channel_names, pick_channels
+    """``data.channels`` well formed (:func:`normalized_data`), each channel named once, as ``ConfigError("data.channels ...")``."""
+    from dsn.data.channels import channel_names
 
-    try:
-        names = channel_names(pick_channels(data.get("channels"), data.get("channel")))
-    except ValueError as e:
-        raise ConfigError(f"data.{e}") from None
+    names = channel_names(normalized_data(data)["channels"])
     if not names:
         raise ConfigError("data.channels is empty: give at least one channel, e.g. [EEG Fpz-Cz].")
     if len(set(names)) != len(names):

@@ -39,6 +39,10 @@ import numpy as np
 
 from dsn.data.labels import IGNORE_INDEX, STAGES
 
+#: Low-confidence threshold on the calibrated top-class probability of a model whose spec has none
+#: (``dsn predict --low_confidence`` overrides either).
+LOW_CONFIDENCE = 0.5
+
 __all__ = [
     "agreement",
     "apply_temperature",

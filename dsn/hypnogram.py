@@ -23,7 +23,7 @@ import numpy as np
 
 from dsn import evaluation
 from dsn.data.errors import DataError
-from dsn.data.labels import IGNORE_INDEX, N_CLASSES, STAGES
+from dsn.data.labels import IGNORE_INDEX, N_CLASSES, STAGES, runs
 
 __all__ = [
     "HypnogramTable",
@@ -468,16 +468,8 @@ def write_edf_hypnogram(
     if not epoch_sec > 0:
         raise DataError(f"epoch_sec={epoch_sec}: the epoch length must be positive (30 s in Sleep-EDF).")
     names = {i: f"Sleep stage {code}" for i, code in enumerate(("W", "1", "2", "3", "R"))}
-    anns = [(float(s * epoch_sec), float(n * epoch_sec), names.get(int(v), "Sleep stage ?")) for v, s, n in _runs(y)]
+    anns = [(float(s * epoch_sec), float(n * epoch_sec), names.get(int(v), "Sleep stage ?")) for v, s, n in runs(np.where(y < 0, -1, y))]
     return write_edf_annotations(path, anns, start)
-
-
-def _runs(values: np.ndarray) -> list[tuple[int, int, int]]:
-    """Runs of equal values: ``(value, first index, length)``; every negative value counts as one."""
-    v = np.where(values < 0, -1, values)
-    starts = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
-    lengths = np.diff(np.r_[starts, v.size])
-    return [(int(v[s]), int(s), int(n)) for s, n in zip(starts, lengths)]
 
 
 def write_edf_annotations(

@@ -19,6 +19,7 @@ import numpy as np
 
 from dsn.artifact import MLFLOW_KEY
 
+
 def _checked_input(model_input, scorer) -> np.ndarray:
     """The input as float32 epochs, refused with ``INVALID_PARAMETER_VALUE`` (a served model answers HTTP 400
     with the message) when it is not numbers of the model's shape, or holds an impossible signal

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from dsn.data.labels import IGNORE_INDEX, STAGES
+from dsn.data.labels import IGNORE_INDEX, STAGES, true_runs
 
 __all__ = ["confusion_matrix_figure", "hypnogram_figure", "training_curves_figure"]
 
@@ -100,13 +100,6 @@ def confusion_matrix_figure(
     return fig
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Return ``[start, stop)`` index pairs of the True runs in a 1-D boolean mask."""
-    padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
-
-
 def hypnogram_figure(
     y_true: np.ndarray,
     y_pred: np.ndarray,
@@ -177,14 +170,14 @@ def hypnogram_figure(
         lv = to_levels(y)
         # Repeat the last value so that the final epoch spans its full 30 s.
         ax.step(hours, np.append(lv, lv[-1:]), where="post", color=color, linewidth=1.2)
-        for start, stop in _runs(~scored):
+        for start, stop in true_runs(~scored):
             ax.axvspan(hours[start], hours[stop], color="0.85", linewidth=0, zorder=0)
         ax.set_yticks(range(n_classes), labels=[class_names[i] for i in order])
         ax.set_ylim(n_classes - 0.5, -0.5)  # level 0 (W) at the top
         ax.set_ylabel(label)
         ax.grid(axis="y", color="0.92", linewidth=0.8)
         ax.set_xlim(hours[0], hours[-1] if hours[-1] > 0 else 1.0)
-    for start, stop in _runs(mismatch):
+    for start, stop in true_runs(mismatch):
         axes[1].axvspan(hours[start], hours[stop], color="tab:red", alpha=0.3, linewidth=0, zorder=0)
     axes[1].set_xlabel("Time (h)")
     handles = []
@@ -313,13 +306,13 @@ def hypnodensity_figure(
     ax_hyp, ax_dens = fig.subplots(2, 1, sharex=True, height_ratios=(1.0, 1.3))
 
     ax_hyp.step(hours, np.append(lv, lv[-1:]), where="post", color="tab:orange", linewidth=1.2)
-    for start, stop in _runs(~valid):
+    for start, stop in true_runs(~valid):
         ax_hyp.axvspan(hours[start], hours[stop], color="0.85", linewidth=0, zorder=0)
     if low_confidence is not None:
         flagged = np.asarray(low_confidence, dtype=bool).reshape(-1)
         if flagged.shape != y.shape:
             raise ValueError(f"low_confidence must have shape {y.shape} to match stages, got {flagged.shape}")
-        for i, (start, stop) in enumerate(_runs(flagged)):
+        for i, (start, stop) in enumerate(true_runs(flagged)):
             ax_hyp.axvspan(hours[start], hours[stop], color="tab:red", alpha=0.18, linewidth=0, zorder=0,
                            label="low confidence" if i == 0 else None)
         if flagged.any():

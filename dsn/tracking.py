@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from dsn.errors import DsnError, LegacyModelError, ModelError, Pruned
+from dsn.utils import flatten
+from dsn.utils import json_default as _json_default
 
 DEFAULT_HOME = "mlruns"
 DEFAULT_EXPERIMENT = "dsn"
@@ -286,18 +288,6 @@ def lightning_logger(uri: str, run_id: str):
 
 
 # ----------------------------------------------------------------------------- logging helpers
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested dicts with dotted keys (lists kept as values)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def log_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:
     """Log flattened params (values cut to MLflow's 6000-character limit); already-set keys are skipped."""
     from mlflow.entities import Param
@@ -337,14 +327,6 @@ def log_figure(uri: str, run_id: str, figure, artifact_file: str) -> None:
 
 def log_file(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
     client(uri).log_artifact(run_id, str(path), artifact_path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def environment_tags() -> dict[str, str]:

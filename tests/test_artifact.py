@@ -13,7 +13,8 @@ import torch
 from dsn.artifact import SPEC_FILE, read_artifact, read_spec, write_artifact
 from dsn.errors import LegacyModelError, ModelError
 from dsn.models import DeepFeatureNet, DeepSleepNet
-from dsn.models.scoring import SPEC_FORMAT, SleepScorer, build_scorer
+from dsn.models.scoring import SPEC_FORMAT, SleepScorer
+from dsn.models.spec import build_scorer
 
 DATA = Path(__file__).parent / "data"
 FROZEN = DATA / "artifact-v1.0"  # written once by write_frozen() below, then committed: never rewrite it

@@ -111,12 +111,12 @@ def test_init_check_compares_what_the_networks_are_built_with(trained):
     res, _, _ = trained
     scorer = load_scorer(res.stage("finetune").selected_checkpoint)  # built with --net.small_kernel 50 at 100 Hz
     tiny = {"finetune.net.hidden_size": 16, "finetune.net.shortcut_size": 32, "finetune.seq_len": 5}
-    build.check_init(scorer, config.to_dict(config.load_config(["conf/demo.yaml"], tiny)), "m")  # null -> 50: same
-    small = config.to_dict(config.load_config(["conf/demo.yaml"], {**tiny, "net.small_kernel": 25}))
+    build.check_init(scorer, config.load_config(["conf/demo.yaml"], tiny), "m")  # null -> 50: same
+    small = config.load_config(["conf/demo.yaml"], {**tiny, "net.small_kernel": 25})
     with pytest.raises(ConfigError, match=r"^init=m: net.small_kernel is 25 but the model was built with 50; give "
                                           r"--net.small_kernel 50 \(the model's value\)"):
         build.check_init(scorer, small, "m")
-    other = config.to_dict(config.load_config(["conf/demo.yaml"], {**tiny, "net.drop_prob": 0.1, "net.bn_momentum": 0.5}))
+    other = config.load_config(["conf/demo.yaml"], {**tiny, "net.drop_prob": 0.1, "net.bn_momentum": 0.5})
     build.check_init(scorer, other, "m")  # training settings may differ
 
 

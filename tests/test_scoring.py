@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from dsn.models import DeepFeatureNet, DeepSleepNet
-from dsn.models.scoring import SleepScorer, build_scorer
+from dsn.models.scoring import SleepScorer
+from dsn.models.spec import build_scorer
 
 PRE = {"channel": "EEG Fpz-Cz", "sfreq": 100.0, "epoch_sec": 30.0, "trim_minutes": 30.0, "unscored": "drop"}
 

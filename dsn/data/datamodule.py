@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +18,6 @@ from dsn.data.errors import DataError
 from dsn.data.labels import STAGES, class_counts
 from dsn.data.normalize import NORMALIZE_METHODS, NormalizeMethod, normalize
 from dsn.data.recording import Preprocessing, Recording, load_recording
-from dsn.data.sanity import check_signals, describe_problems
 from dsn.data.sampling import (
     BalancedSampler,
     EpochDataset,
@@ -28,11 +26,10 @@ from dsn.data.sampling import (
     StreamBatchSampler,
     independent_windows,
 )
+from dsn.data.sanity import check_signals, describe_problems
 from dsn.data.splits import Split, fixed_split, subject_kfold
 
 SPLITS = ("train", "val", "test")
-
-logger = logging.getLogger(__name__)
 
 
 def subject_ids(subjects: list[int | str], sleep_edf: bool = True) -> set[str]:
@@ -60,6 +57,16 @@ def subject_ids(subjects: list[int | str], sleep_edf: bool = True) -> set[str]:
                 "subject id like 'SC401' or 'ST701' (telemetry subjects are selected by id only)"
             )
     return ids
+
+
+def _check_options(max_shift: float, skip_first: int, normalize: str) -> None:
+    """:class:`SleepEDFDataModule`'s augmentation and normalisation options in range (``ValueError`` naming the key)."""
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int | float) or not 0.0 <= max_shift <= 1.0:
+        raise ValueError(f"max_shift={max_shift!r}: must be a fraction of the epoch length in [0, 1] (0: off)")
+    if isinstance(skip_first, bool) or not isinstance(skip_first, int) or skip_first < 0:
+        raise ValueError(f"skip_first={skip_first!r}: must be an integer number of epochs >= 0 (0: off)")
+    if normalize not in NORMALIZE_METHODS:
+        raise ValueError(f"normalize={normalize!r}: must be one of {list(NORMALIZE_METHODS)}")
 
 
 class SleepEDFDataModule(L.LightningDataModule):
@@ -225,18 +232,11 @@ class SleepEDFDataModule(L.LightningDataModule):
         progress: bool = True,
     ):
         super().__init__()
-        if isinstance(max_shift, bool) or not isinstance(max_shift, int | float) or not 0.0 <= max_shift <= 1.0:
-            raise ValueError(f"max_shift={max_shift!r}: must be a fraction of the epoch length in [0, 1] (0: off)")
-        if isinstance(skip_first, bool) or not isinstance(skip_first, int) or skip_first < 0:
-            raise ValueError(f"skip_first={skip_first!r}: must be an integer number of epochs >= 0 (0: off)")
-        if normalize not in NORMALIZE_METHODS:
-            raise ValueError(f"normalize={normalize!r}: must be one of {list(NORMALIZE_METHODS)}")
+        _check_options(max_shift, skip_first, normalize)
         self.profile = load_profile(dataset)
         self._subject_ids = None if subjects is None else subject_ids(subjects, self.profile.is_default)
         self.save_hyperparameters()
-        if channel is not None:
-            logger.warning("data.channel is deprecated: use data.channels: [%s]", channel)
-        self.prep = Preprocessing(
+        self.prep = Preprocessing(  # channel: a library caller's old spelling (a parsed config has it null)
             tuple(pick_channels(channels, channel)), sfreq, epoch_sec, trim_minutes, unscored, length_mismatch,
             merge_aliases(None if self.profile.is_default else self.profile.channel_aliases, channel_aliases) or None,
         )

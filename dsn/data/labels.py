@@ -42,6 +42,22 @@ def class_counts(y: np.ndarray) -> dict[str, int]:
     return {name: int((y == i).sum()) for i, name in enumerate(STAGES)}
 
 
+def runs(values: np.ndarray | list) -> list[tuple[int, int, int]]:
+    """Run-length encoding of a 1-D sequence (a hypnogram, a mask): ``(value, first index, length)`` of every
+    run of equal values, in order (``[]`` for an empty sequence)."""
+    v = np.asarray(values)
+    if v.size == 0:
+        return []
+    starts = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
+    lengths = np.diff(np.r_[starts, v.size])
+    return [(int(v[s]), int(s), int(n)) for s, n in zip(starts, lengths, strict=True)]
+
+
+def true_runs(mask: np.ndarray | list) -> list[tuple[int, int]]:
+    """``[start, stop)`` index pairs of the runs of True in a 1-D boolean mask (:func:`runs`)."""
+    return [(s, s + n) for v, s, n in runs(np.asarray(mask, dtype=bool)) if v]
+
+
 # --------------------------------------------------------------------------------------------
 # Label maps of other data sets (a data-set profile names one or more, see dsn.data.datasets)
 # --------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ import numpy as np
 from scipy import fft as _fft
 from scipy.ndimage import uniform_filter1d
 
-from dsn.data.labels import RK_LABELS, RK_TO_AASM, STAGES
+from dsn.data.labels import RK_LABELS, RK_TO_AASM, STAGES, runs
 
 __all__ = [
     "EPOCH_SEC",
@@ -249,17 +249,6 @@ class SubjectProfile:
 # --------------------------------------------------------------------------------------------
 # Hypnogram
 # --------------------------------------------------------------------------------------------
-def _runs(codes: np.ndarray) -> list[tuple[int, int, int]]:
-    """Contiguous runs of equal values as ``(value, start, length)``."""
-    codes = np.asarray(codes)
-    if codes.size == 0:
-        return []
-    edges = np.flatnonzero(np.diff(codes)) + 1
-    starts = np.concatenate([[0], edges])
-    lengths = np.diff(np.concatenate([starts, [codes.size]]))
-    return [(int(codes[s]), int(s), int(n)) for s, n in zip(starts, lengths, strict=True)]
-
-
 def _split_int(total: int, weights: np.ndarray) -> np.ndarray:
     """Split ``total`` into non-negative integers proportional to ``weights`` (exact sum)."""
     w = np.asarray(weights, float)
@@ -324,7 +313,7 @@ def _sleep_period(n: int, rng: np.random.Generator, prof: SubjectProfile) -> np.
     # must keep at least a little of every stage).
     block = np.empty(n, int)  # length of the macro block each epoch belongs to
     block_end = np.empty(n, int)  # index one past the end of that block
-    for _, s, ln in _runs(np.where(macro == _S4, _S3, macro)):
+    for _, s, ln in runs(np.where(macro == _S4, _S3, macro)):
         block[s : s + ln] = ln
         block_end[s : s + ln] = s + ln
 
@@ -456,7 +445,7 @@ def hypnogram_annotations(
         are merged into one annotation.
     """
     codes = _stage_codes(stages)
-    out = [(s * epoch_sec, ln * epoch_sec, RK_LABELS[c]) for c, s, ln in _runs(codes)]
+    out = [(s * epoch_sec, ln * epoch_sec, RK_LABELS[c]) for c, s, ln in runs(codes)]
     if tail_epochs is None:
         tail_epochs = int((rng or np.random.default_rng(0)).integers(2, 240))
     if tail_epochs != 0:

@@ -6,9 +6,9 @@ trained with (channel, sampling rate, epoch length, trimming), the class names, 
 configuration, so that a model reference alone is enough to score a recording.
 
 Its :meth:`SleepScorer.spec` (a JSON-able dict, versioned by :data:`SPEC_FORMAT`) plus its weights are
-the whole model: :func:`build_scorer` rebuilds the networks from the spec, and :func:`upgrade_spec`
-applies the compatibility rule (an older format version loads with defaults for the keys it lacks, a
-newer major version is refused). :mod:`dsn.artifact` writes and reads the two files.
+the whole model: :mod:`dsn.models.spec` rebuilds the networks from a spec (:func:`~dsn.models.spec.build_scorer`)
+and applies the compatibility rule (:func:`~dsn.models.spec.upgrade_spec`: an older format version loads with
+defaults for the keys it lacks, a newer major version is refused). :mod:`dsn.artifact` writes and reads the two files.
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ import torch
 from torch import Tensor, nn
 
 from dsn.data.labels import STAGES
-from dsn.errors import ModelError
 from dsn.evaluation import apply_temperature
 from dsn.models.deepsleepnet import DeepFeatureNet, DeepSleepNet, FeatureClassifierNet
 
-__all__ = ["SPEC_FORMAT", "NightFeatures", "SleepScorer", "build_scorer", "scorer_from_legacy", "upgrade_spec"]
+__all__ = ["SPEC_FORMAT", "NightFeatures", "SleepScorer"]
 
 #: Version of the spec layout, ``MAJOR.MINOR``. A minor bump adds keys with defaults (older dsn versions
-#: ignore them, :func:`upgrade_spec` fills them in for older specs); a major bump changes the meaning of
+#: ignore them, :func:`~dsn.models.spec.upgrade_spec` fills them in for older specs); a major bump changes the meaning of
 #: existing keys, and a dsn that knows an older major refuses such a spec.
 SPEC_FORMAT = "1.0"
 
@@ -72,7 +71,7 @@ class SleepScorer(nn.Module):
         epochs already normalised; :func:`dsn.workflows.predict.score_recording` applies it.
     config : dict
         ``{"net": {...}, "finetune_net": {...}}``: the keyword arguments the networks were built with
-        (:func:`build_scorer` rebuilds the same networks from it).
+        (:func:`~dsn.models.spec.build_scorer` rebuilds the same networks from it).
     class_names : list of str, default ``STAGES``
         Class index order of the outputs.
     seq_len : int, default 25
@@ -134,8 +133,15 @@ class SleepScorer(nn.Module):
     def n_times(self) -> int:
         return int(self.feature_net.n_times)
 
+    @property
+    def channels(self) -> list[str]:
+        """The channels the model reads, in order (``preprocessing["channels"]``: labels, aliases or derivations
+        ``NAME=PLUS-MINUS``); a model saved before several channels existed has one ``"channel"``."""
+        chans = self.preprocessing.get("channels")
+        return list(chans) if chans else [self.preprocessing.get("channel") or "EEG Fpz-Cz"]
+
     def spec(self) -> dict[str, Any]:
-        """Everything but the weights: enough for :func:`build_scorer` to rebuild this scorer (JSON-able)."""
+        """Everything but the weights: enough for :func:`~dsn.models.spec.build_scorer` to rebuild this scorer (JSON-able)."""
         from dsn import __version__
 
         return {
@@ -440,107 +446,3 @@ def _offset_rows(net: DeepSleepNet, feats: Tensor, offsets: list[int], seq_len: 
         x = _lstm_rows(x_gates, w_hh, order, valid)
     bwd = torch.stack([x[p : p + n, k] for k, p in enumerate(pads)])  # (B, n, hidden)
     return torch.cat([fwd.expand(len(offsets), -1, -1), bwd], dim=2)
-
-
-def _major(version: str, source: str) -> int:
-    try:
-        return int(str(version).split(".")[0])
-    except ValueError:
-        raise ModelError(f"{source}: model format version {version!r} is not MAJOR.MINOR; the spec is damaged.") from None
-
-
-def upgrade_spec(spec: dict[str, Any], source: str = "model") -> dict[str, Any]:
-    """A spec of any format version in the current layout (a new dict; ``spec`` is not modified).
-
-    The compatibility rule: a spec of an older format version (or none: specs written before versioning,
-    format ``0``) gets the defaults of the keys it lacks: ``preprocessing.normalize: "none"``,
-    ``preprocessing.channels: [channel]``, ``class_names`` the five AASM stages, ``seq_len: 25``,
-    ``carry_state: true``, ``n_offsets: 1``. A spec of a newer minor version loads (its unknown keys are
-    kept in ``extra``); a newer major version is refused.
-
-    Raises
-    ------
-    ModelError
-        For a newer major format version (naming both versions) or a spec without ``kind``/``config``.
-    """
-    version = str(spec.get("format_version", "0"))
-    if _major(version, source) > _major(SPEC_FORMAT, source):
-        raise ModelError(f"{source}: model format version {version} is newer than this dsn reads "
-                         f"({SPEC_FORMAT}); upgrade dsn to load it.")
-    missing = [k for k in ("kind", "config", "preprocessing") if k not in spec]
-    if missing or spec["kind"] not in ("epoch", "sequence"):
-        raise ModelError(f"{source}: not a dsn model spec (missing {', '.join(missing) or 'a valid kind'}).")
-    out = dict(spec)
-    prep = dict(out["preprocessing"])
-    prep.setdefault("normalize", "none")
-    if "channels" not in prep and "channel" in prep:
-        prep["channels"] = [prep["channel"]]
-    out["preprocessing"] = prep
-    out["config"] = {k: dict(v) for k, v in out["config"].items()}
-    out["class_names"] = list(out.get("class_names") or STAGES)
-    out.setdefault("seq_len", 25)
-    out.setdefault("carry_state", True)
-    out.setdefault("n_offsets", 1)
-    out["format_version"] = version
-    return out
-
-
-def build_scorer(spec: dict[str, Any], state_dict: dict[str, Tensor] | None = None, source: str = "model",
-                 assign: bool = False) -> SleepScorer:
-    """Rebuild a :class:`SleepScorer` from its :meth:`SleepScorer.spec` (and load ``state_dict``).
-
-    The spec may be of any older format version (see :func:`upgrade_spec`; ``source`` names the model
-    in its errors). ``assign``: the networks take the tensors of ``state_dict`` themselves instead of copies
-    (for a freshly loaded ``state_dict``; the networks are then built without initialising their weights,
-    which is most of the time a load takes).
-
-    ``state_dict`` may be the scorer's own (``net.`` keys) or a training system's (``model.`` keys for
-    the pretraining system, ``net.`` for fine-tuning).
-    """
-    spec = upgrade_spec(spec, source)
-    cfg = spec["config"]
-    n_outputs = len(spec["class_names"])
-    with torch.device("meta") if assign and state_dict is not None else contextlib.nullcontext():
-        feature_net = DeepFeatureNet(**cfg["net"])
-        if spec["kind"] == "sequence":
-            net: nn.Module = DeepSleepNet(feature_net, **{"n_outputs": n_outputs, **cfg.get("finetune_net", {})})
-        else:
-            net = FeatureClassifierNet(feature_net, n_outputs)
-    scorer = SleepScorer(
-        net, spec["preprocessing"], cfg, spec["class_names"], spec["seq_len"], spec["carry_state"],
-        spec["n_offsets"], {k: v for k, v in spec.items() if k not in _SPEC_KEYS},
-    )
-    if state_dict is not None:
-        for prefix in ("net.", "model."):
-            sub = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-            if sub:
-                net.load_state_dict(sub, assign=assign)
-                break
-        else:
-            net.load_state_dict(state_dict, assign=assign)
-    return scorer.eval()
-
-
-def scorer_from_legacy(obj: nn.Module, source: str = "model") -> SleepScorer:
-    """A current :class:`SleepScorer` rebuilt from an unpickled one of an older dsn.
-
-    Unpickling restores an object's attributes without running ``__init__``, so an old scorer lacks the
-    attributes added since (``n_offsets``, ``extra``...) and may carry its own ``spec`` method. Only its
-    data is read here (the attributes that make up a spec, and the network's ``state_dict``); the spec then
-    gets the defaults of what it lacks (:func:`upgrade_spec`), and the networks are rebuilt from it.
-
-    Raises
-    ------
-    ModelError
-        If ``obj`` has no network or no configuration (not a dsn scorer).
-    """
-    d = getattr(obj, "__dict__", {})
-    net = (d.get("_modules") or {}).get("net")
-    if not isinstance(net, nn.Module) or not isinstance(d.get("config"), dict):
-        raise ModelError(f"{source}: a {type(obj).__name__} without a network and its config: not a dsn scorer.")
-    spec: dict[str, Any] = {"kind": "sequence" if isinstance(net, DeepSleepNet) else "epoch", "format_version": "0"}
-    for key in ("preprocessing", "config", "class_names", "seq_len", "carry_state", "n_offsets"):
-        if d.get(key) is not None:
-            spec[key] = d[key]
-    spec.update({k: v for k, v in (d.get("extra") or {}).items() if k not in spec})
-    return build_scorer(spec, net.state_dict(), source)

@@ -1,4 +1,8 @@
-"""What a fit trains: its data module, each stage's system, and how the selected model becomes a scorer."""
+"""What a fit trains: its data module, each stage's system, and how the selected model becomes a scorer.
+
+Every function reads the fit's config in its one form, the parsed and normalised namespace
+(:func:`dsn.config.parse`); a section becomes keyword arguments through :func:`dsn.config.to_dict`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from dsn.config import to_dict
 from dsn.data.errors import DataError
 from dsn.errors import ConfigError
 
@@ -21,11 +26,11 @@ def is_model_uri(source: Any) -> bool:
     return isinstance(source, str) and bool(MODEL_URI.match(source))
 
 
-def data_module(d: dict, cfg):
+def data_module(cfg):
     """The fit's data module, set up (data errors surface here, before any run is opened)."""
     from dsn.data.datamodule import SleepEDFDataModule
 
-    dm = SleepEDFDataModule(**d["data"], mode="pretrain", batch_size=cfg.pretrain.batch_size, seq_len=cfg.finetune.seq_len)
+    dm = SleepEDFDataModule(**to_dict(cfg.data), mode="pretrain", batch_size=cfg.pretrain.batch_size, seq_len=cfg.finetune.seq_len)
     dm.prepare_data()
     dm.setup()
     for split in ("train", "val"):  # what trainer.fit would find missing only after the runs are open
@@ -42,16 +47,17 @@ def stage_data(dm, cfg, stage: str):
     return dm.for_stage("finetune", cfg.finetune.batch_size, cfg.finetune.seq_len)
 
 
-def feature_net(d: dict):
+def feature_net(cfg):
+    """The feature network ``net.*`` describes (random weights)."""
     from dsn.models import DeepFeatureNet
 
-    return DeepFeatureNet(**d["net"])
+    return DeepFeatureNet(**to_dict(cfg.net))
 
 
-def _scorer_kwargs(d: dict, dm) -> dict[str, Any]:
+def _scorer_kwargs(cfg, dm) -> dict[str, Any]:
     """The scorer's preprocessing (read from the data module: channels, rates) and network config."""
-    return {"preprocessing": dm.scorer_preprocessing(), "config": {"net": d["net"], "finetune_net": d["finetune"]["net"]},
-            "seq_len": d["finetune"]["seq_len"]}
+    return {"preprocessing": dm.scorer_preprocessing(),
+            "config": {"net": to_dict(cfg.net), "finetune_net": to_dict(cfg.finetune.net)}, "seq_len": cfg.finetune.seq_len}
 
 
 #: Keys of ``net`` / ``finetune.net`` that are training settings, not architecture: an ``init`` model may have
@@ -72,7 +78,7 @@ def load_model(source: str, uri: str, key: str):
         raise ConfigError(f"{key}: {e}") from None
 
 
-def start_weights(d: dict, stages, uri: str):
+def start_weights(cfg, uri: str):
     """The weights the fit starts from instead of random ones, loaded now (a bad path, reference or
     architecture is a ``ConfigError`` before any run opens); None: random weights (or this fit's own pretraining).
 
@@ -80,14 +86,14 @@ def start_weights(d: dict, stages, uri: str):
       networks start both stages (:func:`system`); its architecture must match the config (:func:`check_init`);
     - else ``finetune.system.pretrained`` for a fine-tuning-only fit: the feature net it names.
     """
-    init = d.get("init")
-    source = d["finetune"]["system"].get("pretrained")
+    init, stages = cfg.init, cfg.stages
+    source = cfg.finetune.system.pretrained
     if init is not None:
         if source is not None:
             raise ConfigError(f"init={init!r} and finetune.system.pretrained={source!r} both name starting weights: "
                               "give one (init starts both stages, the whole sequence net included).")
         scorer = load_model(init, uri, "init")
-        check_init(scorer, d, init)
+        check_init(scorer, cfg, init)
         return scorer
     if "pretrain" in stages or "finetune" not in stages:
         return None  # the weights come from this fit's own pretraining
@@ -99,38 +105,38 @@ def start_weights(d: dict, stages, uri: str):
     if is_model_uri(source):  # a model reference, resolved in this fit's tracking store
         source = load_model(source, uri, "finetune.system.pretrained")
     try:
-        return load_pretrained(feature_net(d), source)
+        return load_pretrained(feature_net(cfg), source)
     except ValueError as e:
         raise ConfigError(f"finetune.system.pretrained: {e}") from None
 
 
-def check_init(scorer, d: dict, source: str) -> None:
+def check_init(scorer, cfg, source: str) -> None:
     """Raise ``ConfigError`` (one line: the key, both values, the fix) when the ``init`` model's spec and the
     config disagree on the architecture: the channels (names and number), ``data.sfreq``, the ``net.*`` keys
     and, when fine-tuning starts from a sequence model, the ``finetune.net.*`` keys and the number of classes.
     ``drop_prob`` and ``bn_momentum`` (:data:`TRAINING_ONLY_NET_KEYS`) may differ."""
     import torch
 
-    from dsn.data.channels import channel_names, parse_channel, pick_channels
+    from dsn.data.channels import channel_names
 
-    prep, spec_cfg = scorer.preprocessing, scorer.config
-    model_ch = channel_names(parse_channel(c) for c in (prep.get("channels") or [prep["channel"]]))
-    ours = channel_names(pick_channels(d["data"].get("channels"), d["data"].get("channel")))
+    prep, spec_cfg, data = scorer.preprocessing, scorer.config, cfg.data
+    model_ch, ours = channel_names(scorer.channels), channel_names(data.channels)
     head = f"init={source}:"
     if ours != model_ch:
         raise ConfigError(f"{head} data.channels is {ours} but the model reads {model_ch}; give --data.channels "
                           f"'{model_ch}' (map this site's labels to them with data.channel_aliases, e.g. "
                           f"{{{model_ch[0]}: [LABEL]}}) or train without --init.")
-    if float(prep["sfreq"]) != float(d["data"]["sfreq"]):
-        raise ConfigError(f"{head} data.sfreq is {d['data']['sfreq']} but the model was trained at {prep['sfreq']} Hz; "
+    if float(prep["sfreq"]) != float(data.sfreq):
+        raise ConfigError(f"{head} data.sfreq is {data.sfreq} but the model was trained at {prep['sfreq']} Hz; "
                           f"give --data.sfreq {prep['sfreq']} (the recordings are resampled) or train without --init.")
     with torch.device("meta"):  # the values a None stands for (kernel sizes, strides, n_times follow sfreq)
-        mine_net = feature_net(d)
+        mine_net = feature_net(cfg)
     resolved = lambda net, raw: {k: getattr(net, k, v) for k, v in raw.items()}  # noqa: E731
-    checks = [("net", resolved(mine_net, d["net"]), resolved(scorer.net.feature_net, spec_cfg.get("net") or {}))]
-    if "finetune" in d["stages"] and scorer.kind == "sequence":
-        checks.append(("finetune.net", d["finetune"]["net"], spec_cfg.get("finetune_net") or {}))
-        n_model, n_ours = len(scorer.class_names), d["finetune"]["net"].get("n_outputs", len(scorer.class_names))
+    checks = [("net", resolved(mine_net, to_dict(cfg.net)), resolved(scorer.net.feature_net, spec_cfg.get("net") or {}))]
+    if "finetune" in cfg.stages and scorer.kind == "sequence":
+        ft_net = to_dict(cfg.finetune.net)
+        checks.append(("finetune.net", ft_net, spec_cfg.get("finetune_net") or {}))
+        n_model, n_ours = len(scorer.class_names), ft_net.get("n_outputs", len(scorer.class_names))
         if n_model != n_ours:
             raise ConfigError(f"{head} finetune.net.n_outputs is {n_ours} but the model has {n_model} classes "
                               f"({scorer.class_names}); give --finetune.net.n_outputs {n_model} or train without --init.")
@@ -140,18 +146,18 @@ def check_init(scorer, d: dict, source: str) -> None:
                 continue
             raise ConfigError(f"{head} {section}.{k} is {mine[k]!r} but the model was built with {v!r}; give "
                               f"--{section}.{k} {v} (the model's value) or train without --init.")
-    if prep.get("normalize", "none") != d["data"].get("normalize", "none"):
+    if prep.get("normalize", "none") != data.normalize:
         log.warning("warning: init=%s was trained with data.normalize=%s, this fit uses %s: its first layers see "
-                    "inputs of another scale.", source, prep.get("normalize", "none"), d["data"].get("normalize", "none"))
+                    "inputs of another scale.", source, prep.get("normalize", "none"), data.normalize)
 
 
-def _load_init(stage: str, d: dict, init, target) -> None:
+def _load_init(stage: str, cfg, init, target) -> None:
     """Copy the ``init`` model's weights into ``target`` (stage ``stage``'s network), in place: pretraining's
     ``FeatureClassifierNet`` gets the feature net (and the classifier of an epoch model), fine-tuning's
     ``DeepSleepNet`` the whole sequence net of a sequence model (its feature net only when the fit did not
     pretrain), else the feature net of an epoch model (when the fit did not pretrain)."""
     own = init.net.state_dict()
-    pretrained_here = "pretrain" in d["stages"]
+    pretrained_here = "pretrain" in cfg.stages
     if stage == "pretrain":
         keys = [k for k in target.state_dict() if k in own and (k.startswith("feature_net.") or init.kind == "epoch")]
     elif init.kind == "sequence":
@@ -162,7 +168,7 @@ def _load_init(stage: str, d: dict, init, target) -> None:
     log.debug("[%s] %d tensors from the init model", stage, len(keys))
 
 
-def system(stage: str, d: dict, dm, fnet, start=None) -> tuple[Any, Callable[[Any], Any]]:
+def system(stage: str, cfg, dm, fnet, start=None) -> tuple[Any, Callable[[Any], Any]]:
     """Stage ``stage``'s Lightning system around ``fnet`` and ``make_scorer(system) -> SleepScorer`` (preprocessing
     from ``dm``). ``start`` (:func:`start_weights`): an ``init`` model whose weights the stage's network starts
     from, or a pretrained feature net that fine-tuning starts from."""
@@ -170,23 +176,22 @@ def system(stage: str, d: dict, dm, fnet, start=None) -> tuple[Any, Callable[[An
 
     init = start if isinstance(start, SleepScorer) else None
 
-    kw = _scorer_kwargs(d, dm)
+    kw = _scorer_kwargs(cfg, dm)
     if stage == "pretrain":
         from dsn.systems.pretrain import PretrainSystem
 
-        pre = PretrainSystem(fnet, **d["pretrain"]["system"])
+        pre = PretrainSystem(fnet, **to_dict(cfg.pretrain.system))
         if init is not None:
-            _load_init(stage, d, init, pre.model)
+            _load_init(stage, cfg, init, pre.model)
         return pre, lambda s: SleepScorer(s.model, **kw)
     from dsn.models import DeepSleepNet
     from dsn.systems.finetune import FinetuneSystem
 
     if start is not None and init is None:
         fnet.load_state_dict(start.state_dict())
-    ft = {k: v for k, v in d["finetune"]["system"].items() if k != "pretrained"}
-    carry = bool(ft.get("carry_state", True))
-    net = DeepSleepNet(fnet, **d["finetune"]["net"])
+    ft = {k: v for k, v in to_dict(cfg.finetune.system).items() if k != "pretrained"}
+    carry, n_offsets = bool(ft.get("carry_state", True)), cfg.finetune.n_offsets
+    net = DeepSleepNet(fnet, **to_dict(cfg.finetune.net))
     if init is not None:
-        _load_init(stage, d, init, net)
-    return (FinetuneSystem(net, **ft),
-            lambda s: SleepScorer(s.net, **kw, carry_state=carry, n_offsets=d["finetune"]["n_offsets"]))
+        _load_init(stage, cfg, init, net)
+    return FinetuneSystem(net, **ft), lambda s: SleepScorer(s.net, **kw, carry_state=carry, n_offsets=n_offsets)

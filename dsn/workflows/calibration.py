@@ -23,10 +23,8 @@ from typing import Any
 import numpy as np
 
 from dsn import evaluation
+from dsn.evaluation import LOW_CONFIDENCE
 
-#: Low-confidence threshold on the calibrated top-class probability of a model whose spec has none
-#: (``dsn predict --low_confidence`` overrides either).
-LOW_CONFIDENCE = 0.5
 #: The bounds of the threshold a fit chooses on validation epochs (:func:`low_confidence_threshold`).
 THRESHOLD_BOUNDS = (0.3, 0.8)
 
@@ -222,9 +220,8 @@ def describe_nights(scorer, recordings: Mapping[str, Sequence[Any]], predictions
     with ``x``, the normalised ``(n_epochs, n_chans, n_times)`` epochs), with the validation nights' mean
     calibrated confidence from ``predictions["val"]``."""
     from dsn import familiarity
-    from dsn.workflows.predict import model_channels
 
-    channels = model_channels(scorer.preprocessing)
+    channels = scorer.channels
     train = [familiarity.night_features(r.x, scorer.sfreq) for r in recordings.get("train", [])]
     conf = {p.name: float(evaluation.confidence(evaluation.apply_temperature(p.proba, scorer.temperature))[0].mean())
             for p in predictions.get("val", []) if len(p.proba)}

@@ -33,8 +33,9 @@ class ChannelUse:
     Attributes
     ----------
     model : the model's channel (``EEG Fpz-Cz``)
-    asked : what ``--data.channels`` named (the model's channel when not given)
-    read : the label read from the files (``EEG``)
+    asked : what the user named for it (``--data.channels``, ``dsn predict --channel``; the model's channel when
+        not given)
+    read : the label read from the files (``EEG``); ``asked`` when no file labels were given
     montage : the derivation the profile calls it (``C4-A1``), else ``read``
     cross_montage : ``read`` is not ``model`` nor one of its aliases: another derivation stands in for it
     """
@@ -58,9 +59,24 @@ def _montage(label: str, aliases: dict[str, list[str]]) -> str:
     return next((canon for canon, alts in aliases.items() if label == canon or label in alts), label)
 
 
-def channel_uses(model_channels: Sequence[str], asked: Sequence[str] | None, labels: Sequence[str],
-                 aliases: dict[str, list[str]], source: str) -> list[ChannelUse]:
-    """Map the model's channels to a file's labels (see :class:`ChannelUse`).
+def channel_uses(model_channels: Sequence[str], asked: str | Sequence[str] | None,
+                 labels: Sequence[str] | None = None, aliases: dict[str, list[str]] | None = None, source: str = "",
+                 option: str = "--data.channels") -> list[ChannelUse]:
+    """Map a user's channels onto a model's (``dsn evaluate``, ``dsn predict``): the one place that pairs them.
+
+    Parameters
+    ----------
+    model_channels : sequence of str
+        The model's channels (:attr:`SleepScorer.channels <dsn.models.scoring.SleepScorer.channels>`).
+    asked : str or sequence of str, optional
+        The file channels the user names in their place, one per model channel in its order (one string: one
+        channel); None or empty: the model's own channels.
+    labels : sequence of str, optional
+        A file's channel labels: each asked channel is found among them (:func:`~dsn.data.channels.find_label`
+        with ``aliases``) and a label of another montage is named as a cross-montage check. None: the channels
+        are not looked up here (the reader finds them, as ``dsn predict``'s does).
+    source : str
+        The file, for the messages. ``option`` names the user's option in them.
 
     Raises
     ------
@@ -69,17 +85,21 @@ def channel_uses(model_channels: Sequence[str], asked: Sequence[str] | None, lab
     """
     from dsn.data.channels import ChannelLookupError, find_label
 
-    asked = list(asked) if asked else list(model_channels)
+    asked = [asked] if isinstance(asked, str) else list(asked or model_channels)
     if len(asked) != len(model_channels):
-        raise ConfigError(f"data.channels={asked}: the model reads {len(model_channels)} channel(s) "
-                          f"({', '.join(model_channels)}); name one file channel for each, in the same order.")
+        raise ConfigError(f"{source}: {option} names {len(asked)} channel(s) ({', '.join(asked)}) but the model reads "
+                          f"{len(model_channels)} ({', '.join(model_channels)}); name one file channel for each, in the "
+                          "model's order.")
+    if labels is None:
+        return [ChannelUse(m, a, a, a, False) for m, a in zip(model_channels, asked, strict=True)]
+    aliases = aliases or {}
     out = []
     for m, a in zip(model_channels, asked, strict=True):
         try:
             label = find_label(a, labels, aliases)
         except ChannelLookupError as e:
             raise ConfigError(f"{source}: {e} (for the model's {m}). Name the file channel to read for it with "
-                              "--data.channels.") from None
+                              f"{option}.") from None
         try:
             same = find_label(m, [label], aliases) == label
         except ChannelLookupError:
@@ -122,20 +142,19 @@ def evaluate(
 
     scorer = load_scorer(model, uri)
     prep = scorer.preprocessing
-    model_channels = list(prep.get("channels") or [prep["channel"]])
     profile = load_profile(dataset)
     files = find_recordings(data_dir, profile)
     loaded, uses = [], None
     for f in files:
         _, rates = edf_header(f.psg)
-        rec_uses = channel_uses(model_channels, channels, list(rates), profile.channel_aliases, str(f.psg))
+        rec_uses = channel_uses(scorer.channels, channels, list(rates), profile.channel_aliases, str(f.psg))
         uses = uses or rec_uses
         p = Preprocessing(channels=tuple(u.read for u in rec_uses), sfreq=scorer.sfreq, epoch_sec=float(prep.get("epoch_sec", 30.0)),
                           trim_minutes=prep.get("trim_minutes", 30.0), unscored="drop", length_mismatch=length_mismatch)
         rec = load_recording(f, p, cache_dir, use_cache)
         if rec.x.shape[-1] != scorer.n_times:
             raise ConfigError(f"{f.psg}: epochs of {rec.x.shape[-1]} samples, but the model expects {scorer.n_times}.")
-        refuse_impossible(rec.x, model_channels, f.psg, data_dir)
+        refuse_impossible(rec.x, scorer.channels, f.psg, data_dir)
         loaded.append((f, rec))
     method = prep.get("normalize", "none")
     per, y_all, p_all = [], [], []

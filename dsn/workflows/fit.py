@@ -21,8 +21,6 @@ from dsn.workflows.distributed import is_global_zero
 from dsn.workflows.results import FitResult, Prediction, StageResult, confusion_of, load_predictions, save_predictions
 from dsn.workflows.run import run_fit
 
-STAGES = ("pretrain", "finetune")
-
 __all__ = ["FitResult", "Prediction", "StageResult", "confusion_of", "is_global_zero", "load_predictions", "main",
            "run_fit", "save_predictions"]
 

@@ -85,24 +85,6 @@ def scaled_proba(scorer, x: np.ndarray, source: str = "recording", return_input:
     return (proba, x_in, window) if return_input else proba
 
 
-def model_channels(preprocessing: dict[str, Any]) -> list[str]:
-    """The channels a model reads, in order (``preprocessing["channels"]``; a model saved before several
-    channels existed has one ``"channel"``)."""
-    chans = preprocessing.get("channels")
-    return list(chans) if chans else [preprocessing.get("channel") or "EEG Fpz-Cz"]
-
-
-def _channels_to_read(prep: dict[str, Any], channel: str | Sequence[str] | None, path) -> list[str]:
-    chans = model_channels(prep)
-    if channel is None:
-        return chans
-    given = [channel] if isinstance(channel, str) else list(channel)
-    if len(given) != len(chans):
-        raise ConfigError(f"{path}: --channel names {len(given)} channel(s) but the model reads {len(chans)} "
-                          f"({', '.join(chans)}); name one of this file's channels for each, in that order.")
-    return given
-
-
 def confidence_summary(stages: np.ndarray, proba: np.ndarray, threshold: float, epoch_sec: float,
                        class_names: Sequence[str]) -> tuple[dict[str, Any], np.ndarray]:
     """The summary's ``confidence`` entry and the ``(n_epochs,)`` low-confidence flags of a scored night."""
@@ -142,9 +124,11 @@ def read_night(scorer, path: str | Path, channel: str | Sequence[str] | None = N
         For a file that cannot be read, lacks a channel, or whose epochs do not fit the model.
     """
     from dsn.data.psg import read_epochs
+    from dsn.workflows.evaluate import channel_uses
 
     prep = scorer.preprocessing
-    inp = read_epochs(path, _channels_to_read(prep, channel, path), scorer.sfreq, float(prep.get("epoch_sec", 30.0)),
+    uses = channel_uses(scorer.channels, channel, source=str(path), option="--channel")
+    inp = read_epochs(path, [u.asked for u in uses], scorer.sfreq, float(prep.get("epoch_sec", 30.0)),
                       prep.get("channel_aliases"), prep.get("source_sfreq"))
     if inp.x.shape[-1] != scorer.n_times:
         raise ConfigError(f"{path}: epochs of {inp.x.shape[-1]} samples, but the model expects {scorer.n_times}.")
@@ -180,14 +164,14 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
     other labels of this file in their place (one per model channel, in the model's order); ``inp``: the
     recording already read (:func:`read_night`, in ``read_s`` seconds).
     ``low_confidence``: threshold of the per-epoch flag on the top-class probability (default: the one in
-    the model's spec, chosen on its validation subjects; else :data:`dsn.workflows.calibration.LOW_CONFIDENCE`).
+    the model's spec, chosen on its validation subjects; else :data:`dsn.evaluation.LOW_CONFIDENCE`).
     An impossible signal (:mod:`dsn.data.sanity`) is refused; with ``force`` it is scored and flagged: every
     epoch low-confidence (CSV, EDF+ annotations, PNG), the summary's ``signal_problems``.
     The summary's ``trust`` is the night's verdict (:func:`dsn.workflows.trust.night_verdict`; ``norms``, ``age``:
     the plausibility ranges' override file and the subject's age).
     """
+    from dsn.evaluation import LOW_CONFIDENCE
     from dsn.hypnogram import agreement, atomic_write, sleep_statistics
-    from dsn.workflows.calibration import LOW_CONFIDENCE
     from dsn.workflows.trust import night_verdict
 
     timings: dict[str, float] = {}
@@ -238,6 +222,7 @@ def write_outputs(out: Path, inp, stages: np.ndarray, proba: np.ndarray, flagged
     :func:`score_recording`). ``problems``: the night's impossible channels, scored with ``--force``: the
     annotations and the figure's title name them."""
     from dsn import plots
+    from dsn.data.labels import true_runs
     from dsn.hypnogram import atomic_write, write_csv, write_edf_annotations, write_edf_hypnogram
 
     out.mkdir(parents=True, exist_ok=True)
@@ -249,9 +234,8 @@ def write_outputs(out: Path, inp, stages: np.ndarray, proba: np.ndarray, flagged
     flag = "Low confidence"
     if problems:
         flag = "Impossible signal (" + ", ".join(f"{p.channel} {p.kind}" for p in problems) + "), scored with --force"
-    runs = np.flatnonzero(np.diff(np.r_[0, flagged.astype(np.int8), 0]))  # starts and stops of flagged runs
     write_edf_annotations(files["low_confidence"], [(float(a * epoch_sec), float((b - a) * epoch_sec), flag)
-                                                    for a, b in zip(runs[::2], runs[1::2])], start=inp.start,
+                                                    for a, b in true_runs(flagged)], start=inp.start,
                           empty_text="No low-confidence epochs")
     fig = plots.hypnodensity_figure(stages, proba, epoch_sec, title=f"{inp.name}: dsn hypnogram and hypnodensity"
                                     + (f" - {flag}" if problems else ""), low_confidence=flagged)
@@ -327,7 +311,7 @@ def main(a) -> list[dict[str, Any]]:
         scorer.calibration = {}  # the raw softmax
     load_s = time.perf_counter() - t
     out = Path(a.out)
-    log.info(f"model {a.model}: {scorer.kind} model, channels {', '.join(model_channels(scorer.preprocessing))}, {scorer.sfreq:g} Hz "
+    log.info(f"model {a.model}: {scorer.kind} model, channels {', '.join(scorer.channels)}, {scorer.sfreq:g} Hz "
           f"(loaded in {load_s:.2f} s)")
     inputs = read_all(scorer, a)
     norms = load_norms(a.norms) if getattr(a, "norms", None) else None  # a bad file: one line before any scoring

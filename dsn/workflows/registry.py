@@ -70,7 +70,7 @@ def _load_checkpoint(path: Path):
 
     import torch
 
-    from dsn.models.scoring import build_scorer
+    from dsn.models.spec import build_scorer
 
     with open(path, "rb") as f:
         head = f.read(4)
@@ -169,7 +169,7 @@ def upgrade(uri: str, ref: str) -> dict[str, Any]:
     import numpy as np
 
     from dsn import tracking
-    from dsn.models.scoring import scorer_from_legacy
+    from dsn.models.spec import scorer_from_legacy
 
     if not ref.startswith("models:/"):
         raise ModelError(f"{ref}: `dsn registry upgrade` takes a registry reference (models:/NAME/VERSION or "

@@ -100,15 +100,14 @@ def _run_fit(cfg, *, parent_run_id, callbacks, tags, run_name, kind, resume, all
     torch.set_float32_matmul_precision("high")
     uri = tracking.tracking_uri(cfg.tracking.uri, Path(cfg.tracking.home))
     tracking.check_tracking(uri)  # before anything slow
-    d = config.to_dict(cfg)
-    start = build.start_weights(d, cfg.stages, uri)  # a bad init / pretrained model fails before the data is read
-    dm = build.data_module(d, cfg)
+    start = build.start_weights(cfg, uri)  # a bad init / pretrained model fails before the data is read
+    dm = build.data_module(cfg)
     summary = dm.summary()
     if cfg.init is not None:
         tags = {**(tags or {}), "dsn.init": str(cfg.init)}
     rec = recorder.open_recorder(cfg, uri, resume=resume, kind=kind, parent_run_id=parent_run_id,
                                  allow_config_change=allow_config_change, tags=tags, run_name=run_name)
-    ctx = stage.FitContext(cfg, d, rec, Path(cfg.tracking.home) / "checkpoints" / (rec.run_id or "pending-rank0"),
+    ctx = stage.FitContext(cfg, rec, Path(cfg.tracking.home) / "checkpoints" / (rec.run_id or "pending-rank0"),
                            bool(resume), callbacks, verbose and rec.reports)
     ctx.info("%s", format_data_summary(summary))
     with rec.guard():

@@ -30,8 +30,7 @@ class FitContext:
     """What every stage of one fit shares (``ckpt_root`` and the recorder's ``run_id`` are rank 0's once
     the process group exists: :class:`~dsn.workflows.callbacks.SharedCheckpointDir`)."""
 
-    cfg: Any
-    d: dict  # the config as a plain dict
+    cfg: Any  # the parsed, normalised config (dsn.config.parse): the one form every step reads
     recorder: Any  # dsn.workflows.recorder.Recorder
     ckpt_root: Path
     resume: bool
@@ -50,9 +49,9 @@ def run_stages(ctx: FitContext, dm, start=None) -> list[StageResult]:
     """The stage loop: each stage in ``cfg.stages`` in turn, the fine-tuning one on the pretrained feature
     net (this fit's, else ``start``); ``start``: :func:`dsn.workflows.build.start_weights`."""
     results: list[StageResult] = []
-    fnet = build.feature_net(ctx.d)
+    fnet = build.feature_net(ctx.cfg)
     for name in ctx.cfg.stages:
-        system, make_scorer = build.system(name, ctx.d, dm, fnet, start)
+        system, make_scorer = build.system(name, ctx.cfg, dm, fnet, start)
         results.append(run_stage(ctx, name, system, build.stage_data(dm, ctx.cfg, name), make_scorer))
         fnet = system.feature_net
     return results
@@ -105,9 +104,11 @@ def reload_finished(ctx: FitContext, name: str, system, prior, make_scorer) -> S
 
 
 def _stage_params(ctx: FitContext, name: str) -> dict[str, Any]:
+    from dsn.config import to_dict
+
     cfg = ctx.cfg
     return {"stage": name, "selection": cfg.selection, "seed_everything": cfg.seed_everything,
-            **{f"{name}.{k}": v for k, v in ctx.d[name].items()}, "net": ctx.d["net"], "data": ctx.d["data"]}
+            **{f"{name}.{k}": v for k, v in to_dict(cfg[name]).items()}, "net": to_dict(cfg.net), "data": to_dict(cfg.data)}
 
 
 @dataclass
@@ -124,6 +125,7 @@ def make_trainer(ctx: FitContext, name: str, stage_run: str):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from dsn.config import to_dict
     from dsn.workflows import callbacks as cb
 
     ckpt_dir = ctx.ckpt_root / name
@@ -131,7 +133,7 @@ def make_trainer(ctx: FitContext, name: str, stage_run: str):
                                  save_top_k=1, save_last=False, auto_insert_metric_name=False)
     parts = _Parts(checkpoint, cb.InterruptedState(ckpt_dir), cb.ScorerSpec())
     trainer = L.Trainer(
-        **ctx.d[name]["trainer"],
+        **to_dict(ctx.cfg[name].trainer),
         logger=ctx.recorder.logger(stage_run),
         callbacks=[cb.SharedCheckpointDir(ctx, checkpoint, parts.interrupted), *_stage_callbacks(ctx, name, checkpoint),
                    parts.interrupted, parts.spec],
@@ -147,14 +149,14 @@ def _stage_callbacks(ctx: FitContext, name: str, checkpoint) -> list:
 
     from dsn.workflows.callbacks import FiniteLoss
 
-    stage_cfg = ctx.d[name]
+    stage_cfg = ctx.cfg[name]
     cbs: list = [checkpoint, FiniteLoss(name)]
-    if stage_cfg.get("ema_decay"):
+    if stage_cfg.ema_decay:
         from dsn.systems.averaging import ema_callback
 
-        cbs.insert(0, ema_callback(stage_cfg["ema_decay"]))
-    if stage_cfg.get("early_stopping_patience"):
-        cbs.append(EarlyStopping(monitor="val/f1_macro", mode="max", patience=stage_cfg["early_stopping_patience"]))
+        cbs.insert(0, ema_callback(stage_cfg.ema_decay))
+    if stage_cfg.early_stopping_patience:
+        cbs.append(EarlyStopping(monitor="val/f1_macro", mode="max", patience=stage_cfg.early_stopping_patience))
     if ctx.callbacks is not None:
         cbs += list(ctx.callbacks(name))
     return cbs
