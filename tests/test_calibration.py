@@ -263,3 +263,35 @@ def test_dsn_fit_shows_each_splits_calibration_line() -> None:
     assert "ECE 0.210 -> 0.050, Brier 0.400 -> 0.300; accuracy 85.0% on confident vs 40.0% on low-confidence epochs" in out
     assert "ECE 0.250 -> 0.080" in out and "70.0% on confident vs n/a on low-confidence epochs (0.0% of the epochs" in out
     assert "temperature 1.70, low confidence below 0.45" in out
+
+
+def test_calibration_stores_a_shift_reference_that_flags_a_shifted_night() -> None:
+    """The selected model's calibration keeps its validation confusion and per-night predicted counts
+    (dsn.trust.shift): a night predicted like the validation nights passes, 72 % REM is flagged."""
+    from types import SimpleNamespace
+
+    from dsn.workflows.calibration import calibrate_selected
+    from dsn.workflows.trust import night_verdict
+
+    rng = np.random.default_rng(0)
+    mix = np.array([0.15, 0.08, 0.45, 0.12, 0.20])
+
+    def night(n=900):
+        y = rng.choice(5, size=n, p=mix)
+        logits = rng.normal(size=(n, 5))
+        logits[np.arange(n), y] += 3.0  # a good scorer: mostly right
+        p = np.exp(logits)
+        return SimpleNamespace(proba=p / p.sum(1, keepdims=True), y_true=y)
+
+    scorer = SimpleNamespace(calibration={})
+    metrics, _ = calibrate_selected(scorer, {"val": [night() for _ in range(4)]})
+    ref = scorer.calibration["shift"]
+    assert np.asarray(ref["val_pred_counts"]).shape == (4, 5) and np.asarray(ref["confusion"]).sum() == 4 * 900
+    assert metrics["calibration/shift_threshold"] == pytest.approx(ref["threshold"])
+    like = rng.choice(5, size=900, p=mix)
+    shifted = rng.choice(5, size=900, p=[0.05, 0.02, 0.06, 0.15, 0.72])
+    levels = {}
+    for name, stages in (("like", like), ("shifted", shifted)):
+        v = night_verdict(stages, calibration=scorer.calibration, norms={"rules": {}})
+        levels[name] = next(f["level"] for f in v.findings if f["name"] == "prediction_shift")
+    assert levels["like"] == "ok" and levels["shifted"] != "ok"

@@ -147,7 +147,12 @@ def calibrate_selected(scorer, predictions: Mapping[str, Sequence[Any]],
     if threshold is None:
         threshold = low_confidence_threshold(evaluation.apply_temperature(proba, temperature), y) if len(y) else LOW_CONFIDENCE
     scorer.calibration = {"temperature": float(temperature), "threshold": float(threshold)}
+    reference = shift_reference(predictions.get("val", []))
+    if reference is not None:
+        scorer.calibration["shift"] = reference
     metrics: dict[str, float] = {"calibration/temperature": float(temperature), "calibration/threshold": float(threshold)}
+    if reference is not None:
+        metrics["calibration/shift_threshold"] = reference["threshold"]
     reliability = {}
     for split, preds in predictions.items():
         proba, y = _stack(preds)
@@ -160,6 +165,25 @@ def calibrate_selected(scorer, predictions: Mapping[str, Sequence[Any]],
         title = f"{split} subjects: reliability (T = {temperature:.2f}; ECE {figs['ece_raw']:.3f} -> {figs['ece']:.3f})"
         reliability[split] = (raw, cal, title)
     return finite(metrics), reliability
+
+
+def shift_reference(preds: Sequence[Any]) -> dict[str, Any] | None:
+    """The prediction-level shift reference of the selected model (:func:`dsn.trust.shift.fit_reference`):
+    its validation confusion matrix pooled over the scored epochs and each validation night's predicted-stage
+    counts (the nights as training scored them: the sleep period plus ``trim_minutes``, as ``dsn predict``'s
+    final pass). None without validation nights."""
+    from dsn.trust import fit_reference
+
+    nights = [(p.proba.argmax(-1), np.asarray(p.y_true)) for p in preds if len(p.y_true)]
+    if not nights:
+        return None
+    k = preds[0].proba.shape[-1]
+    confusion = np.zeros((k, k))
+    for pred, y in nights:
+        keep = (y >= 0) & (y < k)
+        np.add.at(confusion, (y[keep], pred[keep]), 1)
+    counts = np.stack([np.bincount(pred, minlength=k)[:k] for pred, _ in nights])
+    return fit_reference(confusion, counts)
 
 
 def format_figures(figures: Mapping[str, float]) -> str:
