@@ -5,7 +5,9 @@ MLflow copies this file into the logged model and runs it when the model is load
 model's artifact folder (:mod:`dsn.artifact`: JSON spec + weights, nothing unpickled).
 ``predict`` takes a night's 30-s epochs ``(n_epochs, n_chans, n_times)`` in µV, in recording order, and
 returns one row per epoch: ``stage`` and one probability column per class, normalised and streamed
-exactly as ``dsn predict`` does (:func:`dsn.workflows.predict.scaled_proba`).
+exactly as ``dsn predict`` does (:func:`dsn.workflows.predict.scaled_proba`), then the night's verdict
+(``trust_verdict``: trusted / check / do not use, ``trust_reasons``; :func:`dsn.workflows.trust.night_verdict`),
+the same on every row of the request.
 
 Do not import this module: it registers its model with MLflow when run.
 """
@@ -61,17 +63,24 @@ with warnings.catch_warnings():  # MLflow asks for type hints; the declared sign
             """Stage and class probabilities of every epoch of a night.
 
             ``model_input``: ``(n_epochs, n_chans, n_times)`` epochs in µV (array or nested lists). Returns a
-            DataFrame with ``stage`` and one ``float`` column per class name, one row per epoch.
+            DataFrame with ``stage``, one ``float`` column per class name and the night's ``trust_verdict`` and
+            ``trust_reasons`` (the same on every row), one row per epoch.
             """
             import pandas as pd
 
             from dsn.workflows.predict import scaled_proba
+            from dsn.workflows.trust import night_verdict
 
             x = _checked_input(model_input, self.scorer)
-            proba = scaled_proba(self.scorer, x, "model input")
+            proba, _, period = scaled_proba(self.scorer, x, "model input", return_input=True)
             names = self.scorer.class_names
+            stages = proba.argmax(-1)
             out = pd.DataFrame(proba.astype(np.float64), columns=names)
-            out.insert(0, "stage", [names[i] for i in proba.argmax(-1)] if len(proba) else [])
+            out.insert(0, "stage", [names[i] for i in stages] if len(proba) else [])
+            verdict = night_verdict(stages, float(self.scorer.preprocessing.get("epoch_sec", 30.0)),
+                                    calibration=self.scorer.calibration, period=period)
+            out["trust_verdict"] = verdict.verdict
+            out["trust_reasons"] = "; ".join(verdict.reasons)
             return out
 
 

@@ -420,13 +420,14 @@ def _global_uri(uri: str) -> Iterator[None]:
 
 def model_signature(scorer):
     """The pyfunc signature: ``(n_epochs, n_chans, n_times)`` float32 epochs in, ``stage`` + one
-    probability column per class out."""
+    probability column per class + the night's ``trust_verdict`` and ``trust_reasons`` out."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
     fn = scorer.feature_net
     inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, int(fn.n_chans), int(fn.n_times)))])
-    outputs = Schema([ColSpec("string", "stage"), *(ColSpec("double", c) for c in scorer.class_names)])
+    outputs = Schema([ColSpec("string", "stage"), *(ColSpec("double", c) for c in scorer.class_names),
+                      ColSpec("string", "trust_verdict"), ColSpec("string", "trust_reasons")])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 

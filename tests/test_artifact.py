@@ -207,12 +207,14 @@ def test_pyfunc_model_scores_epochs_as_dsn_predict_does(tracking_home, refuse_un
         model = mlflow.pyfunc.load_model("models:/deepsleepnet@champion")
     sig = model.metadata.signature
     assert sig.inputs.inputs[0].shape == (-1, 1, 3000) and sig.inputs.inputs[0].type == np.dtype("float32")
-    assert [c.name for c in sig.outputs.inputs] == ["stage", "W", "N1", "N2", "N3", "REM"]
+    assert [c.name for c in sig.outputs.inputs] == ["stage", "W", "N1", "N2", "N3", "REM", "trust_verdict", "trust_reasons"]
     assert model.input_example is not None and np.asarray(model.input_example).shape[1:] == (1, 3000)
     out = model.predict(x)
     expected = scaled_proba(scorer, x)
     np.testing.assert_allclose(out[scorer.class_names].to_numpy(), expected, atol=1e-6)
     assert list(out["stage"]) == [scorer.class_names[i] for i in expected.argmax(-1)]
+    # the night's verdict, one value for the request (7 minutes: too little sleep for most rules)
+    assert out["trust_verdict"].nunique() == 1 and out["trust_verdict"].iloc[0] in ("trusted", "check", "do not use")
     # dsn's own loading of the same reference reads the same files
     np.testing.assert_allclose(load_scorer("models:/deepsleepnet@champion", uri).predict_proba(x),
                                scorer.predict_proba(x), atol=1e-6)
