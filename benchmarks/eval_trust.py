@@ -2,6 +2,8 @@
 
     python benchmarks/eval_trust.py --small        # 2-3 minutes on 2 CPU cores (debug-size fit, 1.5-h nights)
     python benchmarks/eval_trust.py                # full size: conf/demo.yaml fit on 8-h nights (see docs/trust.md)
+    python benchmarks/eval_trust.py --size medium  # 4-h nights, 4 + 4 epochs (about 25 min on 2 loaded cores)
+    python benchmarks/eval_trust.py --hours 6 --epochs 4 --work /tmp/trust    # other sizes; --work keeps the nights
 
 1. A model trained on one synthetic site: ``dsn synth`` nights (site A), ``conf/demo.yaml`` (``--small``: with
    ``conf/debug.yaml``), explicit train / validation / test subjects.
@@ -56,6 +58,8 @@ ALTERATIONS = ("amplitude x5", "amplitude x0.2", "50 Hz mains", "added noise")
 DETECTORS = ("plausibility", "prediction_shift", "feature_shift", "familiarity", "combined", "combined + familiarity")
 SIZES = {  # hours per night; site-A train / val / test subjects; site-B and othergen nights; configs
     "full": {"hours": 8.0, "train": 6, "val": 2, "test": 4, "site_b": 6, "other": 6, "configs": ["demo.yaml"]},
+    "medium": {"hours": 4.0, "train": 4, "val": 1, "test": 2, "site_b": 3, "other": 3, "configs": ["demo.yaml"],
+               "epochs": {"pretrain.trainer.max_epochs": 4, "finetune.trainer.max_epochs": 4}},
     "small": {"hours": 1.5, "train": 3, "val": 1, "test": 1, "site_b": 1, "other": 1,
               "configs": ["demo.yaml", "debug.yaml"]},
 }
@@ -68,7 +72,8 @@ def train_site_a(work: Path, size: dict, seed: int):
     from dsn.workflows.run import run_fit
 
     n = size["train"] + size["val"] + size["test"]
-    pairs = write_dataset(work / "siteA", subjects=n, hours=size["hours"], seed=seed, progress=False)
+    pairs = _written(work / "siteA", n) or write_dataset(work / "siteA", subjects=n, hours=size["hours"], seed=seed,
+                                                         progress=False)
     ids = [f"SC4{s:02d}" for s in range(n)]
     split = {"train": ids[: size["train"]], "val": ids[size["train"]: size["train"] + size["val"]],
              "test": ids[size["train"] + size["val"]:]}
@@ -77,9 +82,19 @@ def train_site_a(work: Path, size: dict, seed: int):
         **quiet, "data.progress": False, "data.data_dir": str(work / "siteA"), "data.cache_dir": str(work / "cache"),
         "tracking.home": str(work / "mlruns"), "tracking.experiment": "eval-trust", "tracking.log_model": False,
         "data.train_subjects": split["train"], "data.val_subjects": split["val"], "data.test_subjects": split["test"],
-        "test": False, "seed_everything": seed})  # fmt: skip
+        "test": False, "seed_everything": seed, **size.get("epochs", {})})  # fmt: skip
     scorer = run_fit(cfg, verbose=False).final.scorer
     return scorer, {k: [p for p in pairs if p[0].name[:5] in v] for k, v in split.items()}
+
+
+def _written(folder: Path, n: int) -> list | None:
+    """The (psg, hypnogram) pairs of a folder written by an earlier run with ``--work`` (None unless all ``n``)."""
+    from dsn.data.edf import find_recordings
+
+    if not folder.is_dir():
+        return None
+    pairs = [(r.psg, r.hypnogram) for r in find_recordings(folder)]
+    return pairs if len(pairs) == n else None
 
 
 def other_nights(work: Path, size: dict, seed: int) -> tuple[list, list, str]:
@@ -89,9 +104,10 @@ def other_nights(work: Path, size: dict, seed: int) -> tuple[list, list, str]:
     from dsn.data.synth import site_shift, write_dataset
 
     site = site_shift("B")
-    b = write_dataset(work / "siteB", subjects=size["site_b"], hours=size["hours"], seed=seed + 1, site=site,
-                      progress=False)
-    other = othergen.write_nights(work / "othergen", size["other"], size["hours"], seed=seed + 2)
+    b = _written(work / "siteB", size["site_b"]) or write_dataset(
+        work / "siteB", subjects=size["site_b"], hours=size["hours"], seed=seed + 1, site=site, progress=False)
+    other = _written(work / "othergen", size["other"]) or othergen.write_nights(
+        work / "othergen", size["other"], size["hours"], seed=seed + 2)
     return b, other, site.label("EEG Fpz-Cz")
 
 
@@ -233,17 +249,27 @@ def _show(n: dict) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--small", action="store_true", help="debug-size fit, 1.5-h nights, one night per set (minutes)")
+    p.add_argument("--size", choices=list(SIZES), default=None, help="full (default), medium (4-h nights, 4 + 4 "
+                   "epochs, 20 nights judged) or small (= --small)")
     p.add_argument("--seed", type=int, default=0, help="site A seed (site B: seed + 1, othergen: seed + 2)")
-    p.add_argument("--work", default=None, help="work folder (data, cache, tracking); default a temporary one")
+    p.add_argument("--work", default=None, help="work folder (data, cache, tracking; nights written there by an "
+                   "earlier run with the same size and seed are reused); default a temporary one")
+    p.add_argument("--hours", type=float, default=None, help="hours per night (default: the size's)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs per stage (default: the configs')")
     a = p.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from dsn.cli import setup_logging
 
     setup_logging(quiet_lightning=True)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    size = SIZES["small" if a.small else "full"]
+    name = "small" if a.small else a.size or "full"
+    size = dict(SIZES[name])
+    if a.hours:
+        size["hours"] = a.hours
+    if a.epochs:
+        size["epochs"] = {"pretrain.trainer.max_epochs": a.epochs, "finetune.trainer.max_epochs": a.epochs}
     print("\n".join(machine_lines()))
-    print(f"size: {'small' if a.small else 'full'} {size}")
+    print(f"size: {name} {size}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dsn-trust-") as tmp:
         work = Path(a.work) if a.work else Path(tmp)
