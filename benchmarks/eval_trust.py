@@ -250,7 +250,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--small", action="store_true", help="debug-size fit, 1.5-h nights, one night per set (minutes)")
     p.add_argument("--size", choices=list(SIZES), default=None, help="full (default), medium (4-h nights, 4 + 4 "
-                   "epochs, 20 nights judged) or small (= --small)")
+                   "epochs, 16 nights judged) or small (= --small)")
     p.add_argument("--seed", type=int, default=0, help="site A seed (site B: seed + 1, othergen: seed + 2)")
     p.add_argument("--work", default=None, help="work folder (data, cache, tracking; nights written there by an "
                    "earlier run with the same size and seed are reused); default a temporary one")
