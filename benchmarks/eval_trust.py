@@ -89,7 +89,7 @@ def train_site_a(work: Path, size: dict, seed: int):
 
 def _written(folder: Path, n: int) -> list | None:
     """The (psg, hypnogram) pairs of a folder written by an earlier run with ``--work`` (None unless all ``n``)."""
-    from dsn.data.edf import find_recordings
+    from dsn.data.datasets import find_recordings
 
     if not folder.is_dir():
         return None
@@ -123,12 +123,12 @@ def score_night(scorer, x: np.ndarray, source: str) -> dict:
 def read_night(scorer, psg: Path, hyp: Path, label: str | None = None):
     """(raw epochs, true stages) of a night; ``label`` reads another channel in place of the model's one."""
     from dsn.data.psg import read_epochs
-    from dsn.workflows.predict import expert_labels, model_channels
+    from dsn.data.datasets import expert_labels
 
     prep = scorer.preprocessing
-    chans = [label] if label else model_channels(prep)
+    chans = [label] if label else scorer.channels
     inp = read_epochs(psg, chans, scorer.sfreq, 30.0, prep.get("channel_aliases"), prep.get("source_sfreq"))
-    return inp.x, expert_labels(hyp, len(inp.x))
+    return inp.x, expert_labels(hyp, psg, len(inp.x))
 
 
 def fit_references(scorer, splits: dict) -> tuple[dict, dict]:
@@ -212,7 +212,7 @@ def summary_rows(nights: list[dict]) -> list[list[str]]:
         warned = np.array([have[i] and nights[i][det][0] > 0 for i in range(len(nights))])
         score = np.array([nights[i][det][1] if have[i] else np.nan for i in range(len(nights))])
 
-        def share(mask):
+        def share(mask, have=have, warned=warned):
             m = mask & have
             return f"{100 * warned[m].mean():.0f} % ({warned[m].sum()}/{m.sum()})" if m.any() else "n/a"
 

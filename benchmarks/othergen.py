@@ -190,7 +190,7 @@ def signals(y: np.ndarray, fs: float, rng: np.random.Generator) -> dict[str, np.
     n = len(y) * spe
     jitter = rng.lognormal(0.0, 0.18, len(y))  # per-epoch amplitude variability
     eeg = np.zeros(n)
-    for j, corner in enumerate(CORNERS):  # 1/f^beta background: AR(1) weights corner^((1 - beta) / 2)
+    for corner in CORNERS:  # 1/f^beta background: AR(1) weights corner^((1 - beta) / 2)
         w = np.array([STAGE_SPECTRA[s]["bg"] * corner ** ((1 - STAGE_SPECTRA[s]["slope"]) / 2) for s in range(5)])
         norm = np.sqrt(np.array([sum(c ** (1 - STAGE_SPECTRA[s]["slope"]) for c in CORNERS) for s in range(5)]))
         eeg += _envelope((w / norm)[y] * jitter, spe, fs) * _ar1(n, corner, fs, rng)

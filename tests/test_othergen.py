@@ -31,16 +31,16 @@ def test_files_are_read_by_the_sleep_edf_profile(nights, capsys):
 
 
 def test_signals_and_hypnogram_read_back(nights):
-    from dsn.data.edf import find_recordings
+    from dsn.data.datasets import find_recordings
     from dsn.data.psg import read_epochs
-    from dsn.workflows.predict import expert_labels
+    from dsn.data.datasets import expert_labels
 
     recs = find_recordings(nights)
     assert [r.name for r in recs] == ["SC4001G0", "SC4011G0"]
     psg = nights / othergen.psg_name(0)
     inp = read_epochs(psg, ["EEG Fpz-Cz", "EOG horizontal"], 100.0)
     assert inp.x.shape == (120, 2, 3000)
-    y = expert_labels(nights / "SC4001GH-Hypnogram.edf", 120)
+    y = expert_labels(nights / "SC4001GH-Hypnogram.edf", psg, 120)
     rng = np.random.default_rng(np.random.SeedSequence([3, 0, 7919]))
     np.testing.assert_array_equal(y, othergen.hypnogram(120, rng))
     # the EEG is louder in N3 than in REM (delta)
