@@ -144,13 +144,27 @@ def parse(argv: Sequence[str], parser=None):
     """Parse command-line style arguments into a validated config (``ConfigError`` on a bad value)."""
     parser = parser or default_parser()
     try:
-        cfg = parser.parse_args(list(argv))
+        cfg = parser.parse_args(named_configs(argv))
     except SystemExit:  # --help / --print_config: only reached from the command line
         raise
     except Exception as e:
         raise ConfigError(_short(e)) from None
     check(cfg)
     return cfg
+
+
+def named_configs(argv: Sequence[str]) -> list[str]:
+    """``argv`` with each ``--config NAME`` of a built-in recipe (``demo``, ``conf/demo.yaml`` outside the checkout)
+    replaced by its file (:func:`dsn.resources.resolve_recipe`); an existing path wins."""
+    from dsn.resources import resolve_recipe
+
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a == "--config" and i + 1 < len(out):
+            out[i + 1] = resolve_recipe(out[i + 1])
+        elif a.startswith("--config="):
+            out[i] = "--config=" + resolve_recipe(a[len("--config="):])
+    return out
 
 
 def load_config(configs: Sequence[str], overrides: Mapping[str, Any] | None = None, parser=None):
