@@ -110,7 +110,9 @@ def build_parser(prog: str = "dsn fit", description: str | None = None, fit_flag
 
     p = ArgumentParser(prog=prog, description=description or "Train DeepSleepNet: pretraining then sequence fine-tuning.",
                        exit_on_error=False)
-    p.add_argument("--config", action=ActionConfigFile, help="YAML config; repeat to stack overlays.")
+    p.add_argument("--config", action=ActionConfigFile,
+                   help="YAML config file, or a built-in recipe's name (demo, recommended, ...: dsn config list); "
+                        "repeat to stack overlays.")
     add_training_arguments(p)
     if fit_flags:
         p.add_argument("--resume", type=str | None, default=None,

@@ -89,6 +89,15 @@ def test_config_list_and_show(capsys):
     assert "dsn config: error: 'nope': no built-in file of that name; built-in: " in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("action", ["list", "show"])
+def test_config_help_lists_types_and_defaults(action, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(["config", action, "--help"])
+    assert e.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "--kind" in out and "type:" in out and "default: null" in out
+
+
 def test_pyproject_packages_name_every_package_and_the_shipped_folders():
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     under_dsn = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "dsn").rglob("__init__.py")}
