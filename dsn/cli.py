@@ -336,6 +336,13 @@ def _sweep(argv: list[str]) -> int:
     return 0
 
 
+def _config(argv: list[str]) -> int:
+    from dsn.workflows.configs import main, render
+
+    print(render(main(argv)))
+    return 0
+
+
 def _cv(argv: list[str]) -> int:
     from dsn.workflows.cv import format_fold, format_missing, format_summary, main
 
@@ -653,6 +660,7 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int], bool]] = {
     "registry": ("list, show, promote and upgrade models in the MLflow Model Registry", _registry, False),
     "export": ("write a model's networks as ONNX or TorchScript (LSTM state as explicit input/output)", _export, False),
     "ui": ("open the MLflow UI on the project's tracking store", _ui, False),
+    "config": ("list the built-in recipes, data-set profiles and sweeps; print one to copy and edit", _config, False),
 }
 
 

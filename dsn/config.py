@@ -113,7 +113,9 @@ def build_parser(prog: str = "dsn fit", description: str | None = None, fit_flag
 
     p = ArgumentParser(prog=prog, description=description or "Train DeepSleepNet: pretraining then sequence fine-tuning.",
                        exit_on_error=False)
-    p.add_argument("--config", action=ActionConfigFile, help="YAML config; repeat to stack overlays.")
+    p.add_argument("--config", action=ActionConfigFile,
+                   help="YAML config file, or a built-in recipe's name (demo, recommended, ...: dsn config list); "
+                        "repeat to stack overlays.")
     add_training_arguments(p)
     if fit_flags:
         p.add_argument("--resume", type=str | None, default=None,
@@ -147,7 +149,7 @@ def parse(argv: Sequence[str], parser=None):
     """Parse command-line style arguments into a validated config (``ConfigError`` on a bad value)."""
     parser = parser or default_parser()
     try:
-        cfg = parser.parse_args(list(argv))
+        cfg = parser.parse_args(named_configs(argv))
     except SystemExit:  # --help / --print_config: only reached from the command line
         raise
     except Exception as e:
@@ -155,6 +157,20 @@ def parse(argv: Sequence[str], parser=None):
     normalize(cfg)
     check(cfg)
     return cfg
+
+
+def named_configs(argv: Sequence[str]) -> list[str]:
+    """``argv`` with each ``--config NAME`` of a built-in recipe (``demo``, ``conf/demo.yaml`` outside the checkout)
+    replaced by its file (:func:`dsn.resources.resolve_recipe`); an existing path wins."""
+    from dsn.resources import resolve_recipe
+
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a == "--config" and i + 1 < len(out):
+            out[i + 1] = resolve_recipe(out[i + 1])
+        elif a.startswith("--config="):
+            out[i] = "--config=" + resolve_recipe(a[len("--config="):])
+    return out
 
 
 def load_config(configs: Sequence[str], overrides: Mapping[str, Any] | None = None, parser=None):

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from dsn import resources
 from dsn.data import hypnograms
 from dsn.data.edf import NotEdfError, read_header
 from dsn.data.errors import DataError
@@ -50,7 +51,6 @@ _KEYS = {
     "title", "description", "extends", "recording_name", "recordings", "hypnograms", "pair", "subject", "night",
     "hypnogram_format", "hypnogram_options", "label_map", "epoch_sec", "channel_aliases",
 }
-_REPO_CONF = Path(__file__).resolve().parents[2] / "conf" / "datasets"
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,8 @@ class Profile:
 
 
 def builtin_profiles() -> list[str]:
-    """Names of the profiles in ``conf/datasets/``."""
-    return sorted(p.stem for p in _REPO_CONF.glob("*.yaml"))
+    """Names of the built-in profiles (``conf/datasets/``, shipped in the package: :mod:`dsn.resources`)."""
+    return resources.list_profiles()
 
 
 def _profile_path(ref: str | Path) -> Path:
@@ -129,10 +129,12 @@ def _profile_path(ref: str | Path) -> Path:
         if path.is_file():
             return path
         raise DataError(f"{path}: data-set profile not found. Give a YAML file or one of {builtin_profiles()}.")
-    for folder in (Path("conf") / "datasets", _REPO_CONF):
-        cand = folder / f"{ref}.yaml"
-        if cand.is_file():
-            return cand
+    cand = Path("conf") / "datasets" / f"{ref}.yaml"  # a project's own conf/datasets/ first
+    if cand.is_file():
+        return cand
+    found = resources.find("profile", str(ref))
+    if found:
+        return found
     raise DataError(
         f"data.dataset={str(ref)!r}: no such data-set profile. Built-in: {builtin_profiles()}; or give the path "
         "of your own YAML profile (see conf/datasets/generic.yaml)."

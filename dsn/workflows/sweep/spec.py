@@ -51,9 +51,11 @@ def load_spec(path: str | Path) -> SweepSpec:
     """
     import yaml
 
-    path = Path(path)
+    from dsn.resources import list_sweeps, resolve_sweep
+
+    path = resolve_sweep(str(path))  # a file, else a built-in sweep's name (`kernels`, `sweeps/kernels.yaml`)
     if not path.is_file():
-        raise ConfigError(f"{path}: sweep file not found (the shipped ones are in sweeps/).")
+        raise ConfigError(f"{path}: sweep file not found (built-in: {list_sweeps()}).")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
