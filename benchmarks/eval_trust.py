@@ -122,8 +122,8 @@ def score_night(scorer, x: np.ndarray, source: str) -> dict:
 
 def read_night(scorer, psg: Path, hyp: Path, label: str | None = None):
     """(raw epochs, true stages) of a night; ``label`` reads another channel in place of the model's one."""
-    from dsn.data.psg import read_epochs
     from dsn.data.datasets import expert_labels
+    from dsn.data.psg import read_epochs
 
     prep = scorer.preprocessing
     chans = [label] if label else scorer.channels

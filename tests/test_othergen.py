@@ -31,9 +31,8 @@ def test_files_are_read_by_the_sleep_edf_profile(nights, capsys):
 
 
 def test_signals_and_hypnogram_read_back(nights):
-    from dsn.data.datasets import find_recordings
+    from dsn.data.datasets import expert_labels, find_recordings
     from dsn.data.psg import read_epochs
-    from dsn.data.datasets import expert_labels
 
     recs = find_recordings(nights)
     assert [r.name for r in recs] == ["SC4001G0", "SC4011G0"]
