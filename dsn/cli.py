@@ -490,17 +490,7 @@ def _ui(argv: list[str]) -> int:
         from dsn.workflows.sweep import study_compare_url
 
         compare = study_compare_url(uri, a.study, a.tracking_experiment, f"http://{a.host}:{a.port}/")
-    exp = None
-    try:  # link to the named experiment, else to the one used last
-        c = tracking.client(uri)
-        if a.tracking_experiment:
-            e = c.get_experiment_by_name(a.tracking_experiment)
-            exp = e.experiment_id if e else None
-        else:
-            exps = [e for e in c.search_experiments() if e.experiment_id != "0"]
-            exp = max(exps, key=lambda e: e.last_update_time or 0).experiment_id if exps else None
-    except Exception:
-        pass
+    exp = tracking.recent_experiment_id(uri, a.tracking_experiment)  # the named experiment, else the one used last
     print(f"MLflow UI for {uri}\n  open {tracking.ui_url(a.port, exp, a.host)}")
     if compare:
         print(f"  study '{a.study}', its trials side by side:\n  {compare}")

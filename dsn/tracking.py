@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from dsn.errors import DsnError, LegacyModelError, ModelError, Pruned
+from dsn.tags import KIND_TAG
 from dsn.utils import flatten
 from dsn.utils import json_default as _json_default
 
@@ -145,6 +146,24 @@ def client(uri: str):
     return mlflow.MlflowClient(uri)
 
 
+def find_experiment_id(uri: str, name: str) -> str | None:
+    """The id of experiment ``name``, or None when the store has none of that name (nothing is created)."""
+    exp = client(uri).get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else None
+
+
+def recent_experiment_id(uri: str, name: str | None = None) -> str | None:
+    """The experiment ``dsn ui`` links to: ``name``'s, else the one updated last (MLflow's Default one aside);
+    None when there is none or the store cannot be read (the link then opens the UI's front page)."""
+    try:
+        if name:
+            return find_experiment_id(uri, name)
+        exps = [e for e in client(uri).search_experiments() if e.experiment_id != "0"]
+        return max(exps, key=lambda e: e.last_update_time or 0).experiment_id if exps else None
+    except Exception:  # noqa: BLE001 - only a link: MLflow raises several kinds for a store it cannot read
+        return None
+
+
 def experiment_id(uri: str, name: str = DEFAULT_EXPERIMENT, home: str | Path = DEFAULT_HOME) -> str:
     """Get or create an experiment; local artifacts go under the tracking home."""
     c = client(uri)
@@ -232,6 +251,41 @@ def start_run(uri: str, exp_id: str, name: str | None = None, parent: str | None
     return client(uri).create_run(exp_id, tags=tags, run_name=name).info.run_id
 
 
+def start_top_run(uri: str, exp_id: str, kind: str, name: str, cfg=None, tags: Mapping[str, Any] | None = None,
+                  params: Mapping[str, Any] | None = None, parent: str | None = None) -> str:
+    """Open the run of one dsn command and return its id: the one place such a run is created.
+
+    ``dsn fit`` (also each fold of a cv and each trial of a sweep, under ``parent``), ``dsn cv``, ``dsn sweep``
+    and ``dsn evaluate`` open their run here: named ``name``, tagged ``dsn.kind=<kind>``, with the environment
+    tags (:func:`environment_tags`: git commit, Python and package versions) and ``tags``.
+
+    Parameters
+    ----------
+    cfg : jsonargparse.Namespace, optional
+        A training config: logged as the ``config.yaml`` artifact, its training items as params
+        (:func:`dsn.config.training_items`).
+    params : mapping, optional
+        More params (flattened as :func:`log_params` does).
+
+    A run whose config or params cannot be logged is closed as FAILED before the error goes on.
+    """
+    run_id = start_run(uri, exp_id, name, parent=parent, tags={KIND_TAG: kind, **environment_tags(), **(tags or {})})
+    try:
+        items = dict(params or {})
+        if cfg is not None:
+            from dsn import config
+
+            log_text(uri, run_id, config.dump(cfg), "config.yaml")
+            items = {**config.training_items(cfg), **items}
+        if items:
+            log_params(uri, run_id, items)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            set_terminated(uri, run_id, "FAILED")
+        raise
+    return run_id
+
+
 def set_terminated(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(uri).set_terminated(run_id, status)
 
@@ -253,18 +307,32 @@ def find_child(uri: str, parent: str, name: str) -> Any | None:
 
 def latest_run(uri: str, exp_id: str, kind: str = "fit", parent: str | None = None) -> Any | None:
     """The most recent run tagged ``dsn.kind=<kind>`` of an experiment (a child of ``parent`` when given)."""
-    flt = f"tags.`dsn.kind` = '{kind}'" + (f" and tags.`{PARENT_TAG}` = '{parent}'" if parent else "")
+    flt = _tag_filter({KIND_TAG: kind}, parent)
     runs = client(uri).search_runs([exp_id], filter_string=flt, max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None
 
 
-def find_runs(uri: str, exp_id: str, tags: Mapping[str, str], parent: str | None = None) -> list:
-    """Runs of an experiment with all of ``tags`` (children of ``parent`` when given), newest first."""
+def _tag_filter(tags: Mapping[str, str], parent: str | None = None) -> str:
+    """MLflow's filter string for runs with all of ``tags`` (children of ``parent`` when given)."""
     parts = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
     if parent:
         parts.append(f"tags.`{PARENT_TAG}` = '{parent}'")
-    return list(client(uri).search_runs([exp_id], filter_string=" and ".join(parts), max_results=5000,
+    return " and ".join(parts)
+
+
+def find_runs(uri: str, exp_id: str, tags: Mapping[str, str], parent: str | None = None) -> list:
+    """Runs of an experiment with all of ``tags`` (children of ``parent`` when given), newest first."""
+    return list(client(uri).search_runs([exp_id], filter_string=_tag_filter(tags, parent), max_results=5000,
                                         order_by=["attributes.start_time DESC"]))
+
+
+def find_tagged_runs(uri: str, tags: Mapping[str, str], experiment: str | None = None, max_results: int = 1) -> list:
+    """Runs with all of ``tags`` in the experiment named ``experiment``, else in any experiment of the store
+    (at most ``max_results``); empty when there is none (or no such experiment)."""
+    c = client(uri)
+    exps = [c.get_experiment_by_name(experiment)] if experiment else c.search_experiments()
+    ids = [e.experiment_id for e in exps if e is not None]
+    return list(c.search_runs(ids, filter_string=_tag_filter(tags), max_results=max_results)) if ids else []
 
 
 def read_text_artifact(uri: str, run_id: str, path: str) -> str | None:

@@ -143,3 +143,102 @@ def test_cv_pools_folds_and_a_rerun_skips_them(synth_dir, tracking_home, tmp_pat
     with pytest.raises(ConfigError, match=r"--register_fold 0: fold 0 .* has no logged model"):
         cv.main(_argv(synth_dir, tracking_home, tmp_path, "--tracking.log_model", "true", "--register_fold", "0"))
     assert c.search_registered_models() == []
+
+
+# ----------------------------------------------------------------------------- the package's pieces
+def test_pooled_flags_are_each_folds_own_figures_pooled():
+    """A fold's threshold sits just above the confidence of some epochs (as the fit's rule chooses it): the pooled
+    figures flag exactly the epochs that fold's own figures flag (the comparison in float64, not float32)."""
+    from dsn import evaluation
+    from dsn.workflows.calibration import low_confidence_threshold, pooled_calibration, split_figures
+    from dsn.workflows.results import Prediction
+
+    rng = np.random.default_rng(3)
+    folds, own = [], []
+    for k, t in enumerate((0.8, 1.7)):
+        y = rng.integers(0, 5, 400)
+        z = rng.normal(size=(400, 5)) + 2.0 * np.eye(5)[y] * (rng.random(400) < 0.6)[:, None]
+        p = np.exp(evaluation._log_softmax(z)).astype(np.float32)
+        p[:40] = p[40]  # ties at one confidence: a threshold chosen there is the next float above it
+        y[:40] = (p[40].argmax() + 1) % 5
+        thr = low_confidence_threshold(evaluation.apply_temperature(p, t), y)
+        folds.append({"predictions": {"finetune": [Prediction(f"r{k}", f"s{k}", y, p)]},
+                      "metrics": {"finetune": {"calibration/temperature": t, "calibration/threshold": thr}}})
+        own.append(split_figures(p, y, t, thr))
+    pooled = pooled_calibration(folds, "finetune")
+    flagged = [round(f["flagged_frac"] * 400) for f in own]
+    assert pooled["flagged_frac"] == sum(flagged) / 800
+    right = sum(round(f["acc_flagged"] * n) for f, n in zip(own, flagged))
+    assert pooled["acc_flagged"] == right / sum(flagged)
+    one = pooled_calibration(folds[:1], "finetune")
+    assert {k: one[k] for k in own[0]} == pytest.approx(own[0], nan_ok=True)
+
+
+def test_metric_table_formats_cv_and_evaluate_rows_alike():
+    from dsn.workflows.cv.report import MetricTable
+    from dsn.workflows.evaluate import format_summary as evaluate_summary
+
+    figs = {"acc": 0.8123, "f1_macro": 0.7, "kappa": 0.65432, "f1_W": 0.9, "f1_N1": float("nan"), "n_epochs": 120}
+    table = MetricTable(["W", "N1"])
+    assert table.header() == " " * 34 + "        acc        MF1      kappa       F1 W      F1 N1"
+    assert table.row("x", figs) == "x" + " " * 33 + "       81.2       70.0      0.654       90.0        n/a"
+    assert table.spread_row("  sd", {"acc": 0.5, "kappa": 0.1}, {"acc": 0.01, "kappa": 0.02}).split() == [
+        "sd", "50.0±1.0", "0.10±0.02"]
+    summary = {"model": "m", "data_dir": "d", "dataset": "generic", "n_recordings": 1, "n_subjects": 1, "channels": [],
+               "class_names": ["W", "N1"], "pooled": figs, "per_recording": [{"name": "night-1", **figs}]}
+    lines = evaluate_summary(summary).splitlines()
+    assert lines[1] == " " * 30 + "  epochs      acc      MF1    kappa     F1 W    F1 N1"
+    assert lines[3] == "pooled" + " " * 24 + "     120     81.2     70.0    0.654     90.0      n/a"
+    assert lines[4].startswith("  night-1 ") and lines[4].endswith("0.654     90.0      n/a")
+
+
+def test_a_registered_fold_gets_the_tags_of_a_registered_fit(monkeypatch):
+    """One registry_tags for dsn fit and dsn cv: the fold, its final stage, channels by name, the git commit."""
+    from dsn import config
+    from dsn.workflows.cv import runner
+
+    got = {}
+    monkeypatch.setattr(tracking, "register_model", lambda uri, model_uri, name, tags: got.update(tags) or "3")
+    monkeypatch.setattr(tracking, "environment_tags", lambda: {"mlflow.source.git.commit": "abc123"})
+    cfg = config.set_keys(config.load_config(["conf/demo.yaml"]), {"tracking.register": "mine"})
+    base = config.set_keys(cfg, {"data.n_folds": 3, "tracking.register": None})
+    fold = {"fold": 1, "run_id": "r1", "model_uri": "models:/m-1",
+            "metrics": {"pretrain": {}, "finetune": {"test/f1_macro": 0.51234, "test/acc": 0.7, "val/f1_macro": 0.9}}}
+    said = []
+    runner._register_fold(cfg, base, "sqlite:///unused.db", fold, "cv-parent", lambda *a: said.append(a))
+    assert got["fold"] == "1/3" and got["stage"] == "finetune" and got["run_id"] == "r1"
+    assert got["cv_run_id"] == "cv-parent" and got["git_commit"] == "abc123"
+    assert got["test/f1_macro"] == "0.5123" and "val/f1_macro" not in got
+    assert got["channel"] == ", ".join(cfg.data.channels) and said and said[0][2] == "mine"
+
+
+def test_cv_and_sweep_packages_import_one_way():
+    """No import circle among the modules of dsn.workflows.cv and dsn.workflows.sweep (imports inside functions
+    included)."""
+    import ast
+
+    root = ROOT / "dsn" / "workflows"
+    graph = {}
+    for pkg in ("cv", "sweep"):
+        for path in (root / pkg).glob("*.py"):
+            name = f"dsn.workflows.{pkg}" + ("" if path.stem == "__init__" else f".{path.stem}")
+            deps = set()
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    subs = {f"{node.module}.{a.name}" for a in node.names}  # a submodule, else a name of the module
+                    deps |= {s for s in subs if (ROOT / s.replace(".", "/")).with_suffix(".py").exists()} or {node.module}
+                elif isinstance(node, ast.Import):
+                    deps |= {a.name for a in node.names}
+            graph[name] = {d for d in deps if d.startswith(f"dsn.workflows.{pkg}")} - {name}
+    def reach(start, node, seen):
+        for d in graph.get(node, ()):
+            if d == start:
+                return True
+            if d not in seen:
+                seen.add(d)
+                if reach(start, d, seen):
+                    return True
+        return False
+    circles = [m for m in graph if m != "dsn.workflows.cv" and m != "dsn.workflows.sweep" and reach(m, m, set())]
+    assert graph["dsn.workflows.sweep.report"] and graph["dsn.workflows.cv.runner"]
+    assert circles == [], circles

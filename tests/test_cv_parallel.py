@@ -18,7 +18,9 @@ from test_cv import _project_root  # noqa: F401 - the autouse fixture: run from 
 
 from dsn import cli, tracking
 from dsn.errors import ConfigError, CvError
-from dsn.workflows import cv, cv_procs
+from dsn.workflows import cv
+from dsn.workflows.cv import procs as cv_procs
+from dsn.workflows.cv import store as cv_store
 from dsn.workflows.results import Prediction, save_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +41,7 @@ def _store(synth_dir, home, tmp_path, folds=3):
 
     fit_cfg, _ = cv.fit_config(_argv(synth_dir, home, tmp_path))
     base = config.set_keys(fit_cfg, {"data.n_folds": folds, "tracking.register": None})
-    return fit_cfg, base, cv._Store.open(base, folds, True)
+    return fit_cfg, base, cv_store.Store.open(base, folds, True)
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -70,11 +72,11 @@ def test_collect_without_a_cv_run_says_so(synth_dir, tracking_home, tmp_path, ca
 # ----------------------------------------------------------------------------- the cv run, found once
 def test_cv_runs_created_at_once_on_a_remote_store_keep_the_oldest(synth_dir, tracking_home, tmp_path):
     cfg, base, store = _store(synth_dir, tracking_home, tmp_path)
-    first = cv._create_cv_run(cfg, base, store, 3)
+    first = cv_store.create_cv_run(cfg, base, store, 3)
     time.sleep(0.01)
-    second = cv._create_cv_run(cfg, base, store, 3)
-    assert cv._dedupe_cv_runs(store, second) == first
-    assert cv._dedupe_cv_runs(store, first) == first
+    second = cv_store.create_cv_run(cfg, base, store, 3)
+    assert cv_store.dedupe_cv_runs(store, second) == first
+    assert cv_store.dedupe_cv_runs(store, first) == first
     assert [r.info.run_id for r in store.cv_runs()] == [first]
     retired = tracking.get_run(store.uri, second)
     assert retired.info.status == "KILLED" and retired.data.tags["dsn.cv_key"] == f"duplicate-of-{first}"
@@ -86,13 +88,14 @@ _RACE = textwrap.dedent("""
     from pathlib import Path
     from dsn import config
     from dsn.workflows import cv
+    from dsn.workflows.cv import store as cv_store
     argv, go = sys.argv[2:], Path(sys.argv[1])
     cfg, _ = cv.fit_config(argv)
     base = config.set_keys(cfg, {"data.n_folds": 3, "tracking.register": None})
     while not go.exists():
         time.sleep(0.01)
-    store = cv._Store.open(base, 3, True)
-    run_id, created = cv._fold_cv_run(cfg, base, store, 3, lambda *a: None)
+    store = cv_store.Store.open(base, 3, True)
+    run_id, created = cv_store.fold_cv_run(cfg, base, store, 3, lambda *a: None)
     print("RUN", run_id, created)
 """)
 
@@ -140,7 +143,7 @@ def _fake_finished_fold(store, parent, k, stages, rng, elsewhere=False):
 
 def test_collect_pools_the_finished_folds_and_names_the_missing_ones(synth_dir, tracking_home, tmp_path, capsys):
     cfg, base, store = _store(synth_dir, tracking_home, tmp_path)
-    parent = cv._create_cv_run(cfg, base, store, 3)
+    parent = cv_store.create_cv_run(cfg, base, store, 3)
     tracking.set_terminated(store.uri, parent, "KILLED")
     rng = np.random.default_rng(0)
     _fake_finished_fold(store, parent, 0, base.stages, rng)
@@ -172,7 +175,7 @@ def test_fold_lock_makes_a_second_process_wait(tmp_path):
     path = tmp_path / "locks" / "x.lock"
     with cv_procs.file_lock(path) as held:
         assert held
-        probe = "import sys; from dsn.workflows.cv_procs import file_lock\nwith file_lock(sys.argv[1], blocking=False) as h: print(h)"
+        probe = "import sys; from dsn.workflows.cv.procs import file_lock\nwith file_lock(sys.argv[1], blocking=False) as h: print(h)"
         out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, cwd=ROOT)
         assert out.stdout.strip() == "False", out.stderr[-2000:]
     out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, cwd=ROOT)

@@ -131,7 +131,7 @@ def test_init_bad_reference_and_two_sources_are_config_errors(trained, synth_dir
 
 
 def test_init_is_part_of_the_resume_and_cv_identity(trained, synth_dir, tmp_path):
-    from dsn.workflows.cv import _cv_key
+    from dsn.workflows.cv.store import cv_key as _cv_key
 
     assert not any(p == "init" for p in config.NON_WEIGHT_KEYS)
     base = config.load_config(["conf/demo.yaml"])

@@ -211,32 +211,39 @@ def pooled_calibration(folds: Sequence[Mapping[str, Any]], stage: str, key: str 
 
     Each fold's raw probabilities are calibrated with that fold's temperature and flagged with that fold's
     threshold (its stage metrics ``calibration/temperature``, ``calibration/threshold``; 1 and
-    ``LOW_CONFIDENCE`` when absent), as its model would score them; then the epochs are pooled. NaN figures
-    (no flagged epoch) are left out.
+    ``LOW_CONFIDENCE`` when absent), as its model would score them; then the epochs are pooled. ECE and Brier
+    are :func:`split_figures`' ``*_raw`` figures of the pooled raw and of the pooled calibrated probabilities;
+    the flagged share and the accuracy of confident and flagged epochs are each fold's :func:`split_figures`
+    (what its fit reports), pooled by their epoch counts. NaN figures (no flagged epoch) are left out.
     """
-    raw, cal, ys, flags = [], [], [], []
+    raw, cal, ys = [], [], []
+    counts = np.zeros(4)  # scored, flagged, right among the confident, right among the flagged epochs
     for f in folds:
         proba, y = _stack(f.get(key, {}).get(stage, []))
         if len(y) == 0:
             continue
         m = f.get("metrics", {}).get(stage, {})
         t = float(m.get("calibration/temperature", 1.0))
-        c = evaluation.apply_temperature(proba, t) if t != 1.0 else proba
-        raw.append(proba), cal.append(c), ys.append(y)
-        flags.append(c.max(1) < float(m.get("calibration/threshold", LOW_CONFIDENCE)))
+        raw.append(proba), ys.append(y)
+        cal.append(evaluation.apply_temperature(proba, t) if t != 1.0 else proba)
+        figs = split_figures(proba, y, t, float(m.get("calibration/threshold", LOW_CONFIDENCE)))
+        n = int((y >= 0).sum())
+        n_flagged = round(figs["flagged_frac"] * n) if n else 0  # each figure is a count over n epochs: exact back
+        right = [round(figs[k] * c) if c else 0 for k, c in (("acc_confident", n - n_flagged), ("acc_flagged", n_flagged))]
+        counts += [n, n_flagged, *right]
     if not ys:
         return {}
-    y, raw_p, cal_p, flagged = np.concatenate(ys), np.concatenate(raw), np.concatenate(cal), np.concatenate(flags)
-    keep = y >= 0
-    correct, flagged = cal_p[keep].argmax(1) == y[keep], flagged[keep]
+    y = np.concatenate(ys)
+    before, after = split_figures(np.concatenate(raw), y, 1.0), split_figures(np.concatenate(cal), y, 1.0)
+    n, n_flagged, right_confident, right_flagged = counts
+    nan = float("nan")
     return finite({
-        "ece_raw": evaluation.expected_calibration_error(raw_p, y), "ece": evaluation.expected_calibration_error(cal_p, y),
-        "brier_raw": evaluation.brier_score(raw_p, y), "brier": evaluation.brier_score(cal_p, y),
-        "flagged_frac": float(flagged.mean()) if flagged.size else float("nan"),
-        "acc_confident": float(correct[~flagged].mean()) if (~flagged).any() else float("nan"),
-        "acc_flagged": float(correct[flagged].mean()) if flagged.any() else float("nan"),
-        "n_epochs": float(keep.sum()),
-    })
+        "ece_raw": before["ece_raw"], "ece": after["ece_raw"], "brier_raw": before["brier_raw"], "brier": after["brier_raw"],
+        "flagged_frac": n_flagged / n if n else nan,
+        "acc_confident": right_confident / (n - n_flagged) if n > n_flagged else nan,
+        "acc_flagged": right_flagged / n_flagged if n_flagged else nan,
+        "n_epochs": float(n),
+    })  # fmt: skip
 
 
 def describe_nights(scorer, recordings: Mapping[str, Sequence[Any]], predictions: Mapping[str, Sequence[Any]]) -> dict:

@@ -193,40 +193,31 @@ def refuse_impossible(x: np.ndarray, channels: Sequence[str], psg: str | Path, d
 
 def format_summary(s: dict[str, Any]) -> str:
     """The pooled row, one row per recording, and the channel mapping (a cross-montage check named as such)."""
-    names = s["class_names"]
-    cols = ["acc", "f1_macro", "kappa", *[f"f1_{c}" for c in names]]
+    from dsn.workflows.cv.report import MetricTable
+
     width = max([30, *(len(r["name"]) + 3 for r in s["per_recording"])])  # whole recording names (BIDS's are long)
-    head = f"{'':<{width}}{'epochs':>8}" + "".join(f"{c.replace('f1_macro', 'MF1').replace('f1_', 'F1 '):>9}" for c in cols)
-
-    def cell(c: str, v: float | None) -> str:
-        if v is None or math.isnan(v):
-            return f"{'n/a':>9}"
-        return f"{v:>9.3f}" if c == "kappa" else f"{100 * v:>9.1f}"
-
-    def row(label: str, fig: dict[str, Any]) -> str:
-        return f"{label:<{width}}{fig['n_epochs']:>8}" + "".join(cell(c, fig.get(c, float("nan"))) for c in cols)
-
+    table = MetricTable(s["class_names"], label_width=width, cell_width=9, count=("epochs", 8))
+    head = table.header()
     lines = [f"dsn evaluate: {s['model']} on {s['data_dir']} (data set '{s['dataset']}', {s['n_recordings']} recordings, "
              f"{s['n_subjects']} subjects)"]
     lines += [f"  {ChannelUse(**u).describe()}" for u in s["channels"]]
-    lines += [head, "-" * len(head), row("pooled", s["pooled"])]
-    lines += [row(f"  {r['name']}", r) for r in s["per_recording"]]
+    lines += [head, "-" * len(head), table.row("pooled", s["pooled"], s["pooled"]["n_epochs"])]
+    lines += [table.row(f"  {r['name']}", r, r["n_epochs"]) for r in s["per_recording"]]
     return "\n".join(lines)
 
 
 def record(summary: dict[str, Any], uri: str, experiment: str, home: str | Path, run_name: str | None = None) -> str:
     """Log the summary to a new MLflow run (metrics ``eval/<name>``, confusion matrix, JSON); its id."""
     from dsn import tracking
+    from dsn.tags import CROSS_MONTAGE_TAG, DATASET_TAG
 
     exp = tracking.experiment_id(uri, experiment, home)
-    tags = {"dsn.kind": "evaluate", "dsn.dataset": summary["dataset"],
-            "dsn.cross_montage": str(summary["cross_montage"]).lower(), **tracking.environment_tags()}
-    run_id = tracking.start_run(uri, exp, run_name or f"evaluate-{summary['dataset']}", tags=tags)
+    tags = {DATASET_TAG: summary["dataset"], CROSS_MONTAGE_TAG: str(summary["cross_montage"]).lower()}
+    params = {"model": summary["model"], "data_dir": summary["data_dir"], "dataset": summary["dataset"],
+              "channels": "; ".join(ChannelUse(**u).describe() for u in summary["channels"])}
+    run_id = tracking.start_top_run(uri, exp, "evaluate", run_name or f"evaluate-{summary['dataset']}", tags=tags,
+                                    params=params)
     with tracking.run_guard(uri, [run_id]):
-        tracking.log_params(uri, run_id, {
-            "model": summary["model"], "data_dir": summary["data_dir"], "dataset": summary["dataset"],
-            "channels": "; ".join(ChannelUse(**u).describe() for u in summary["channels"]),
-        })  # fmt: skip
         pooled = summary["pooled"]
         metrics = {f"eval/{k}": float(v) for k, v in pooled.items() if isinstance(v, int | float) and not isinstance(v, bool)
                    and k not in ("n_epochs", "n_ignored") and not math.isnan(float(v))}

@@ -30,13 +30,11 @@ import numpy as np
 
 from dsn import config, tracking
 from dsn.errors import ConfigError
+from dsn.tags import CONFIG_CHANGED_TAG, MODEL_URI_TAG, STAGE_TAG, SUPERSEDED_TAG
 from dsn.workflows.distributed import is_global_zero
 from dsn.workflows.results import Prediction, StageResult, save_predictions
 
 log = logging.getLogger(__name__)
-
-#: Tag of a stage run (and of the fit run, for its final stage) naming the model it logged.
-MODEL_URI_TAG = "dsn.model_uri"
 
 
 class Recorder:
@@ -127,10 +125,8 @@ class MlflowRecorder(Recorder):
         if resumed:  # MLflow params are immutable: the config resumed with is kept beside the first one
             tracking.log_text(uri, run_id, config.dump(cfg), "config_resumed.yaml")
         if self.changed:
-            tracking.set_tags(uri, run_id, {"dsn.config_changed_on_resume": ", ".join(self.changed)[:5000]})
-        if not resumed:
-            tracking.log_text(uri, run_id, config.dump(cfg), "config.yaml")
-            tracking.log_params(uri, run_id, config.training_items(cfg))
+            tracking.set_tags(uri, run_id, {CONFIG_CHANGED_TAG: ", ".join(self.changed)[:5000]})
+        if not resumed:  # (its config.yaml and training params were logged when the run opened)
             tracking.log_params(uri, run_id, summary_params(summary))
         tracking.log_dict(uri, run_id, summary, "data_summary.json")
 
@@ -140,7 +136,7 @@ class MlflowRecorder(Recorder):
             tracking.reopen_run(self.uri, stage_run)
             self.reopened.add(stage_run)
         else:
-            stage_run = tracking.start_run(self.uri, self.exp_id, name, parent=self.run_id, tags={"dsn.stage": name})
+            stage_run = tracking.start_run(self.uri, self.exp_id, name, parent=self.run_id, tags={STAGE_TAG: name})
             tracking.log_params(self.uri, stage_run, params)
         self.open_runs.append(stage_run)
         return stage_run
@@ -150,7 +146,7 @@ class MlflowRecorder(Recorder):
         return True
 
     def supersede(self, prior) -> None:
-        tracking.set_tags(self.uri, prior.info.run_id, {"dsn.superseded": "config changed on resume"})
+        tracking.set_tags(self.uri, prior.info.run_id, {SUPERSEDED_TAG: "config changed on resume"})
 
     def logger(self, stage_run: str):
         logger = tracking.lightning_logger(self.uri, stage_run)
@@ -209,7 +205,8 @@ class MlflowRecorder(Recorder):
             raise ConfigError(f"tracking.register: the {final.name} stage has no logged model to register "
                               "(it was trained with tracking.log_model: false).")
         name = cfg.tracking.register
-        version = tracking.register_model(uri, final.model_uri, name, registry_tags(cfg, run_id, final, tags))
+        version = tracking.register_model(uri, final.model_uri, name,
+                                          registry_tags(cfg, run_id, final.name, final.metrics, tags))
         if cfg.tracking.register_alias:
             tracking.set_alias(uri, name, version, cfg.tracking.register_alias)
         return name, version
@@ -224,21 +221,25 @@ def open_recorder(cfg, uri: str, *, resume: str | None, kind: str, parent_run_id
     if not is_global_zero():
         if not resume:
             return Recorder(uri, "", "")
-        exp = tracking.client(uri).get_experiment_by_name(cfg.tracking.experiment)
-        if exp is None:
+        exp_id = tracking.find_experiment_id(uri, cfg.tracking.experiment)
+        if exp_id is None:
             raise ConfigError(f"--resume {resume}: experiment '{cfg.tracking.experiment}' does not exist in {uri}.")
-        run_id, changed = find_resumed(uri, exp.experiment_id, cfg, resume, kind, parent_run_id, allow_config_change)
-        return Recorder(uri, exp.experiment_id, run_id, changed)
+        run_id, changed = find_resumed(uri, exp_id, cfg, resume, kind, parent_run_id, allow_config_change)
+        return Recorder(uri, exp_id, run_id, changed)
     exp_id = tracking.experiment_id(uri, cfg.tracking.experiment, home)
     if resume:
         run_id, changed = find_resumed(uri, exp_id, cfg, resume, kind, parent_run_id, allow_config_change)
         tracking.reopen_run(uri, run_id)
         log.info("Resuming run %s%s", run_id, f" with a changed config ({', '.join(changed[:5])})" if changed else "")
         return MlflowRecorder(uri, exp_id, run_id, changed)
-    name = run_name or cfg.tracking.run_name or "-".join(["fit", *(Path(str(c)).stem for c in (cfg.get("config") or []))])
-    run_id = tracking.start_run(uri, exp_id, name, parent=parent_run_id,
-                                tags={"dsn.kind": kind, **tracking.environment_tags(), **(tags or {})})
+    name = run_name or cfg.tracking.run_name or default_run_name("fit", cfg)
+    run_id = tracking.start_top_run(uri, exp_id, kind, name, cfg=cfg, tags=tags, parent=parent_run_id)
     return MlflowRecorder(uri, exp_id, run_id)
+
+
+def default_run_name(prefix: str, cfg) -> str:
+    """``<prefix>-<config file stems>``: ``fit-demo-debug`` for ``--config conf/demo.yaml --config conf/debug.yaml``."""
+    return "-".join([prefix, *(Path(str(c)).stem for c in (cfg.get("config") or []))])
 
 
 def find_resumed(uri, exp_id, cfg, resume, kind, parent_run_id, allow_change) -> tuple[str, list[str]]:
@@ -292,20 +293,37 @@ def fit_summary(results: list[StageResult]) -> dict:
     }  # fmt: skip
 
 
-def registry_tags(cfg, run_id: str, final: StageResult, extra: dict | None) -> dict[str, str]:
-    """Tags of a registered model version: data, fold, stage, run, headline figures, git commit."""
-    from dsn.data.channels import channel_names, pick_channels
+def registry_tags(cfg, run_id: str, stage: str, metrics: dict[str, float], extra: dict | None) -> dict[str, str]:
+    """Tags of a registered model version (``dsn fit --tracking.register``, ``dsn cv --register_fold``).
 
-    data = cfg.data
+    Parameters
+    ----------
+    cfg : jsonargparse.Namespace
+        The config the model was trained with (a cv fold's: its ``data.fold`` and ``data.n_folds``).
+    run_id : str
+        The fit (or fold) run that trained it.
+    stage, metrics : str, dict
+        The final stage and its figures (``test/f1_macro`` ..., else ``val/...``).
+    extra : dict, optional
+        More tags (the fit's extra tags, a fold's ``cv_run_id``).
+
+    Returns
+    -------
+    dict of str to str
+        ``dataset``, ``channel``, ``sfreq``, ``fold``, ``stage``, ``run_id``, the headline figures of the test
+        split (else the validation one), ``git_commit`` and ``extra``.
+    """
+    from dsn.data.channels import channel_names
+
+    data = cfg.data  # normalised when parsed: data.channels holds the deprecated data.channel too
     tags = {
-        "dataset": Path(str(data.data_dir)).name, "channel": ", ".join(channel_names(pick_channels(data.channels, data.channel))),
-        "sfreq": str(data.sfreq),
-        "fold": f"{data.fold}/{data.n_folds}", "stage": final.name, "run_id": run_id,
+        "dataset": Path(str(data.data_dir)).name, "channel": ", ".join(channel_names(data.channels)), "sfreq": str(data.sfreq),
+        "fold": f"{data.fold}/{data.n_folds}", "stage": stage, "run_id": run_id,
     }  # fmt: skip
-    split = "test" if "test/f1_macro" in final.metrics else "val"
+    split = "test" if "test/f1_macro" in metrics else "val"
     for k in ("f1_macro", "kappa", "acc"):
-        if f"{split}/{k}" in final.metrics:
-            tags[f"{split}/{k}"] = f"{final.metrics[f'{split}/{k}']:.4f}"
+        if f"{split}/{k}" in metrics:
+            tags[f"{split}/{k}"] = f"{metrics[f'{split}/{k}']:.4f}"
     commit = tracking.environment_tags().get("mlflow.source.git.commit")
     if commit:
         tags["git_commit"] = commit

@@ -170,6 +170,7 @@ def upgrade(uri: str, ref: str) -> dict[str, Any]:
 
     from dsn import tracking
     from dsn.models.spec import scorer_from_legacy
+    from dsn.tags import UPGRADED_FROM_TAG
 
     if not ref.startswith("models:/"):
         raise ModelError(f"{ref}: `dsn registry upgrade` takes a registry reference (models:/NAME/VERSION or "
@@ -197,7 +198,7 @@ def upgrade(uri: str, ref: str) -> dict[str, Any]:
         except Exception:
             run_id = None
     model_uri = tracking.log_model(uri, run_id, scorer, example)
-    tags = {**(mv.tags or {}), "dsn.upgraded_from": str(mv.version)}
+    tags = {**(mv.tags or {}), UPGRADED_FROM_TAG: str(mv.version)}
     new_version = tracking.register_model(uri, model_uri, mv.name, tags=tags)
     aliases = sorted(a for a, v in _aliases(uri, mv.name).items() if str(v) == str(mv.version))
     for alias in aliases:

@@ -92,6 +92,7 @@ def _run_fit(cfg, *, parent_run_id, callbacks, tags, run_name, kind, resume, all
     import torch
 
     from dsn import config, tracking
+    from dsn.tags import INIT_TAG
     from dsn.workflows import build, recorder, stage
 
     t_start = time.perf_counter()
@@ -104,7 +105,7 @@ def _run_fit(cfg, *, parent_run_id, callbacks, tags, run_name, kind, resume, all
     dm = build.data_module(cfg)
     summary = dm.summary()
     if cfg.init is not None:
-        tags = {**(tags or {}), "dsn.init": str(cfg.init)}
+        tags = {**(tags or {}), INIT_TAG: str(cfg.init)}
     rec = recorder.open_recorder(cfg, uri, resume=resume, kind=kind, parent_run_id=parent_run_id,
                                  allow_config_change=allow_config_change, tags=tags, run_name=run_name)
     ctx = stage.FitContext(cfg, rec, Path(cfg.tracking.home) / "checkpoints" / (rec.run_id or "pending-rank0"),

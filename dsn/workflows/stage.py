@@ -85,9 +85,9 @@ def _finished(prior, ckpt_dir: Path) -> bool:
 
 def reload_finished(ctx: FitContext, name: str, system, prior, make_scorer) -> StageResult:
     """A stage that a resumed run had finished: its selected weights, figures, predictions and model URI."""
+    from dsn.tags import MODEL_URI_TAG
     from dsn.workflows.calibration import restore_trust
     from dsn.workflows.callbacks import SCORER_KEY
-    from dsn.workflows.recorder import MODEL_URI_TAG
 
     ckpt_dir = ctx.ckpt_root / name
     ctx.info("[%s] already finished in run %s: loading its selected model.", name, prior.info.run_id)

@@ -30,10 +30,12 @@ own values of the space keys (each must be one of the space's values), so every 
 the starting point under the same fold, seed and budget; ``probes`` then queue the baseline with a few
 keys changed (one-factor-at-a-time checks of a switch before the sampler takes over).
 
-Three modules: :mod:`~dsn.workflows.sweep.spec` (loading and checking the file, sampling its space),
-:mod:`~dsn.workflows.sweep.runner` (the checks before any trial, the study, workers, trials, pruning) and
-:mod:`~dsn.workflows.sweep.report` (trials table, plots, compare link, export, registration). This package
-re-exports their public names; the runner's (which import Lightning) load on first use.
+Four modules: :mod:`~dsn.workflows.sweep.spec` (loading and checking the file, sampling its space),
+:mod:`~dsn.workflows.sweep.study` (Optuna's storage and study, :class:`SweepResult`),
+:mod:`~dsn.workflows.sweep.runner` (the checks before any trial, workers, trials, pruning) and
+:mod:`~dsn.workflows.sweep.report` (trials table, plots, compare link, export, registration); runner and report
+both import study, neither imports the other's internals. This package re-exports their public names; the
+runner's (which import Lightning) load on first use.
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ from typing import Any
 from dsn.workflows.sweep import spec as _spec
 from dsn.workflows.sweep.spec import *  # noqa: F403  (the spec's public names)
 
-_RUNNER = {"STEP_OFFSET", "OptunaPruning", "SweepResult", "TrialFailed", "default_storage", "main", "open_study",
-           "pruning_callback", "run_sweep", "check_devices", "check_data", "close_stale_trials"}
+_RUNNER = {"STEP_OFFSET", "OptunaPruning", "TrialFailed", "main", "pruning_callback", "run_sweep", "check_devices",
+           "check_data", "close_stale_trials"}
+_STUDY = {"SweepResult", "default_storage", "open_study", "load_study"}
 _REPORT = {"trials_table", "export_best", "format_summary", "study_compare_url", "register_best"}
 
-__all__ = [*_spec.__all__, *sorted(_RUNNER), *sorted(_REPORT)]
+__all__ = [*_spec.__all__, *sorted(_RUNNER), *sorted(_STUDY), *sorted(_REPORT)]
 
 
 def __getattr__(name: str) -> Any:
@@ -55,6 +58,10 @@ def __getattr__(name: str) -> Any:
         from dsn.workflows.sweep import runner
 
         return getattr(runner, name)
+    if name in _STUDY:
+        from dsn.workflows.sweep import study
+
+        return getattr(study, name)
     if name in _REPORT:
         from dsn.workflows.sweep import report
 

@@ -8,8 +8,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dsn.tags import COMPARE_URL_TAG, KIND_TAG, STUDY_TAG, TRIAL_STATE_TAG, TRIAL_TAG
+from dsn.workflows.sweep.study import SweepResult
+
 if TYPE_CHECKING:
-    from dsn.workflows.sweep.runner import SweepResult
     from dsn.workflows.sweep.spec import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -58,20 +60,16 @@ def study_compare_url(uri: str, study_name: str, experiment: str | None = None, 
     from dsn import tracking
     from dsn.errors import ConfigError
 
-    c = tracking.client(uri)
-    exps = [c.get_experiment_by_name(experiment)] if experiment else c.search_experiments()
-    ids = [e.experiment_id for e in exps if e is not None]
-    flt = f"tags.`dsn.kind` = 'sweep' and tags.`dsn.study` = '{study_name}'"
-    parents = c.search_runs(ids, filter_string=flt, max_results=1) if ids else []
+    parents = tracking.find_tagged_runs(uri, {KIND_TAG: "sweep", STUDY_TAG: study_name}, experiment)
     if not parents:
         raise ConfigError(f"--study {study_name}: no sweep of that name in {uri}"
                           + (f" (experiment {experiment})" if experiment else "") + "; `dsn sweep ... --study NAME` makes one.")
     exp_id = parents[0].info.experiment_id
-    trials = tracking.find_runs(uri, exp_id, {"dsn.study": study_name, "dsn.trial_state": "COMPLETE"},
+    trials = tracking.find_runs(uri, exp_id, {STUDY_TAG: study_name, TRIAL_STATE_TAG: "COMPLETE"},
                                 parent=parents[0].info.run_id)
     if not trials:
         raise ConfigError(f"--study {study_name}: the study has no complete trial to compare yet.")
-    runs = sorted(trials, key=lambda r: int(r.data.tags.get("dsn.trial", 0)))
+    runs = sorted(trials, key=lambda r: int(r.data.tags.get(TRIAL_TAG, 0)))
     return tracking.compare_url([r.info.run_id for r in runs], [exp_id], base or ui_base(uri))
 
 
@@ -89,7 +87,7 @@ def summarise(study, spec: SweepSpec, parent: str, uri: str, exp_id: str, storag
         tracking.log_metrics(uri, parent, {f"best/{spec.metric}": best.value, "best/trial": best.number})
         link = tracking.compare_url(compare_runs(study), [exp_id], ui_base(uri))
         tracking.set_tags(uri, parent, {"best.trial": best.number, **{f"best.{k}": v for k, v in best.params.items()},
-                                        "best.run_id": best.user_attrs.get("run_id", ""), "dsn.compare_url": link[:5000]})
+                                        "best.run_id": best.user_attrs.get("run_id", ""), COMPARE_URL_TAG: link[:5000]})
         tracking.log_dict(uri, parent, {"trial": best.number, "value": best.value, "params": best.params,
                                         "metrics": best.user_attrs.get("metrics", {})}, "best_trial.json")
     tracking.log_dict(uri, parent, rows, "trials.json")
@@ -100,22 +98,11 @@ def summarise(study, spec: SweepSpec, parent: str, uri: str, exp_id: str, storag
 
 
 def result(study, spec: SweepSpec, parent: str, storage: str, rows: list | None = None) -> SweepResult:
-    """The study's state as a :class:`~dsn.workflows.sweep.runner.SweepResult`."""
-    from dsn.workflows.sweep.runner import SweepResult
-
+    """The study's state as a :class:`~dsn.workflows.sweep.study.SweepResult`."""
     best = study.best_trial if _states(study, "COMPLETE") else None
     return SweepResult(study.study_name, storage, parent, len(study.trials), best.value if best else None,
                        dict(best.params) if best else {}, rows if rows is not None else trials_table(study, spec),
                        metric=spec.metric, best_trial=best.number if best else None)
-
-
-def load_study(res: SweepResult):
-    """The Optuna study a :class:`SweepResult` describes."""
-    import optuna
-
-    from dsn.workflows.sweep.runner import _storage
-
-    return optuna.load_study(study_name=res.study_name, storage=_storage(res.storage))
 
 
 def log_study_plots(study, uri: str, parent: str) -> None:

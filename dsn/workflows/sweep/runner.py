@@ -11,13 +11,23 @@ import math
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
 from dsn.errors import ConfigError, DsnError, Pruned
+from dsn.tags import (
+    BASELINE_TAG,
+    ERROR_TAG,
+    KIND_TAG,
+    PROBE_TAG,
+    PRUNED_REASON_TAG,
+    RETRY_OF_TAG,
+    STUDY_TAG,
+    TRIAL_STATE_TAG,
+    TRIAL_TAG,
+)
 from dsn.workflows.sweep import report
 from dsn.workflows.sweep.spec import (
     SweepSpec,
@@ -26,17 +36,22 @@ from dsn.workflows.sweep.spec import (
     check_space,
     derive,
     load_spec,
-    make_pruner,
     make_sampler,
     probe_params,
     sample,
+)
+from dsn.workflows.sweep.study import (
+    GRACE_PERIOD,
+    HEARTBEAT_INTERVAL,
+    SweepResult,
+    default_storage,
+    load_study,
+    open_study,
 )
 
 log = logging.getLogger(__name__)
 
 STEP_OFFSET = 10_000  # pruning steps of the fine-tuning stage start here (pretraining: 0..)
-HEARTBEAT_INTERVAL = 30  # seconds between a running trial's heartbeats
-GRACE_PERIOD = 60  # a trial without a heartbeat for this long belongs to a dead process: failed and retried
 WORKER_STOP_TIMEOUT = 30.0  # seconds a worker has to close its trial after SIGTERM before it is killed
 
 
@@ -82,23 +97,6 @@ def pruning_callback(trial, monitor: str, offset: int) -> OptunaPruning:
 
 
 # ----------------------------------------------------------------------------- before any trial
-@dataclass
-class SweepResult:
-    study_name: str
-    storage: str
-    parent_run_id: str
-    n_trials: int
-    best_value: float | None
-    best_params: dict[str, Any]
-    trials: list[dict[str, Any]]
-    metric: str = "val/f1_macro"
-    counts: dict[str, int] = field(default_factory=dict)
-    best_trial: int | None = None
-    compare_url: str | None = None
-    registered: str | None = None
-    exported: str | None = None
-
-
 def resolve_base(spec: SweepSpec, overrides: dict[str, Any] | None, tracking_uri: str | None = None,
                  tracking_home: str | None = None, experiment: str | None = None):
     """The base config every trial starts from: the spec's files, its ``set``, the command's overrides."""
@@ -175,59 +173,17 @@ def check_before_trials(spec: SweepSpec, base, data: bool = True) -> tuple[dict 
 
 
 # ----------------------------------------------------------------------------- the study
-def default_storage(home: str | Path) -> str:
-    home = Path(home).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'optuna.db'}"
-
-
-def _storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
-    """An Optuna RDB storage with heartbeats (a trial whose process died is failed after ``grace_period``
-    and its parameters retried once); SQLite gets a long lock timeout so that local workers can share it."""
-    import warnings
-
-    import optuna
-
-    kwargs: dict[str, Any] = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite:") else {}
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if heartbeat_interval:
-            kwargs.update(heartbeat_interval=int(heartbeat_interval), grace_period=int(grace_period or 2 * heartbeat_interval),
-                          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-        return optuna.storages.RDBStorage(url, **kwargs)
-
-
-def open_study(spec: SweepSpec, name: str, storage: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL,
-               grace_period: int | None = GRACE_PERIOD):
-    """Create or load the study ``name`` in ``storage``.
-
-    Raises
-    ------
-    ConfigError
-        When the storage cannot be opened (naming the URL).
-    """
-    import optuna
-
-    try:
-        return optuna.create_study(study_name=name, storage=_storage(storage, heartbeat_interval, grace_period),
-                                   load_if_exists=True, direction=spec.direction, sampler=make_sampler(spec),
-                                   pruner=make_pruner(spec))
-    except Exception as e:
-        raise ConfigError(f"Optuna storage {storage}: cannot open study '{name}' ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:200]}). Check the URL (and that the database server runs).") from None
-
-
 def _study_run(uri: str, exp_id: str, study_name: str, storage: str, spec: SweepSpec) -> str:
     """The study's MLflow parent run: found by its tags (a continued study), else created."""
     from dsn import tracking
 
-    runs = tracking.find_runs(uri, exp_id, {"dsn.kind": "sweep", "dsn.study": study_name})
+    runs = tracking.find_runs(uri, exp_id, {KIND_TAG: "sweep", STUDY_TAG: study_name})
     if runs:
         return runs[0].info.run_id
-    rid = tracking.start_run(uri, exp_id, f"sweep-{study_name}", tags={
-        "dsn.kind": "sweep", "dsn.study": study_name, "optuna.storage": storage, **tracking.environment_tags()})
-    tracking.log_params(uri, rid, {"sweep.spec": spec.path, "sweep.metric": spec.metric, "sweep.direction": spec.direction,
-                                   "sweep.base": ",".join(spec.base), "sweep.space": {k: str(v) for k, v in spec.space.items()}})
+    params = {"sweep.spec": spec.path, "sweep.metric": spec.metric, "sweep.direction": spec.direction,
+              "sweep.base": ",".join(spec.base), "sweep.space": {k: str(v) for k, v in spec.space.items()}}
+    rid = tracking.start_top_run(uri, exp_id, "sweep", f"sweep-{study_name}",
+                                 tags={STUDY_TAG: study_name, "optuna.storage": storage}, params=params)
     if spec.path:
         tracking.log_file(uri, rid, spec.path)
     tracking.set_terminated(uri, rid)
@@ -249,15 +205,15 @@ def close_stale_trials(study, uri: str, exp_id: str, parent: str) -> list[int]:
         optuna.storages.fail_stale_trials(study)  # a no-op without heartbeats
     failed = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))}
     closed = []
-    for run in tracking.find_runs(uri, exp_id, {"dsn.study": study.study_name, "dsn.kind": "trial"}, parent=parent):
-        number = int(run.data.tags.get("dsn.trial", -1))
+    for run in tracking.find_runs(uri, exp_id, {STUDY_TAG: study.study_name, KIND_TAG: "trial"}, parent=parent):
+        number = int(run.data.tags.get(TRIAL_TAG, -1))
         if run.info.status != "RUNNING" or number not in failed:
             continue
         msg = "its process died (no heartbeat): failed, its parameters queued again"
         for child in tracking.find_runs(uri, exp_id, {}, parent=run.info.run_id):
             if child.info.status == "RUNNING":
                 tracking.set_terminated(uri, child.info.run_id, "KILLED")
-        tracking.set_tags(uri, run.info.run_id, {"dsn.trial_state": "FAILED", "dsn.error": msg})
+        tracking.set_tags(uri, run.info.run_id, {TRIAL_STATE_TAG: "FAILED", ERROR_TAG: msg})
         tracking.set_terminated(uri, run.info.run_id, "KILLED")
         log.warning("[trial %d] %s", number, msg)
         closed.append(number)
@@ -288,15 +244,15 @@ class Objective:
         return self._finish(trial, res)
 
     def _tags(self, trial) -> dict[str, str]:
-        tags = {"dsn.study": self.study_name, "dsn.trial": str(trial.number)}
+        tags = {STUDY_TAG: self.study_name, TRIAL_TAG: str(trial.number)}
         if trial.user_attrs.get("baseline"):
-            tags["dsn.baseline"] = "true"
+            tags[BASELINE_TAG] = "true"
         if trial.user_attrs.get("probe"):
-            tags["dsn.probe"] = trial.user_attrs["probe"]
+            tags[PROBE_TAG] = trial.user_attrs["probe"]
         frozen = next((t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number), None)
         retried = frozen.system_attrs.get("failed_trial") if frozen is not None else None  # set by the retry callback
         if retried is not None:
-            tags["dsn.retry_of"] = str(retried)
+            tags[RETRY_OF_TAG] = str(retried)
         return tags
 
     def _invalid(self, trial, params: dict, tags: dict, e: ConfigError):
@@ -307,7 +263,7 @@ class Objective:
 
         trial.set_user_attr("pruned_reason", str(e))
         rid = tracking.start_run(self.uri, self.exp_id, f"trial-{trial.number}", parent=self.parent, tags={
-            **tags, "dsn.kind": "trial", "dsn.trial_state": "PRUNED", "dsn.pruned_reason": str(e)[:5000]})
+            **tags, KIND_TAG: "trial", TRIAL_STATE_TAG: "PRUNED", PRUNED_REASON_TAG: str(e)[:5000]})
         tracking.log_params(self.uri, rid, params)
         tracking.set_terminated(self.uri, rid, "KILLED")
         log.log(self.level, "[trial %d] pruned before training: invalid point (%s)", trial.number, e)
@@ -316,7 +272,7 @@ class Objective:
     def _trial_run(self, number: int) -> str | None:
         from dsn import tracking
 
-        runs = tracking.find_runs(self.uri, self.exp_id, {"dsn.study": self.study_name, "dsn.trial": str(number)},
+        runs = tracking.find_runs(self.uri, self.exp_id, {STUDY_TAG: self.study_name, TRIAL_TAG: str(number)},
                                   parent=self.parent)
         return runs[0].info.run_id if runs else None
 
@@ -339,12 +295,12 @@ class Objective:
                            callbacks=lambda stage: [OptunaPruning(trial, self.spec.metric, offsets[stage])], verbose=False)
         except Pruned as e:
             trial.set_user_attr("pruned_reason", str(e))
-            self._tag_run(trial.number, {"dsn.trial_state": "PRUNED", "dsn.pruned_reason": str(e)})
+            self._tag_run(trial.number, {TRIAL_STATE_TAG: "PRUNED", PRUNED_REASON_TAG: str(e)})
             log.log(self.level, "[trial %d] %s", trial.number, e)
             raise optuna.TrialPruned(str(e)) from None
         except tracking.Terminated:  # Optuna records Ctrl-C itself, not a BaseException: close the trial here
             trial.set_user_attr("error", "terminated (SIGTERM)")
-            self._tag_run(trial.number, {"dsn.trial_state": "FAILED", "dsn.error": "terminated (SIGTERM)"})
+            self._tag_run(trial.number, {TRIAL_STATE_TAG: "FAILED", ERROR_TAG: "terminated (SIGTERM)"})
             trial.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
         except KeyboardInterrupt:
@@ -352,7 +308,7 @@ class Objective:
         except BaseException as e:
             msg = f"{type(e).__name__}: {str(e).splitlines()[0][:500] if str(e) else ''}"
             trial.set_user_attr("error", msg)
-            self._tag_run(trial.number, {"dsn.trial_state": "FAILED", "dsn.error": msg})
+            self._tag_run(trial.number, {TRIAL_STATE_TAG: "FAILED", ERROR_TAG: msg})
             log.warning("[trial %d] failed: %s", trial.number, msg)
             raise
 
@@ -368,12 +324,12 @@ class Objective:
         if math.isnan(value):
             msg = f"{self.spec.metric} is NaN (the validation subjects lack the classes it needs?)"
             trial.set_user_attr("error", msg)
-            tracking.set_tags(self.uri, res.run_id, {"dsn.trial_state": "FAILED", "dsn.error": msg})
+            tracking.set_tags(self.uri, res.run_id, {TRIAL_STATE_TAG: "FAILED", ERROR_TAG: msg})
             tracking.set_terminated(self.uri, res.run_id, "FAILED")
             log.warning("[trial %d] failed: %s", trial.number, msg)
             raise TrialFailed(f"trial {trial.number}: {msg}.")
         tracking.log_metrics(self.uri, res.run_id, {"objective": value})
-        tracking.set_tags(self.uri, res.run_id, {"dsn.trial_state": "COMPLETE"})
+        tracking.set_tags(self.uri, res.run_id, {TRIAL_STATE_TAG: "COMPLETE"})
         log.log(self.level, "[trial %d] %s = %.4f", trial.number, self.spec.metric, value)
         return value
 
@@ -517,5 +473,5 @@ def main(a) -> SweepResult:
     if a.export:
         if res.best_value is None:
             raise ConfigError(f"--export {a.export}: the study has no complete trial yet.")
-        res.exported = str(report.export_best(report.load_study(res), spec, a.export))
+        res.exported = str(report.export_best(load_study(res), spec, a.export))
     return res
