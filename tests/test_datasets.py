@@ -429,6 +429,10 @@ def test_evaluate_pools_recordings_and_names_a_cross_montage_check(layouts, mode
     runs = c.search_runs([exp.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags["dsn.cross_montage"] == "true"
     assert runs[0].data.metrics["eval/f1_macro"] == pytest.approx(pooled["f1_macro"])
+    # each recording's verdict (dsn.trust), counted in the pooled table and the run
+    assert sum(s["verdicts"].values()) == 4 and all(r["trust"]["verdict"] in s["verdicts"] for r in per)
+    assert "verdicts: " + ", ".join(f"{n} {v}" for v, n in s["verdicts"].items()) in printed
+    assert runs[0].data.metrics["eval/n_do_not_use"] == s["verdicts"]["do not use"]
 
 
 def test_evaluate_finds_the_models_channel_by_alias(layouts, model_ckpt, tmp_path):

@@ -139,6 +139,7 @@ def evaluate(
     from dsn.data.recording import Preprocessing, load_recording
     from dsn.workflows.data import edf_header
     from dsn.workflows.registry import load_scorer
+    from dsn.workflows.trust import night_verdict
 
     scorer = load_scorer(model, uri)
     prep = scorer.preprocessing
@@ -162,7 +163,8 @@ def evaluate(
         x = rec.x if method == "none" else normalize(np.asarray(rec.x), method, scorer.sfreq)
         y_pred = scorer.predict(x)
         per.append({"name": rec.name, "subject": rec.subject, "night": rec.night, "psg": str(f.psg),
-                    "hypnogram": str(f.hypnogram), **_figures(rec.y, y_pred, scorer.class_names)})
+                    "hypnogram": str(f.hypnogram), **_figures(rec.y, y_pred, scorer.class_names),
+                    "trust": night_verdict(y_pred, float(prep.get("epoch_sec", 30.0)), calibration=scorer.calibration).as_dict()})
         y_all.append(rec.y)
         p_all.append(y_pred)
     pooled = _figures(np.concatenate(y_all), np.concatenate(p_all), scorer.class_names)
@@ -171,6 +173,7 @@ def evaluate(
         "class_names": list(scorer.class_names), "n_recordings": len(per),
         "n_subjects": len({r["subject"] for r in per}), "channels": [u.__dict__ for u in uses or []],
         "cross_montage": any(u.cross_montage for u in uses or []), "pooled": pooled, "per_recording": per,
+        "verdicts": {v: sum(r["trust"]["verdict"] == v for r in per) for v in ("trusted", "check", "do not use")},
     }  # fmt: skip
 
 
@@ -203,7 +206,17 @@ def format_summary(s: dict[str, Any]) -> str:
     lines += [f"  {ChannelUse(**u).describe()}" for u in s["channels"]]
     lines += [head, "-" * len(head), table.row("pooled", s["pooled"], s["pooled"]["n_epochs"])]
     lines += [table.row(f"  {r['name']}", r, r["n_epochs"]) for r in s["per_recording"]]
-    return "\n".join(lines)
+    return "\n".join(lines + format_verdicts(s))
+
+
+def format_verdicts(s: dict[str, Any]) -> list[str]:
+    """The count of each verdict (:mod:`dsn.trust`) over the recordings, then each recording not trusted with its
+    reasons (a summary without verdicts, from an older dsn: nothing)."""
+    if "verdicts" not in s:
+        return []
+    lines = ["verdicts: " + ", ".join(f"{n} {v}" for v, n in s["verdicts"].items())]
+    return lines + [f"  {r['name']}: {r['trust']['verdict']} ({'; '.join(r['trust']['reasons'])})"
+                    for r in s["per_recording"] if r.get("trust", {}).get("verdict", "trusted") != "trusted"]
 
 
 def record(summary: dict[str, Any], uri: str, experiment: str, home: str | Path, run_name: str | None = None) -> str:
@@ -221,6 +234,7 @@ def record(summary: dict[str, Any], uri: str, experiment: str, home: str | Path,
         pooled = summary["pooled"]
         metrics = {f"eval/{k}": float(v) for k, v in pooled.items() if isinstance(v, int | float) and not isinstance(v, bool)
                    and k not in ("n_epochs", "n_ignored") and not math.isnan(float(v))}
+        metrics.update({f"eval/n_{v.replace(' ', '_')}": float(n) for v, n in summary.get("verdicts", {}).items()})
         tracking.log_evaluation(uri, run_id, "eval", metrics, np.asarray(pooled["confusion"]))
         tracking.log_dict(uri, run_id, summary, "evaluate_summary.json")
     return run_id
