@@ -106,7 +106,11 @@ class InterruptedState(L.Callback):
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, self._on_signal)
         if self._restore is not None:
-            skip_trained_batches(trainer.train_dataloader, self._restore["epoch"], self._restore["batch"])
+            loader = trainer.train_dataloader
+            skip_trained_batches(loader, self._restore["epoch"], self._restore["batch"])
+            fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+            if getattr(loader, "num_workers", 0) and fetcher is not None:  # workers took their first keys already
+                iter(fetcher)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self._restore is not None:  # the first batch of a resumed fit: as the interrupted fit left it
@@ -158,6 +162,9 @@ class InterruptedState(L.Callback):
         self._writing = True
         try:
             trainer.save_checkpoint(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         finally:
             self._writing = False
         if trainer.is_global_zero:  # under DDP only rank 0 writes
@@ -199,11 +206,15 @@ class SharedCheckpointDir(L.Callback):
 def save_selected(trainer, path: Path, spec_callback: ScorerSpec, spec: dict[str, Any]) -> None:
     """Save the selected model's Lightning checkpoint with the scorer spec in it (``ScorerSpec`` adds it).
 
-    Every DDP rank must call it (``trainer.save_checkpoint`` ends with a barrier); only rank 0 writes."""
+    Every DDP rank must call it (``trainer.save_checkpoint`` ends with a barrier); only rank 0 writes, through a
+    temporary file that replaces ``path`` once it loads back whole (:func:`replace_checked`)."""
     tmp = path.with_suffix(".tmp")
     spec_callback.spec = spec
     try:
         trainer.save_checkpoint(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         spec_callback.spec = None
     if trainer.is_global_zero:
