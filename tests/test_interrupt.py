@@ -188,6 +188,28 @@ def test_a_damaged_last_ckpt_is_named_and_the_stage_restarts(reference, synth_di
     assert figures == ref and {s for _, s in status.values()} <= {"FINISHED", "KILLED"}
 
 
+def test_samplers_resume_inside_an_epoch():
+    """A resumed fit's training sampler gives the rest of the epoch in the uninterrupted order, once."""
+    import numpy as np
+
+    from dsn.data.recording import Recording
+    from dsn.data.sampling import BalancedSampler, ShardedSampler, StreamBatchSampler
+
+    rng = np.random.default_rng(0)
+    recs = [Recording(f"r{i}", f"s{i}", 1, rng.normal(size=(40, 1, 30)).astype("float32"), rng.integers(0, 5, 40), 1.0)
+            for i in range(3)]
+    samplers = [BalancedSampler(rng.integers(0, 5, 50), seed=1, max_shift=3), ShardedSampler(50, seed=1, max_skip=2),
+                StreamBatchSampler(recs, batch_size=2, seq_len=5, seed=1, skip_first=2)]
+    for sampler in samplers:
+        sampler.set_epoch(3)
+        whole = list(sampler)
+        sampler.resume_at(3, 7)
+        assert list(sampler) == whole[7:] and list(sampler) == whole  # the skip is used once
+        sampler.resume_at(3, 7)
+        sampler.set_epoch(4)
+        assert len(list(sampler)) == len(whole)  # another epoch: no skip
+
+
 PRE, FT = "[pretrain]", "[finetune]"
 #: (moment, stages): 3 training batches x 2 epochs of pretraining, 4 x 2 of fine-tuning
 MOMENTS = [
