@@ -124,7 +124,10 @@ class InterruptedState(L.Callback):
         log.warning("[%s] %s received: stopping before training batch %d of epoch %d; the state is saved in %s.",
                     Path(self.dirpath).name, signal.Signals(self.requested).name, batch_idx, trainer.current_epoch,
                     self.ckpt_path)
-        self._save(trainer)
+        try:
+            self._save(trainer)
+        except Exception as e:  # stop anyway; the previous last.ckpt (if any) stays
+            log.warning("could not save the interrupted state to %s: %s", self.ckpt_path, e)
         self._saved, self.seen = True, self.requested == signal.SIGINT
         raise KeyboardInterrupt if self.requested == signal.SIGINT else _terminated()
 
