@@ -187,7 +187,29 @@ class _ShiftDraws:
         return self.rng.integers(-self.max_shift, self.max_shift + 1, n) if self.max_shift else np.zeros(n, np.int64)
 
 
-class BalancedSampler(Sampler[Key]):
+class _Resumable:
+    """A training sampler's position inside an epoch, for a fit resumed from a checkpoint saved mid-epoch.
+
+    :meth:`resume_at` sets the epoch and how many of its first keys (or batches, for a batch sampler) the next
+    iteration of that epoch leaves out, so a resumed fit sees the rest of the epoch in the order it would have
+    seen it; the skip is used once, and only by an iteration of that epoch (``set_epoch`` to another epoch
+    cancels it).
+    """
+
+    epoch: int
+    _resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        """Iterate epoch ``epoch`` next, without its first ``skip`` keys (batches for a batch sampler)."""
+        self.epoch = _check_int("epoch", epoch)
+        self._resume = (self.epoch, _check_int("skip", skip))
+
+    def _skip(self) -> int:
+        resume, self._resume = self._resume, None
+        return resume[1] if resume is not None and resume[0] == self.epoch else 0
+
+
+class BalancedSampler(_Resumable, Sampler[Key]):
     """Shuffled class-balanced oversampling of an :class:`EpochDataset` (see :func:`balanced_indices`).
 
     Parameters
@@ -243,10 +265,10 @@ class BalancedSampler(Sampler[Key]):
         order = rng.permutation(idx)
         draws = _ShiftDraws(self.seed, self.epoch, 0, self.max_shift)
         keys = list(zip(order.tolist(), [0] * len(order), draws.shifts(len(order)).tolist())) if draws.active else order.tolist()
-        return iter(shard_even(keys, self.num_replicas, self.rank))
+        return iter(shard_even(keys, self.num_replicas, self.rank)[self._skip():])
 
 
-class ShardedSampler(Sampler[Key]):
+class ShardedSampler(_Resumable, Sampler[Key]):
     """Items ``0 .. n_items - 1``, shuffled or in order, sharded over DDP processes.
 
     The sampler of the training loaders that do not oversample (``oversample: false``, fine-tuning with
@@ -319,8 +341,8 @@ class ShardedSampler(Sampler[Key]):
         else:
             keys = order.tolist()
         if self.even:
-            return iter(shard_even(keys, self.num_replicas, self.rank))
-        return iter([keys[i] for i in shard_contiguous(len(keys), self.num_replicas, self.rank)])
+            return iter(shard_even(keys, self.num_replicas, self.rank)[self._skip():])
+        return iter([keys[i] for i in shard_contiguous(len(keys), self.num_replicas, self.rank)][self._skip():])
 
 
 class SequenceDataset(Dataset):
@@ -417,7 +439,7 @@ def _balanced_cuts(bounds: Sequence[int], total: int, parts: int) -> list[int]:
     return cuts + [total]
 
 
-class StreamBatchSampler(Sampler[list[Key]]):
+class StreamBatchSampler(_Resumable, Sampler[list[Key]]):
     """Batches that stream recordings in order so an LSTM can carry its state (the official recipe).
 
     Use with a :class:`SequenceDataset` built on :attr:`windows`. Each batch comes from one recording
@@ -556,4 +578,4 @@ class StreamBatchSampler(Sampler[list[Key]]):
         return len(self._shard())
 
     def __iter__(self) -> Iterator[list[Key]]:
-        yield from self._shard()
+        yield from self._shard()[self._skip():]

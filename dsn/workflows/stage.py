@@ -50,7 +50,10 @@ def run_stages(ctx: FitContext, dm, start=None) -> list[StageResult]:
     net (this fit's, else ``start``); ``start``: :func:`dsn.workflows.build.start_weights`."""
     results: list[StageResult] = []
     fnet = build.feature_net(ctx.cfg)
+    from dsn.workflows.callbacks import stage_rng
+
     for name in ctx.cfg.stages:
+        stage_rng(ctx.ckpt_root / name, ctx.resume)  # a stage restarted on resume starts as it first did
         system, make_scorer = build.system(name, ctx.cfg, dm, fnet, start)
         results.append(run_stage(ctx, name, system, build.stage_data(dm, ctx.cfg, name), make_scorer))
         fnet = system.feature_net
@@ -163,24 +166,32 @@ def _stage_callbacks(ctx: FitContext, name: str, checkpoint) -> list:
 
 
 def train(ctx: FitContext, name: str, stage_run: str, trainer, system, dm, parts: _Parts) -> float:
-    """``trainer.fit`` (from ``last.ckpt`` when resuming); a Ctrl-C leaves ``last.ckpt`` and raises
-    ``KeyboardInterrupt``. Returns the seconds it took."""
+    """``trainer.fit`` (from ``last.ckpt`` when resuming; a damaged one is set aside and the stage starts anew);
+    SIGTERM / Ctrl-C stop it at a step boundary, leave ``last.ckpt`` and raise ``Terminated`` /
+    ``KeyboardInterrupt`` (:class:`~dsn.workflows.callbacks.InterruptedState`). Returns the seconds it took."""
+    from dsn.tracking import Terminated
+    from dsn.workflows.callbacks import usable_last
+
     last = ctx.ckpt_root / name / "last.ckpt"
-    ckpt_path = str(last) if ctx.resume and last.is_file() else None
+    ckpt_path = str(last) if ctx.resume and usable_last(last, system, name) else None
     ctx.info("\n[%s] training (MLflow run %s)%s", name, stage_run,
              f", resuming from {last}" if ckpt_path else "")
     t0 = time.perf_counter()
     try:
         trainer.fit(system, datamodule=dm, ckpt_path=ckpt_path)
-    except SystemExit:
+    except SystemExit as e:
         if parts.interrupted.seen:  # Lightning turns Ctrl-C into sys.exit(1) after its graceful shutdown
             signal.signal(signal.SIGINT, signal.default_int_handler)
             log.warning("[%s] interrupted: the last state is in %s; continue with `dsn fit ... --resume`.", name,
                         parts.interrupted.ckpt_path)
             raise KeyboardInterrupt from None
+        if type(e).__name__ == "SIGTERMException":  # Lightning's own, under DDP
+            raise Terminated() from None
         raise
-    if parts.interrupted.seen:
+    if parts.interrupted.seen or parts.interrupted.requested == signal.SIGINT:
         raise KeyboardInterrupt
+    if parts.interrupted.requested is not None:  # after the last training step: the stage restarts on resume
+        raise Terminated()
     return time.perf_counter() - t0
 
 
