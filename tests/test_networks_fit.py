@@ -71,8 +71,9 @@ def test_deepsleepnet_configs_build_the_same_networks(conf):
     ({"net.class_path": "nopkg_xyz.Net"}, ["nopkg_xyz.Net", "pip install nopkg_xyz"]),
     ({"net.class_path": "fake_nets.NoSuchNet"}, ["fake_nets", "NoSuchNet"]),
     ({"finetune.net.class_path": "gru"}, ["finetune.net.class_path", "bilstm, lstm, transformer, none"]),
-    ({"net.class_path": "fake_nets.TinyStager"}, ["pretrain.system.l2_layers", "none"]),
-    ({"net.class_path": "fake_nets.TinyStager", "net.init_args": {"n_filter": 4}}, ["n_filter"]),
+    ({"net.class_path": "fake_nets.TinyStager"}, ["net.bn_momentum", "fake_nets.TinyStager"]),  # demo.yaml sets it
+    ({"net.class_path": "fake_nets.TinyStager", "net.bn_momentum": 0.001}, ["pretrain.system.l2_layers", "none"]),
+    ({"net.class_path": "fake_nets.TinyStager", "net.bn_momentum": 0.001, "net.init_args": {"n_filter": 4}}, ["n_filter"]),
 ])  # fmt: skip
 def test_network_config_errors_are_one_line(overrides, expected):
     with pytest.raises(ConfigError) as err:
@@ -97,7 +98,7 @@ def test_short_names_and_recipes_parse():
     net = build_sequence_net(config.to_dict(tr.finetune.net), build_encoder(config.to_dict(tr.net)))
     assert isinstance(net, EncoderSequenceNet) and isinstance(net.sequence_net, TransformerSequenceNet)
     # conf/chambon.yaml's keys fit braindecode's constructor (a stand-in with its signature: braindecode not needed)
-    ch = config.load_config(["conf/chambon.yaml"], {"net.class_path": "fake_nets.ChambonLike"})
+    ch = config.parse(["--config", "conf/chambon.yaml", "--net.class_path", "fake_nets.ChambonLike"])
     enc = build_encoder(config.to_dict(ch.net))
     assert isinstance(enc, ExternalEncoder) and enc.returns == "features" and enc.n_chans == 2
 
@@ -156,7 +157,8 @@ def test_tinysleepnet_one_stage_fit_logs_registers_predicts_and_exports(synth_di
     loaded = load_scorer("models:/tiny/1", uri)
     spec = loaded.spec()
     assert spec["config"]["net"]["class_path"] == "dsn.models.TinySleepNetEncoder"
-    assert spec["config"]["finetune_net"] == {"class_path": "lstm", "init_args": {"hidden_size": 16, "n_layers": 1, "drop_prob": 0.5}}
+    # a dotted init_args override replaces the recipe's init_args, as jsonargparse does
+    assert spec["config"]["finetune_net"] == {"class_path": "lstm", "init_args": {"hidden_size": 16}, "n_outputs": 5}
     proba = _predict(synth_dir, tmp_path, tracking_home, "models:/tiny/1", capsys)
     x = torch.randn(12, 1, 3000)
     # the LSTM reads the night in one pass: the same as its chunks with the state carried
@@ -176,7 +178,12 @@ def test_tinysleepnet_one_stage_fit_logs_registers_predicts_and_exports(synth_di
     assert proba.shape[1] == 5
     import mlflow
 
-    model = mlflow.pyfunc.load_model(f"runs:/{res.stage('finetune').run_id}/model")
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.pyfunc.load_model("models:/tiny/1")
+    finally:
+        mlflow.set_tracking_uri(before)
     psg = sorted(Path(synth_dir).glob("*-PSG.edf"))[0]
     from dsn.data.psg import read_epochs
 
