@@ -132,12 +132,17 @@ def _predict(synth_dir, tmp_path, home, ref: str, capsys) -> np.ndarray:
 
 
 def _logged_figures(home, run_id):
+    """The stage run's metrics, after checking it logged per-class F1 and a confusion matrix of the test split."""
     import mlflow
 
     from dsn import tracking
 
-    run = mlflow.MlflowClient(tracking.tracking_uri(None, home)).get_run(run_id)
-    return run.data.metrics
+    client = mlflow.MlflowClient(tracking.tracking_uri(None, home))
+    metrics = client.get_run(run_id).data.metrics
+    assert all(f"selected/test/f1_{c}" in metrics for c in ("W", "N1", "N2", "N3", "REM")), sorted(metrics)
+    files = [f.path for f in client.list_artifacts(run_id, "test")]
+    assert "test/confusion_matrix.json" in files, files
+    return metrics
 
 
 def test_tinysleepnet_one_stage_fit_logs_registers_predicts_and_exports(synth_dir, tracking_home, tmp_path, capsys):
@@ -152,7 +157,7 @@ def test_tinysleepnet_one_stage_fit_logs_registers_predicts_and_exports(synth_di
     assert isinstance(scorer.net, EncoderSequenceNet) and isinstance(scorer.net.sequence_net, LstmSequenceNet)
     assert isinstance(scorer.feature_net, TinySleepNetEncoder)
     metrics = _logged_figures(tracking_home, res.stage("finetune").run_id)
-    assert any(k.startswith("test/f1_") for k in metrics) or any("f1" in k for k in metrics)
+    assert 0.0 <= metrics["selected/test/f1_macro"] <= 1.0
     uri = f"sqlite:///{tracking_home.resolve()}/mlflow.db"
     loaded = load_scorer("models:/tiny/1", uri)
     spec = loaded.spec()
@@ -213,7 +218,7 @@ def test_other_networks_fit_and_predict(case, synth_dir, tracking_home, tmp_path
     stage = res.stages[-1]
     assert isinstance(stage.scorer.net, (EncoderSequenceNet, FeatureClassifierNet))
     assert res.registered == (case, "1")
-    assert any("f1" in k for k in _logged_figures(tracking_home, stage.run_id))
+    assert "selected/test/kappa" in _logged_figures(tracking_home, stage.run_id)
     proba = _predict(synth_dir, tmp_path, tracking_home, f"models:/{case}/1", capsys)
     assert np.isfinite(proba).all()
 

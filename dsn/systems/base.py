@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from dsn.data.labels import IGNORE_INDEX, N_CLASSES
+from dsn.errors import ModelError
 from dsn.systems.metrics import SleepStageMetrics
 
 EVAL_SPLITS = ("val", "test")
@@ -28,7 +29,7 @@ def l2_weights(feature_net: nn.Module, which: str, key: str = "l2_layers") -> li
 
     Raises
     ------
-    ValueError
+    ModelError
         One line naming ``key`` when the encoder has no first convs to decay (set ``none`` or ``all``).
     """
     if which == "all":
@@ -42,10 +43,10 @@ def l2_weights(feature_net: nn.Module, which: str, key: str = "l2_layers") -> li
             return list(own(which))
         except ValueError as e:
             msg = str(e)
-            raise ValueError(f"{key}{msg[len('l2_layers'):]}" if msg.startswith("l2_layers") else f"{key}={which!r}: {msg}") from None
+            raise type(e)(f"{key}{msg[len('l2_layers'):]}" if msg.startswith("l2_layers") else f"{key}={which!r}: {msg}") from None
     if which == "none":
         return []
-    raise ValueError(f"{key}={which!r} names DeepFeatureNet's first convs, which {type(feature_net).__name__} does not "
+    raise ModelError(f"{key}={which!r} names DeepFeatureNet's first convs, which {type(feature_net).__name__} does not "
                      "have; set l2_layers: none (or all: every conv)")
 
 #: Learning-rate schedule after the warm-up: constant (the paper) or cosine decay to 0.
