@@ -194,6 +194,11 @@ def test_tinysleepnet_one_stage_fit_logs_registers_predicts_and_exports(synth_di
 
     epochs = read_epochs(psg).x[:30].astype(np.float32)
     assert np.asarray(model.predict(epochs)).shape[0] == 30
+    out = tmp_path / "evaluate"  # dsn evaluate over the data set's recordings
+    rc = cli(["evaluate", "--model", "models:/tiny/1", "--data.data_dir", str(synth_dir), "--data.cache_dir",
+              str(tmp_path / "c"), "--out", str(out), "--tracking.home", str(tracking_home)])
+    assert rc == 0, capsys.readouterr()
+    assert json.loads((out / "evaluate_summary.json").read_text())["pooled"]["n_epochs"] > 0
 
 
 @pytest.mark.slow
