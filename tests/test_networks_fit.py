@@ -183,12 +183,10 @@ def test_tinysleepnet_one_stage_fit_logs_registers_predicts_and_exports(synth_di
     assert proba.shape[1] == 5
     import mlflow
 
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    from dsn import tracking
+
+    with tracking._global_uri(uri):
         model = mlflow.pyfunc.load_model("models:/tiny/1")
-    finally:
-        mlflow.set_tracking_uri(before)
     psg = sorted(Path(synth_dir).glob("*-PSG.edf"))[0]
     from dsn.data.psg import read_epochs
 
