@@ -269,3 +269,30 @@ def test_missing_package_of_a_saved_model_is_one_line(tmp_path):
     with pytest.raises(ModelError) as err:
         read_artifact(folder)
     assert "pip install gonepkg==1.2.3" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_onnx_export_of_stateless_sequence_models_and_its_refusal(tmp_path, monkeypatch):
+    """transformer and none export as `epochs -> proba` of one chunk; a network that does not export is one line."""
+    ort = pytest.importorskip("onnxruntime")
+    from dsn.errors import ModelError
+    from dsn.models import EncoderSequenceNet, NoSequence, TinySleepNetEncoder, TransformerSequenceNet
+    from dsn.models.scoring import SleepScorer
+    from dsn.workflows.export import export
+
+    torch.manual_seed(0)
+    fnet = TinySleepNetEncoder()
+    prep = {"channels": ["EEG Fpz-Cz"], "sfreq": 100.0, "epoch_sec": 30.0}
+    x = torch.randn(4, 1, 3000).numpy()
+    for seq in (TransformerSequenceNet(fnet.n_features, d_model=16, n_heads=2), NoSequence(fnet.n_features)):
+        scorer = SleepScorer(EncoderSequenceNet(fnet, seq), prep, {}, seq_len=4).eval()
+        path = export(scorer, "onnx", tmp_path / f"{type(seq).__name__}.onnx")
+        out = ort.InferenceSession(str(path)).run(None, {"epochs": x})[0]
+        np.testing.assert_allclose(out, scorer.raw_proba(x), atol=1e-5)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'aten::odd_op' is not supported\nmore detail")
+
+    monkeypatch.setattr(torch.onnx, "export", fail)
+    with pytest.raises(ModelError) as err:
+        export(scorer, "onnx", tmp_path / "no.onnx")
+    assert "aten::odd_op" in str(err.value) and "\n" not in str(err.value) and not (tmp_path / "no.onnx").exists()

@@ -28,6 +28,7 @@ offset from zeros), and keep the first streaming's probabilities outside it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Literal
@@ -187,6 +188,24 @@ def zero_state(scorer):
     return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
 
 
+@contextlib.contextmanager
+def _no_attention_fastpath():
+    """torch's fused inference kernel of ``nn.TransformerEncoder`` off while tracing (ONNX has no such operator;
+    the unfused layers compute the same)."""
+    import torch
+
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
+
+
 def export(scorer, fmt: Literal["onnx", "torchscript"], out: str | Path) -> Path:
     """Write ``scorer``'s networks to ``out`` as ``fmt`` (see the module doc); returns the path.
 
@@ -213,7 +232,7 @@ def export(scorer, fmt: Literal["onnx", "torchscript"], out: str | Path) -> Path
     spec = json.dumps(scorer.spec(), default=str)
     tmp = out.with_name(out.name + ".tmp")
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _no_attention_fastpath():
             warnings.simplefilter("ignore")  # tracer and exporter notes on the fixed shapes
             if fmt == "torchscript":
                 traced = torch.jit.trace(module, args, check_trace=False)
