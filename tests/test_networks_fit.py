@@ -296,3 +296,26 @@ def test_onnx_export_of_stateless_sequence_models_and_its_refusal(tmp_path, monk
     with pytest.raises(ModelError) as err:
         export(scorer, "onnx", tmp_path / "no.onnx")
     assert "aten::odd_op" in str(err.value) and "\n" not in str(err.value) and not (tmp_path / "no.onnx").exists()
+
+
+def test_init_model_of_another_network_must_match_its_class_and_init_args():
+    """`--init` compares class_path and init_args (drop_prob, bn_momentum may differ), one line naming the key."""
+    from dsn.models.networks import build_encoder, build_sequence_net, encoder_config, sequence_config
+    from dsn.models.scoring import SleepScorer
+    from dsn.workflows import build
+
+    cfg = config.load_config(["conf/tinysleepnet.yaml"])
+    d = config.to_dict(cfg)
+    enc = build_encoder(d["net"])
+    model = SleepScorer(build_sequence_net(d["finetune"]["net"], enc),
+                        {"channels": list(cfg.data.channels), "sfreq": 100.0, "normalize": "none"},
+                        {"net": encoder_config(d["net"], enc), "finetune_net": sequence_config(d["finetune"]["net"])})
+    build.check_init(model, cfg, "m")
+    build.check_init(model, config.set_keys(cfg, {"net.init_args": {"drop_prob": 0.3}}), "m")
+    for over, key in (({"net.init_args": {"first_stride": 25}}, "net.init_args.first_stride"),
+                      ({"finetune.net.init_args": {"hidden_size": 64}}, "finetune.net.init_args.hidden_size"),
+                      ({"finetune.net.class_path": "transformer", "finetune.net.init_args": {}}, "finetune.net.class_path"),
+                      ({"net.class_path": "DeepFeatureNet", "net.init_args": {}}, "net.class_path")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
+            build.check_init(model, config.set_keys(cfg, over), "m")
+        assert "\n" not in str(err.value)

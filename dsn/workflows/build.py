@@ -143,14 +143,27 @@ def check_init(scorer, cfg, source: str) -> None:
             raise ConfigError(f"{head} finetune.net.n_outputs is {n_ours} but the model has {n_model} classes "
                               f"({scorer.class_names}); give --finetune.net.n_outputs {n_model} or train without --init.")
     for section, mine, theirs in checks:
-        for k, v in theirs.items():
-            if k in TRAINING_ONLY_NET_KEYS or k in ("sfreq", "n_chans", "n_outputs") or k not in mine or mine[k] == v:
+        ours, model = _architecture_items(mine), _architecture_items(theirs)
+        if "class_path" in theirs:  # another network: an init_args key given on one side only differs too
+            model.update({k: "its default" for k in ours if k.startswith("init_args.") and k not in model})
+        for k, v in model.items():
+            if k in ("sfreq", "n_chans", "n_outputs") or k not in ours or ours[k] == v:
                 continue
-            raise ConfigError(f"{head} {section}.{k} is {mine[k]!r} but the model was built with {v!r}; give "
-                              f"--{section}.{k} {v} (the model's value) or train without --init.")
+            fix = f"remove {section}.{k}" if v == "its default" else f"give --{section}.{k} {v} (the model's value)"
+            raise ConfigError(f"{head} {section}.{k} is {ours[k]!r} but the model was built with {v!r}; {fix} or "
+                              "train without --init.")
     if prep.get("normalize", "none") != data.normalize:
         log.warning("warning: init=%s was trained with data.normalize=%s, this fit uses %s: its first layers see "
                     "inputs of another scale.", source, prep.get("normalize", "none"), data.normalize)
+
+
+def _architecture_items(section: dict[str, Any]) -> dict[str, Any]:
+    """A network section's keys that fix its architecture, ``init_args`` spelt out (``init_args.KEY``), without
+    :data:`TRAINING_ONLY_NET_KEYS`."""
+    out = {k: v for k, v in section.items() if k != "init_args" and k not in TRAINING_ONLY_NET_KEYS}
+    args = section.get("init_args") or {}
+    out.update({f"init_args.{k}": v for k, v in args.items() if k not in TRAINING_ONLY_NET_KEYS})
+    return out
 
 
 def _net_pair(cfg, scorer) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -162,10 +175,10 @@ def _net_pair(cfg, scorer) -> tuple[dict[str, Any], dict[str, Any]]:
     from dsn.models.networks import encoder_config, is_default
 
     mine, theirs = to_dict(cfg.net), dict(scorer.config.get("net") or {})
-    if not (is_default(mine) and is_default(theirs)):
-        drop = ("package", "package_version")
-        return ({k: v for k, v in encoder_config(mine).items() if k not in drop},
-                {k: v for k, v in theirs.items() if k not in drop})
+    if not (is_default(mine) and is_default(theirs)):  # the class first, then its arguments
+        named = lambda d: {"class_path": "dsn.models.DeepFeatureNet", **{k: v for k, v in d.items()  # noqa: E731
+                                                                          if k not in ("package", "package_version")}}
+        return named(encoder_config(mine)), named(theirs)
     with torch.device("meta"):
         mine_net = feature_net(cfg)
     resolved = lambda net, raw: {k: getattr(net, k, v) for k, v in raw.items()}  # noqa: E731
