@@ -4,7 +4,9 @@ LightningCLI-style YAML parsed by jsonargparse from the signatures of the classe
 ``--config`` files stack (later overrides earlier), any key can be set in dotted form
 (``--pretrain.trainer.max_epochs 5``), and ``--print_config`` shows the resolved configuration.
 ``data.sfreq`` is linked to ``net.sfreq`` (the network is always built for the data's rate) and the number of
-``data.channels`` to ``net.n_chans``.
+``data.channels`` to ``net.n_chans``. ``net.class_path`` / ``finetune.net.class_path`` (with ``init_args``) name
+another epoch encoder or sequence model than DeepSleepNet's, whose keys stay flat beside them
+(:mod:`dsn.models.networks`).
 
 Library functions never exit: a bad value raises :class:`~dsn.errors.ConfigError` naming the dotted
 key, the value and what is allowed.
