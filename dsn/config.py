@@ -4,7 +4,9 @@ LightningCLI-style YAML parsed by jsonargparse from the signatures of the classe
 ``--config`` files stack (later overrides earlier), any key can be set in dotted form
 (``--pretrain.trainer.max_epochs 5``), and ``--print_config`` shows the resolved configuration.
 ``data.sfreq`` is linked to ``net.sfreq`` (the network is always built for the data's rate) and the number of
-``data.channels`` to ``net.n_chans``.
+``data.channels`` to ``net.n_chans``. ``net.class_path`` / ``finetune.net.class_path`` (with ``init_args``) name
+another epoch encoder or sequence model than DeepSleepNet's, whose keys stay flat beside them
+(:mod:`dsn.models.networks`).
 
 Library functions never exit: a bad value raises :class:`~dsn.errors.ConfigError` naming the dotted
 key, the value and what is allowed.
@@ -66,6 +68,10 @@ def add_training_arguments(p) -> None:
                    help="Also point this alias (e.g. champion) at the newly registered version.")
     p.add_class_arguments(SleepEDFDataModule, "data", skip={"mode", "batch_size", "seq_len"})
     p.add_class_arguments(DeepFeatureNet, "net")
+    _add_class_path(p, "net", "DeepFeatureNet",
+                    "The epoch encoder: DeepFeatureNet (DeepSleepNet's CNN, whose keys are net.*), TinySleepNetEncoder, a "
+                    "braindecode model (SleepStagerChambon2018 = braindecode.models.SleepStagerChambon2018) or your "
+                    "package.module.Class with braindecode's signature (n_chans, n_times, sfreq, n_outputs).")
     p.link_arguments("data.sfreq", "net.sfreq")
     p.link_arguments(("data.channels", "data.channel"), "net.n_chans", compute_fn=n_chans_of)
     p.add_class_arguments(PretrainSystem, "pretrain.system", skip={"net"})
@@ -73,6 +79,9 @@ def add_training_arguments(p) -> None:
     _add_stage_extras(p, "pretrain")
     p.add_class_arguments(Trainer, "pretrain.trainer", skip=TRAINER_SKIP)
     p.add_class_arguments(DeepSleepNet, "finetune.net", skip={"feature_net"})
+    _add_class_path(p, "finetune.net", "bilstm",
+                    "The sequence model: bilstm (DeepSleepNet's BiLSTM + shortcut, whose keys are finetune.net.*), lstm "
+                    "(TinySleepNet's), transformer, or none (a linear head on each epoch's features).")
     p.add_class_arguments(FinetuneSystem, "finetune.system", skip={"net"})
     p.add_argument("--finetune.batch_size", type=int, default=10, help="Sequences (parallel streams) per batch.")
     p.add_argument("--finetune.seq_len", type=int, default=25, help="Epochs per sequence.")
@@ -82,6 +91,13 @@ def add_training_arguments(p) -> None:
                         "(1: one streaming, the official test procedure).")
     _add_stage_extras(p, "finetune")
     p.add_class_arguments(Trainer, "finetune.trainer", skip=TRAINER_SKIP)
+
+
+def _add_class_path(p, section: str, default: str, help: str) -> None:
+    """``--SECTION.class_path`` and ``--SECTION.init_args`` (LightningCLI's subclass form; :mod:`dsn.models.networks`)."""
+    p.add_argument(f"--{section}.class_path", type=str, default=default, help=help)
+    p.add_argument(f"--{section}.init_args", type=dict[str, Any], default={},
+                   help=f"Constructor arguments of {section}.class_path (the data-linked ones excluded).")
 
 
 def n_chans_of(channels, channel=None) -> int:
@@ -308,9 +324,12 @@ def _short(e: Exception) -> str:
 def check(cfg) -> None:
     """Build the networks and systems a config describes, so that every bad value is reported now,
     as ``ConfigError("<section>.<key> ...")``, before any data is read or run opened."""
-    from dsn.models import DeepFeatureNet, DeepSleepNet
+    from dsn.models.networks import build_encoder, build_sequence_net
+    from dsn.systems.base import l2_weights
     from dsn.systems.finetune import FinetuneSystem
     from dsn.systems.pretrain import PretrainSystem
+
+    d = to_dict(cfg)
 
     def build(section: str, fn, *args, **kwargs):
         try:
@@ -318,19 +337,22 @@ def check(cfg) -> None:
         except (ValueError, TypeError) as e:
             msg = str(e)
             m = re.match(r"^(\w+)\b", msg)
-            if m and m.group(1) in kwargs:
+            if msg.startswith(section + "."):
+                raise ConfigError(msg) from None
+            if m and (m.group(1) in kwargs or f"{section}.{m.group(1)}" in flatten(d)):
                 raise ConfigError(f"{section}.{msg}") from None
             raise ConfigError(f"{section}: {msg}") from None
 
-    d = to_dict(cfg)
     _check_channels(d["data"])
-    fnet = build("net", DeepFeatureNet, **d["net"])
+    fnet = build("net", build_encoder, d["net"], d["pretrain"]["system"]["n_outputs"])
     if "pretrain" in d["stages"]:
         build("pretrain.system", PretrainSystem, fnet, **d["pretrain"]["system"])
+        build("pretrain.system", l2_weights, fnet, d["pretrain"]["system"]["l2_layers"], "pretrain.system.l2_layers")
     if "finetune" in d["stages"]:
         ft = dict(d["finetune"]["system"], pretrained=None)
-        net = build("finetune.net", DeepSleepNet, fnet, **d["finetune"]["net"])
+        net = build("finetune.net", build_sequence_net, d["finetune"]["net"], fnet)
         build("finetune.system", FinetuneSystem, net, **ft)
+        build("finetune.system", l2_weights, fnet, ft["l2_layers"], "finetune.system.l2_layers")
     for stage in TRAINING_STAGES:
         s = d[stage]
         if s["batch_size"] < 1:

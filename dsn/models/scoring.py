@@ -23,14 +23,17 @@ from torch import Tensor, nn
 
 from dsn.data.labels import STAGES
 from dsn.evaluation import apply_temperature
-from dsn.models.deepsleepnet import DeepFeatureNet, DeepSleepNet, FeatureClassifierNet
+from dsn.models.deepsleepnet import DeepSleepNet, FeatureClassifierNet
+from dsn.models.sequence import EncoderSequenceNet
 
 __all__ = ["SPEC_FORMAT", "NightFeatures", "SleepScorer"]
 
 #: Version of the spec layout, ``MAJOR.MINOR``. A minor bump adds keys with defaults (older dsn versions
 #: ignore them, :func:`~dsn.models.spec.upgrade_spec` fills them in for older specs); a major bump changes the meaning of
 #: existing keys, and a dsn that knows an older major refuses such a spec.
-SPEC_FORMAT = "1.0"
+#: 1.1: ``config.net`` and ``config.finetune_net`` may name another network (``class_path``, ``init_args``,
+#: ``package``, ``package_version``; :mod:`dsn.models.networks`); absent: DeepSleepNet's, as in 1.0.
+SPEC_FORMAT = "1.1"
 
 #: The spec's own keys (everything else a spec carries, e.g. ``calibration``, is kept in ``extra``).
 _SPEC_KEYS = ("format_version", "dsn_version", "kind", "preprocessing", "config", "class_names", "seq_len",
@@ -62,16 +65,18 @@ class SleepScorer(nn.Module):
 
     Parameters
     ----------
-    net : FeatureClassifierNet or DeepSleepNet
-        The trained network: the CNN with its softmax head (``kind="epoch"``, the pretraining stage) or
-        the sequence model (``kind="sequence"``, the fine-tuning stage).
+    net : FeatureClassifierNet, DeepSleepNet or EncoderSequenceNet
+        The trained network: the epoch encoder with its softmax head (``kind="epoch"``, the pretraining stage)
+        or the sequence network (``kind="sequence"``, the fine-tuning stage): DeepSleepNet, or any encoder with
+        another sequence model (:class:`~dsn.models.EncoderSequenceNet`).
     preprocessing : dict
         ``channel``, ``sfreq``, ``epoch_sec``, ``trim_minutes``, ``unscored`` and ``normalize`` (absent in
         models saved before that option: ``"none"``) of the training data. :meth:`predict_proba` takes
         epochs already normalised; :func:`dsn.workflows.predict.score_recording` applies it.
     config : dict
-        ``{"net": {...}, "finetune_net": {...}}``: the keyword arguments the networks were built with
-        (:func:`~dsn.models.spec.build_scorer` rebuilds the same networks from it).
+        ``{"net": {...}, "finetune_net": {...}}``: the keyword arguments the networks were built with, or another
+        network's ``class_path`` and ``init_args`` (:func:`~dsn.models.networks.encoder_config`;
+        :func:`~dsn.models.spec.build_scorer` rebuilds the same networks from it).
     class_names : list of str, default ``STAGES``
         Class index order of the outputs.
     seq_len : int, default 25
@@ -107,10 +112,11 @@ class SleepScorer(nn.Module):
         extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(net, (FeatureClassifierNet, DeepSleepNet)):
-            raise TypeError(f"net must be a FeatureClassifierNet or DeepSleepNet, got {type(net).__name__}")
+        if not isinstance(net, (FeatureClassifierNet, DeepSleepNet, EncoderSequenceNet)):
+            raise TypeError(f"net must be a FeatureClassifierNet, DeepSleepNet or EncoderSequenceNet, got {type(net).__name__}")
         self.net = net
-        self.kind: Literal["epoch", "sequence"] = "sequence" if isinstance(net, DeepSleepNet) else "epoch"
+        seq = isinstance(net, (DeepSleepNet, EncoderSequenceNet))
+        self.kind: Literal["epoch", "sequence"] = "sequence" if seq else "epoch"
         self.preprocessing = dict(preprocessing)
         self.config = dict(config)
         self.class_names = list(class_names)
@@ -122,7 +128,7 @@ class SleepScorer(nn.Module):
         self.extra = dict(extra or {})
 
     @property
-    def feature_net(self) -> DeepFeatureNet:
+    def feature_net(self) -> nn.Module:
         return self.net.feature_net
 
     @property
@@ -242,9 +248,9 @@ class SleepScorer(nn.Module):
             with _flush_denormals(device):
                 if self.kind == "epoch":
                     return NightFeatures(torch.cat([self.net(batch(i)) for i in range(0, n, batch_size)]))
-                net: DeepSleepNet = self.net
+                net = self.net
                 feats = torch.cat([net.feature_net(batch(i)) for i in range(0, n, batch_size)])
-                return NightFeatures(feats, net.shortcut(feats))
+                return NightFeatures(feats, net.shortcut(feats) if isinstance(net, DeepSleepNet) else None)
         finally:
             self.train(was_training)
 
@@ -268,7 +274,10 @@ class SleepScorer(nn.Module):
             missing = [o for o in offsets if o not in nf.rows]
             if missing:
                 with _flush_denormals(nf.feats.device):
-                    self._stream_offsets(nf, missing)
+                    if isinstance(self.net, DeepSleepNet):
+                        self._stream_offsets(nf, missing)
+                    else:
+                        self._sequence_offsets(nf, missing)
             proba = sum(nf.rows[o] for o in offsets)
             return (proba / n_off).float().cpu().numpy()
         finally:
@@ -299,6 +308,24 @@ class SleepScorer(nn.Module):
                     seq_out.append(out[0])
                 seq = torch.cat(seq_out)
             nf.rows[o] = torch.softmax(net.classifier(net.dropout(nf.shortcut + seq)), -1)
+
+    def _sequence_offsets(self, nf: NightFeatures, offsets: list[int]) -> None:
+        """Another sequence model over the night (:class:`~dsn.models.EncoderSequenceNet`), once per chunk offset.
+
+        A stateful model (``lstm``) with ``carry_state`` reads the night in one pass (the same as its chunks with
+        the state carried, so every offset gives the same rows); a stateless one (``transformer``) reads it in
+        chunks of ``seq_len`` epochs, each offset with its boundaries moved (:meth:`chunk_bounds`); ``none`` scores
+        each epoch alone (one pass).
+        """
+        seq = self.net.sequence_net
+        one_pass = type(seq).__name__ == "NoSequence" or (seq.stateful and self.carry_state)
+        for o in offsets:
+            if one_pass and nf.rows:
+                nf.rows[o] = next(iter(nf.rows.values()))
+                continue
+            bounds = [(0, nf.n_epochs)] if one_pass else self.chunk_bounds(nf.n_epochs, o)
+            logits = torch.cat([seq(nf.feats[None, i:j])[0] for i, j in bounds])
+            nf.rows[o] = torch.softmax(logits, -1)
 
     def chunk_bounds(self, n: int, offset: int = 0) -> list[tuple[int, int]]:
         """``(start, stop)`` of the chunks a night of ``n`` epochs is streamed in: a first chunk of ``offset``

@@ -16,7 +16,9 @@ from torch import Tensor, nn
 
 from dsn.data.labels import STAGES
 from dsn.errors import ModelError
-from dsn.models.deepsleepnet import DeepFeatureNet, DeepSleepNet, FeatureClassifierNet
+from dsn.models.deepsleepnet import DeepSleepNet, FeatureClassifierNet
+from dsn.models.networks import build_encoder, build_sequence_net, is_default
+from dsn.models.sequence import EncoderSequenceNet
 from dsn.models.scoring import _SPEC_KEYS, SPEC_FORMAT, SleepScorer
 
 __all__ = ["SPEC_FORMAT", "build_scorer", "scorer_from_legacy", "upgrade_spec"]
@@ -80,12 +82,18 @@ def build_scorer(spec: dict[str, Any], state_dict: dict[str, Tensor] | None = No
     spec = upgrade_spec(spec, source)
     cfg = spec["config"]
     n_outputs = len(spec["class_names"])
-    with torch.device("meta") if assign and state_dict is not None else contextlib.nullcontext():
-        feature_net = DeepFeatureNet(**cfg["net"])
-        if spec["kind"] == "sequence":
-            net: nn.Module = DeepSleepNet(feature_net, **{"n_outputs": n_outputs, **cfg.get("finetune_net", {})})
-        else:
-            net = FeatureClassifierNet(feature_net, n_outputs)
+    own = is_default(cfg["net"]) and (spec["kind"] == "epoch" or is_default({}, cfg.get("finetune_net", {})))
+    # meta: DeepSleepNet's networks are built without initialising weights; another network is built for real (an
+    # external module's dry run needs real tensors)
+    with torch.device("meta") if assign and state_dict is not None and own else contextlib.nullcontext():
+        try:
+            feature_net = build_encoder(cfg["net"], n_outputs, "config.net")
+            if spec["kind"] == "sequence":
+                net: nn.Module = build_sequence_net(cfg.get("finetune_net", {}), feature_net, n_outputs, "config.finetune_net")
+            else:
+                net = FeatureClassifierNet(feature_net, n_outputs)
+        except ModelError as e:
+            raise ModelError(f"{source}: {e}") from None
     scorer = SleepScorer(
         net, spec["preprocessing"], cfg, spec["class_names"], spec["seq_len"], spec["carry_state"],
         spec["n_offsets"], {k: v for k, v in spec.items() if k not in _SPEC_KEYS},
@@ -118,7 +126,8 @@ def scorer_from_legacy(obj: nn.Module, source: str = "model") -> SleepScorer:
     net = (d.get("_modules") or {}).get("net")
     if not isinstance(net, nn.Module) or not isinstance(d.get("config"), dict):
         raise ModelError(f"{source}: a {type(obj).__name__} without a network and its config: not a dsn scorer.")
-    spec: dict[str, Any] = {"kind": "sequence" if isinstance(net, DeepSleepNet) else "epoch", "format_version": "0"}
+    seq = isinstance(net, (DeepSleepNet, EncoderSequenceNet))
+    spec: dict[str, Any] = {"kind": "sequence" if seq else "epoch", "format_version": "0"}
     for key in ("preprocessing", "config", "class_names", "seq_len", "carry_state", "n_offsets"):
         if d.get(key) is not None:
             spec[key] = d[key]

@@ -13,12 +13,41 @@ import torch
 from torch import Tensor, nn
 
 from dsn.data.labels import IGNORE_INDEX, N_CLASSES
+from dsn.errors import ModelError
 from dsn.systems.metrics import SleepStageMetrics
 
 EVAL_SPLITS = ("val", "test")
 
-#: Which first conv layers get L2: the official code's small branch, the paper's both, or none.
-L2Layers = Literal["small", "both", "none"]
+#: Which conv layers get L2: DeepFeatureNet's small-branch first conv (the official code), both first convs
+#: (the paper), every conv of the encoder (``all``: the official TinySleepNet code), or none.
+L2Layers = Literal["small", "both", "all", "none"]
+
+
+def l2_weights(feature_net: nn.Module, which: str, key: str = "l2_layers") -> list[nn.Parameter]:
+    """The encoder weights that ``l2_layers: which`` decays: every conv kernel of ``feature_net`` for ``"all"``
+    (:meth:`~dsn.models.TinySleepNetEncoder.conv_weights` where it has one), else its ``first_conv_weights(which)``.
+
+    Raises
+    ------
+    ModelError
+        One line naming ``key`` when the encoder has no first convs to decay (set ``none`` or ``all``).
+    """
+    if which == "all":
+        own = getattr(feature_net, "conv_weights", None)
+        if callable(own):
+            return list(own())
+        return [m.weight for m in feature_net.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+    own = getattr(feature_net, "first_conv_weights", None)
+    if callable(own):
+        try:
+            return list(own(which))
+        except ValueError as e:
+            msg = str(e)
+            raise type(e)(f"{key}{msg[len('l2_layers'):]}" if msg.startswith("l2_layers") else f"{key}={which!r}: {msg}") from None
+    if which == "none":
+        return []
+    raise ModelError(f"{key}={which!r} names DeepFeatureNet's first convs, which {type(feature_net).__name__} does not "
+                     "have; set l2_layers: none (or all: every conv)")
 
 #: Learning-rate schedule after the warm-up: constant (the paper) or cosine decay to 0.
 LRSchedule = Literal["constant", "cosine"]

@@ -1,4 +1,5 @@
-"""Sequence fine-tuning: DeepSleepNet (CNN + BiLSTM + shortcut) on contiguous sequences, two learning rates."""
+"""Sequence fine-tuning: an encoder + sequence model (DeepSleepNet's CNN + BiLSTM + shortcut by default) on
+contiguous sequences, two learning rates."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from dsn.models import DeepFeatureNet, DeepSleepNet
-from dsn.systems.base import L2Layers, LRSchedule, SleepSystem, check_adam, check_number
+from dsn.systems.base import L2Layers, LRSchedule, SleepSystem, check_adam, check_number, l2_weights
 
 
-def load_pretrained(feature_net: DeepFeatureNet, source: str | Path | nn.Module) -> DeepFeatureNet:
+def load_pretrained(feature_net: nn.Module, source: str | Path | nn.Module) -> nn.Module:
     """Copy pretrained weights into ``feature_net`` (in place) and return it.
 
     ``source`` is a PretrainSystem/FinetuneSystem Lightning checkpoint (``.ckpt``), a saved
@@ -62,12 +62,13 @@ def load_pretrained(feature_net: DeepFeatureNet, source: str | Path | nn.Module)
 
 
 class FinetuneSystem(SleepSystem):
-    """Fine-tune :class:`~dsn.models.DeepSleepNet` on sequences (paper section II-C, "sequence residual learning").
+    """Fine-tune a sequence network on sequences (paper section II-C, "sequence residual learning").
 
     Parameters
     ----------
-    net : DeepSleepNet
-        The sequence net; its ``feature_net`` normally holds pretrained weights.
+    net : DeepSleepNet or EncoderSequenceNet
+        The sequence net (:class:`~dsn.models.DeepSleepNet`, or an :class:`~dsn.models.EncoderSequenceNet` of any
+        encoder and sequence model); its ``feature_net`` normally holds pretrained weights.
     pretrained : str, optional
         Where to load the feature net's pretrained weights from (see :func:`load_pretrained`);
         ``None`` keeps the weights ``net`` already has.
@@ -81,8 +82,8 @@ class FinetuneSystem(SleepSystem):
         Adam epsilon.
     weight_decay : float, default 1e-3
         L2 on the CNN's first conv layer(s), as in pretraining.
-    l2_layers : {"small", "both", "none"}, default "small"
-        Which first convs get L2: the small branch's (official code), both (paper), none.
+    l2_layers : {"small", "both", "all", "none"}, default "small"
+        Which encoder convs get L2, as in pretraining (:func:`~dsn.systems.base.l2_weights`).
     grad_clip_norm : float or None, default 10.0
         Gradients clipped to this global norm (paper: 10); ``None`` (or 0) disables.
     carry_state : bool, default True
@@ -107,7 +108,7 @@ class FinetuneSystem(SleepSystem):
 
     def __init__(
         self,
-        net: DeepSleepNet,
+        net: nn.Module,
         pretrained: str | None = None,
         lr_pretrained: float = 1e-6,
         lr_new: float = 1e-4,
@@ -133,7 +134,7 @@ class FinetuneSystem(SleepSystem):
         self._state: dict[str, tuple[Tensor, ...] | None] = {}
 
     @property
-    def feature_net(self) -> DeepFeatureNet:
+    def feature_net(self) -> nn.Module:
         return self.net.feature_net
 
     def forward(self, x: Tensor, state=None, return_state: bool = False):
@@ -166,7 +167,7 @@ class FinetuneSystem(SleepSystem):
 
     def configure_optimizers(self):
         hp = self.hparams
-        decayed = self.feature_net.first_conv_weights(hp.l2_layers)
+        decayed = l2_weights(self.feature_net, hp.l2_layers)
         groups = self.l2_groups(decayed, self.net.pretrained_parameters(), hp.lr_pretrained, hp.weight_decay)
         groups += self.l2_groups([], self.net.new_parameters(), hp.lr_new, 0.0)
         return self.with_schedule(self.adam(groups, hp.lr_new, hp.betas, hp.eps))

@@ -1,21 +1,25 @@
-"""Representation pretraining: the two-branch CNN with a softmax head on class-balanced single epochs."""
+"""Representation pretraining: an epoch encoder (DeepSleepNet's two-branch CNN by default) with a softmax head on
+class-balanced single epochs."""
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from dsn.data.labels import N_CLASSES
-from dsn.models import DeepFeatureNet, FeatureClassifierNet
-from dsn.systems.base import L2Layers, LRSchedule, SleepSystem, check_adam
+from dsn.models import FeatureClassifierNet
+from dsn.systems.base import L2Layers, LRSchedule, SleepSystem, check_adam, l2_weights
 
 
 class PretrainSystem(SleepSystem):
-    """Pretrain :class:`~dsn.models.DeepFeatureNet` (paper section II-B, "representation learning").
+    """Pretrain an epoch encoder (paper section II-B, "representation learning").
 
     Parameters
     ----------
-    net : DeepFeatureNet
-        The feature net to train (its weights later initialise fine-tuning).
+    net : nn.Module
+        The epoch encoder to train, ``(batch, n_chans, n_times) -> (batch, n_features)`` with ``n_features``
+        (:class:`~dsn.models.DeepFeatureNet`, :class:`~dsn.models.TinySleepNetEncoder`, an
+        :class:`~dsn.models.ExternalEncoder`); a linear head is put on its features. Its weights later
+        initialise fine-tuning.
     n_outputs : int, default 5
         Number of classes.
     lr : float, default 1e-4
@@ -27,8 +31,9 @@ class PretrainSystem(SleepSystem):
     weight_decay : float, default 1e-3
         L2 coefficient on the first conv layer(s) (coupled Adam ``weight_decay``, the official
         ``wd * sum(w**2) / 2`` loss term).
-    l2_layers : {"small", "both", "none"}, default "small"
-        Which first convs get L2: the small branch's (official code), both (paper), none.
+    l2_layers : {"small", "both", "all", "none"}, default "small"
+        Which convs get L2: DeepFeatureNet's small branch's first conv (official code), both first convs (paper),
+        every conv of the encoder (the official TinySleepNet code), none (:func:`~dsn.systems.base.l2_weights`).
     class_weights : list of float, optional
         Weighted cross-entropy, one weight > 0 per class (e.g. ``[1, 1.5, 1, 1, 1]``, TinySleepNet's N1);
         ``None`` (the paper): unweighted. See :class:`~dsn.systems.base.SleepSystem`.
@@ -46,7 +51,7 @@ class PretrainSystem(SleepSystem):
 
     def __init__(
         self,
-        net: DeepFeatureNet,
+        net: nn.Module,
         n_outputs: int = N_CLASSES,
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -64,7 +69,7 @@ class PretrainSystem(SleepSystem):
         self.model = FeatureClassifierNet(net, n_outputs)
 
     @property
-    def feature_net(self) -> DeepFeatureNet:
+    def feature_net(self) -> nn.Module:
         return self.model.feature_net
 
     def forward(self, x: Tensor) -> Tensor:
@@ -83,6 +88,6 @@ class PretrainSystem(SleepSystem):
     def configure_optimizers(self):
         hp = self.hparams
         groups = self.l2_groups(
-            self.feature_net.first_conv_weights(hp.l2_layers), list(self.parameters()), hp.lr, hp.weight_decay
+            l2_weights(self.feature_net, hp.l2_layers), list(self.parameters()), hp.lr, hp.weight_decay
         )
         return self.with_schedule(self.adam(groups, hp.lr, hp.betas, hp.eps))

@@ -48,16 +48,19 @@ def stage_data(dm, cfg, stage: str):
 
 
 def feature_net(cfg):
-    """The feature network ``net.*`` describes (random weights)."""
-    from dsn.models import DeepFeatureNet
+    """The epoch encoder ``net.*`` describes (random weights; :func:`dsn.models.networks.build_encoder`)."""
+    from dsn.models.networks import build_encoder
 
-    return DeepFeatureNet(**to_dict(cfg.net))
+    return build_encoder(to_dict(cfg.net), cfg.pretrain.system.n_outputs)
 
 
-def _scorer_kwargs(cfg, dm) -> dict[str, Any]:
-    """The scorer's preprocessing (read from the data module: channels, rates) and network config."""
-    return {"preprocessing": dm.scorer_preprocessing(),
-            "config": {"net": to_dict(cfg.net), "finetune_net": to_dict(cfg.finetune.net)}, "seq_len": cfg.finetune.seq_len}
+def _scorer_kwargs(cfg, dm, fnet) -> dict[str, Any]:
+    """The scorer's preprocessing (read from the data module: channels, rates) and network config (the spec's
+    form, :func:`dsn.models.networks.encoder_config`)."""
+    from dsn.models.networks import encoder_config, sequence_config
+
+    config = {"net": encoder_config(to_dict(cfg.net), fnet), "finetune_net": sequence_config(to_dict(cfg.finetune.net))}
+    return {"preprocessing": dm.scorer_preprocessing(), "config": config, "seq_len": cfg.finetune.seq_len}
 
 
 #: Keys of ``net`` / ``finetune.net`` that are training settings, not architecture: an ``init`` model may have
@@ -115,9 +118,8 @@ def check_init(scorer, cfg, source: str) -> None:
     config disagree on the architecture: the channels (names and number), ``data.sfreq``, the ``net.*`` keys
     and, when fine-tuning starts from a sequence model, the ``finetune.net.*`` keys and the number of classes.
     ``drop_prob`` and ``bn_momentum`` (:data:`TRAINING_ONLY_NET_KEYS`) may differ."""
-    import torch
-
     from dsn.data.channels import channel_names
+    from dsn.models.networks import is_default, sequence_config
 
     prep, spec_cfg, data = scorer.preprocessing, scorer.config, cfg.data
     model_ch, ours = channel_names(scorer.channels), channel_names(data.channels)
@@ -129,32 +131,64 @@ def check_init(scorer, cfg, source: str) -> None:
     if float(prep["sfreq"]) != float(data.sfreq):
         raise ConfigError(f"{head} data.sfreq is {data.sfreq} but the model was trained at {prep['sfreq']} Hz; "
                           f"give --data.sfreq {prep['sfreq']} (the recordings are resampled) or train without --init.")
-    with torch.device("meta"):  # the values a None stands for (kernel sizes, strides, n_times follow sfreq)
-        mine_net = feature_net(cfg)
-    resolved = lambda net, raw: {k: getattr(net, k, v) for k, v in raw.items()}  # noqa: E731
-    checks = [("net", resolved(mine_net, to_dict(cfg.net)), resolved(scorer.net.feature_net, spec_cfg.get("net") or {}))]
+    checks = [("net", *_net_pair(cfg, scorer))]
     if "finetune" in cfg.stages and scorer.kind == "sequence":
         ft_net = to_dict(cfg.finetune.net)
-        checks.append(("finetune.net", ft_net, spec_cfg.get("finetune_net") or {}))
+        theirs = spec_cfg.get("finetune_net") or {}
+        if not (is_default({}, ft_net) and is_default({}, theirs)):
+            ft_net = sequence_config(ft_net)
+        checks.append(("finetune.net", ft_net, theirs))
         n_model, n_ours = len(scorer.class_names), ft_net.get("n_outputs", len(scorer.class_names))
         if n_model != n_ours:
             raise ConfigError(f"{head} finetune.net.n_outputs is {n_ours} but the model has {n_model} classes "
                               f"({scorer.class_names}); give --finetune.net.n_outputs {n_model} or train without --init.")
     for section, mine, theirs in checks:
-        for k, v in theirs.items():
-            if k in TRAINING_ONLY_NET_KEYS or k in ("sfreq", "n_chans", "n_outputs") or k not in mine or mine[k] == v:
+        ours, model = _architecture_items(mine), _architecture_items(theirs)
+        if "class_path" in theirs:  # another network: an init_args key given on one side only differs too
+            model.update({k: "its default" for k in ours if k.startswith("init_args.") and k not in model})
+        for k, v in model.items():
+            if k in ("sfreq", "n_chans", "n_outputs") or k not in ours or ours[k] == v:
                 continue
-            raise ConfigError(f"{head} {section}.{k} is {mine[k]!r} but the model was built with {v!r}; give "
-                              f"--{section}.{k} {v} (the model's value) or train without --init.")
+            fix = f"remove {section}.{k}" if v == "its default" else f"give --{section}.{k} {v} (the model's value)"
+            raise ConfigError(f"{head} {section}.{k} is {ours[k]!r} but the model was built with {v!r}; {fix} or "
+                              "train without --init.")
     if prep.get("normalize", "none") != data.normalize:
         log.warning("warning: init=%s was trained with data.normalize=%s, this fit uses %s: its first layers see "
                     "inputs of another scale.", source, prep.get("normalize", "none"), data.normalize)
 
 
+def _architecture_items(section: dict[str, Any]) -> dict[str, Any]:
+    """A network section's keys that fix its architecture, ``init_args`` spelt out (``init_args.KEY``), without
+    :data:`TRAINING_ONLY_NET_KEYS`."""
+    out = {k: v for k, v in section.items() if k != "init_args" and k not in TRAINING_ONLY_NET_KEYS}
+    args = section.get("init_args") or {}
+    out.update({f"init_args.{k}": v for k, v in args.items() if k not in TRAINING_ONLY_NET_KEYS})
+    return out
+
+
+def _net_pair(cfg, scorer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``net`` section of the config and of the ``init`` model, comparable key by key: DeepFeatureNet's keys
+    with the values a None stands for (kernel sizes, strides, n_times follow sfreq); another encoder's spec form
+    (:func:`dsn.models.networks.encoder_config`)."""
+    import torch
+
+    from dsn.models.networks import encoder_config, is_default
+
+    mine, theirs = to_dict(cfg.net), dict(scorer.config.get("net") or {})
+    if not (is_default(mine) and is_default(theirs)):  # the class first, then its arguments
+        named = lambda d: {"class_path": "dsn.models.DeepFeatureNet", **{k: v for k, v in d.items()  # noqa: E731
+                                                                          if k not in ("package", "package_version")}}
+        return named(encoder_config(mine)), named(theirs)
+    with torch.device("meta"):
+        mine_net = feature_net(cfg)
+    resolved = lambda net, raw: {k: getattr(net, k, v) for k, v in raw.items()}  # noqa: E731
+    return resolved(mine_net, mine), resolved(scorer.net.feature_net, theirs)
+
+
 def _load_init(stage: str, cfg, init, target) -> None:
     """Copy the ``init`` model's weights into ``target`` (stage ``stage``'s network), in place: pretraining's
     ``FeatureClassifierNet`` gets the feature net (and the classifier of an epoch model), fine-tuning's
-    ``DeepSleepNet`` the whole sequence net of a sequence model (its feature net only when the fit did not
+    ``DeepSleepNet`` (or ``EncoderSequenceNet``) the whole sequence net of a sequence model (its feature net only when the fit did not
     pretrain), else the feature net of an epoch model (when the fit did not pretrain)."""
     own = init.net.state_dict()
     pretrained_here = "pretrain" in cfg.stages
@@ -176,7 +210,7 @@ def system(stage: str, cfg, dm, fnet, start=None) -> tuple[Any, Callable[[Any], 
 
     init = start if isinstance(start, SleepScorer) else None
 
-    kw = _scorer_kwargs(cfg, dm)
+    kw = _scorer_kwargs(cfg, dm, fnet)
     if stage == "pretrain":
         from dsn.systems.pretrain import PretrainSystem
 
@@ -184,14 +218,14 @@ def system(stage: str, cfg, dm, fnet, start=None) -> tuple[Any, Callable[[Any], 
         if init is not None:
             _load_init(stage, cfg, init, pre.model)
         return pre, lambda s: SleepScorer(s.model, **kw)
-    from dsn.models import DeepSleepNet
+    from dsn.models.networks import build_sequence_net
     from dsn.systems.finetune import FinetuneSystem
 
     if start is not None and init is None:
         fnet.load_state_dict(start.state_dict())
     ft = {k: v for k, v in to_dict(cfg.finetune.system).items() if k != "pretrained"}
     carry, n_offsets = bool(ft.get("carry_state", True)), cfg.finetune.n_offsets
-    net = DeepSleepNet(fnet, **to_dict(cfg.finetune.net))
+    net = build_sequence_net(to_dict(cfg.finetune.net), fnet)
     if init is not None:
         _load_init(stage, cfg, init, net)
     return FinetuneSystem(net, **ft), lambda s: SleepScorer(s.net, **kw, carry_state=carry, n_offsets=n_offsets)

@@ -12,7 +12,11 @@ metadata ``dsn_model``, TorchScript: extra file ``dsn_model.json``), so the prep
   first, then the backward stack's; zeros start a night). Feeding a night's chunks of ``seq_len`` epochs in
   order, each with the state the previous one returned, is ``dsn predict``'s streaming with
   ``n_offsets: 1`` (chunk-offset averaging repeats it with shifted chunks; see
-  :meth:`dsn.models.scoring.SleepScorer.predict_proba`).
+  :meth:`dsn.models.scoring.SleepScorer.predict_proba`);
+- another sequence network (:mod:`dsn.models.networks`): with ``finetune.net.class_path: lstm`` as above, each
+  state ``(n_layers, 1, hidden_size)``; with ``transformer`` or ``none`` (no state) ``epochs -> proba`` of one
+  chunk (feed a night in chunks of ``seq_len`` epochs). A network that does not trace (an external module's
+  own code) is refused in one line.
 
 The input is the epochs as the network reads them: in µV for a model trained on raw signals, normalised
 per recording (:func:`dsn.data.normalize.normalize`) for the others. To score a whole night of a normalised
@@ -24,11 +28,12 @@ offset from zeros), and keep the first streaming's probabilities outside it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Literal
 
-from dsn.errors import ConfigError
+from dsn.errors import ConfigError, DsnError, ModelError
 
 FORMATS = ("onnx", "torchscript")
 #: File name extensions that say a format (``--format`` inferred from them, a mismatch refused).
@@ -134,8 +139,19 @@ def streaming_module(scorer):
                 return torch.softmax(self.net(epochs), -1)
 
         return EpochScorer().eval()
-    n = net.n_layers
-    official = net.bidirectional_mode == "official"
+    if _stateless(scorer):  # another sequence model without state (transformer, none): one chunk in, one out
+
+        class ChunkScorer(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = net
+
+            def forward(self, epochs):
+                return torch.softmax(self.net(epochs[None])[0], -1)
+
+        return ChunkScorer().eval()
+    n = net.n_layers if hasattr(net, "bidirectional_mode") else 0  # 0: an (h, c) state as it is (lstm)
+    official = getattr(net, "bidirectional_mode", None) == "official"
 
     class SequenceScorer(nn.Module):
         def __init__(self):
@@ -153,12 +169,41 @@ def streaming_module(scorer):
     return SequenceScorer().eval()
 
 
+def _stateless(scorer) -> bool:
+    """Whether the exported module takes epochs alone (an epoch model, or a sequence model without state:
+    ``transformer`` and ``none`` score each chunk given on its own)."""
+    seq = getattr(scorer.net, "sequence_net", None)
+    return scorer.kind == "epoch" or (seq is not None and not seq.stateful)
+
+
 def zero_state(scorer):
     """``(h, c)`` zeros that start a night for an exported sequence model (numpy float32)."""
     import numpy as np
 
-    shape = (2 * scorer.net.n_layers, 1, scorer.net.hidden_size)
+    seq = getattr(scorer.net, "sequence_net", None)
+    if seq is not None:  # dsn.models.LstmSequenceNet: (n_layers, 1, hidden)
+        shape = (seq.n_layers, 1, seq.hidden_size)
+    else:
+        shape = (2 * scorer.net.n_layers, 1, scorer.net.hidden_size)
     return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+
+@contextlib.contextmanager
+def _no_attention_fastpath():
+    """torch's fused inference kernel of ``nn.TransformerEncoder`` off while tracing (ONNX has no such operator;
+    the unfused layers compute the same)."""
+    import torch
+
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
 
 
 def export(scorer, fmt: Literal["onnx", "torchscript"], out: str | Path) -> Path:
@@ -182,18 +227,27 @@ def export(scorer, fmt: Literal["onnx", "torchscript"], out: str | Path) -> Path
     module = streaming_module(scorer)
     fn = scorer.feature_net
     epochs = torch.zeros(max(2, min(scorer.seq_len, 4)), fn.n_chans, fn.n_times)
-    args = (epochs,) if scorer.kind == "epoch" else (epochs, *map(torch.from_numpy, zero_state(scorer)))
+    kind = "epoch" if _stateless(scorer) else "sequence"
+    args = (epochs,) if kind == "epoch" else (epochs, *map(torch.from_numpy, zero_state(scorer)))
     spec = json.dumps(scorer.spec(), default=str)
     tmp = out.with_name(out.name + ".tmp")
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _no_attention_fastpath():
             warnings.simplefilter("ignore")  # tracer and exporter notes on the fixed shapes
             if fmt == "torchscript":
                 traced = torch.jit.trace(module, args, check_trace=False)
                 torch.jit.save(traced, str(tmp), _extra_files={"dsn_model.json": spec})
             else:
-                _export_onnx(module, args, tmp, scorer.kind, spec)
+                _export_onnx(module, args, tmp, kind, spec)
         tmp.replace(out)
+    except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
+        if isinstance(e, DsnError):
+            raise
+        what = getattr(scorer.feature_net, "class_path", type(scorer.feature_net).__name__)
+        seq = type(getattr(scorer.net, "sequence_net", scorer.net)).__name__
+        raise ModelError(f"{what} + {seq} cannot be exported as {fmt} ({type(e).__name__}: "
+                         f"{(str(e).strip().splitlines() or [''])[0][:200]}); score with `dsn predict` or the MLflow model "
+                         "instead.") from None
     finally:
         tmp.unlink(missing_ok=True)
     return out
