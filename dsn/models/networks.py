@@ -31,7 +31,7 @@ from torch import nn
 
 from dsn.errors import ModelError
 from dsn.models.deepsleepnet import DeepFeatureNet, DeepSleepNet, _round_half_up
-from dsn.models.external import ExternalEncoder, install_hint, resolve_class
+from dsn.models.external import ExternalEncoder, resolve_class
 from dsn.models.sequence import SEQUENCE_NETS, EncoderSequenceNet, make_sequence_net
 from dsn.models.tinysleepnet import TinySleepNetEncoder
 

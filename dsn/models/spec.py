@@ -18,8 +18,8 @@ from dsn.data.labels import STAGES
 from dsn.errors import ModelError
 from dsn.models.deepsleepnet import DeepSleepNet, FeatureClassifierNet
 from dsn.models.networks import build_encoder, build_sequence_net, is_default
-from dsn.models.sequence import EncoderSequenceNet
 from dsn.models.scoring import _SPEC_KEYS, SPEC_FORMAT, SleepScorer
+from dsn.models.sequence import EncoderSequenceNet
 
 __all__ = ["SPEC_FORMAT", "build_scorer", "scorer_from_legacy", "upgrade_spec"]
 
