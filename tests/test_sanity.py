@@ -68,8 +68,9 @@ def test_training_refuses_a_flat_night_and_names_it(synth_copy, tmp_path, monkey
 
     def flat(f, *a, **k):
         rec = real(f, *a, **k)
-        if Path(f.psg).name == victim:
+        if Path(f.psg).name == victim:  # flattened after its cache entry was judged: an entry without the record
             rec.x = np.zeros_like(np.asarray(rec.x))
+            rec.meta = {k: v for k, v in rec.meta.items() if k != "signal_problems"}
         return rec
 
     monkeypatch.setattr(dmod, "load_recording", flat)
@@ -194,3 +195,25 @@ def test_served_model_answers_nan_with_400(pyfunc_model, tracking_home):
         if proc.poll() is None:
             os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+def test_a_cache_entry_records_its_signal_problems_so_a_warm_setup_reads_no_sample(synth_copy, tmp_path):
+    """The training check is judged once, when the cache entry is written; a warm set-up takes it from meta.json
+    (an entry without it, from an older dsn, is checked from its samples)."""
+    import json
+
+    from dsn.data.datasets import find_recordings
+    from dsn.data.recording import Preprocessing, load_recording
+    from dsn.data.sanity import recorded_problems
+
+    f = find_recordings(synth_copy)[0]
+    prep = Preprocessing()
+    rec = load_recording(f, prep, tmp_path / "cache")
+    assert rec.meta["signal_problems"] == []
+    meta_file = next((tmp_path / "cache").rglob("meta.json"))
+    meta = json.loads(meta_file.read_text())
+    assert meta["signal_problems"] == []
+    flat = np.zeros_like(np.asarray(rec.x))
+    recorded = {"signal_problems": [{"channel": "EEG Fpz-Cz", "kind": "flat", "share": 1.0}]}
+    assert [p.kind for p in recorded_problems(recorded, rec.x)] == ["flat"]  # taken from meta, not the samples
+    assert recorded_problems({}, rec.x) == [] and [p.kind for p in recorded_problems({}, flat, ["EEG Fpz-Cz"])] == ["flat"]

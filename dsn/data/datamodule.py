@@ -26,7 +26,7 @@ from dsn.data.sampling import (
     StreamBatchSampler,
     independent_windows,
 )
-from dsn.data.sanity import check_signals, describe_problems
+from dsn.data.sanity import describe_problems, recorded_problems
 from dsn.data.splits import Split, fixed_split, subject_kfold
 
 SPLITS = ("train", "val", "test")
@@ -304,7 +304,7 @@ class SleepEDFDataModule(L.LightningDataModule):
             it = tqdm(wanted, desc="Loading recordings", unit="rec", leave=False)
         for f in it:
             rec = load_recording(f, self.prep, self.hparams.cache_dir, self.hparams.use_cache)
-            if problems := check_signals(rec.x, self.prep.channel_names):  # refused, not warned: see dsn.data.sanity
+            if problems := recorded_problems(rec.meta, rec.x, self.prep.channel_names):  # refused, not warned (sanity)
                 raise DataError(f"{describe_problems(problems, str(f.psg))}: a training night must carry signal on "
                                 f"every channel; move it out of {self.hparams.data_dir} and fit again.")
             if self.hparams.normalize != "none":

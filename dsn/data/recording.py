@@ -15,6 +15,7 @@ from dsn.data.datasets import RecordingFiles
 from dsn.data.edf import read_channels
 from dsn.data.hypnograms import UNANNOTATED, stage_labels, trim_and_clean
 from dsn.data.labels import IGNORE_INDEX
+from dsn.data.sanity import check_signals
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,10 @@ def load_recording(
             x, y, meta = entry
             return Recording(files.name, files.subject, files.night, x, y, prep.sfreq, meta)
     epochs, keep, y, info = _prepare(files, prep)
-    meta = {"psg": str(files.psg), "hypnogram": str(files.hypnogram), "params": params, "channels": info}
+    meta = {"psg": str(files.psg), "hypnogram": str(files.hypnogram), "params": params, "channels": info,
+            # judged once, while the night is in memory: a warm set-up then reads no sample (dsn.data.sanity)
+            "signal_problems": [{"channel": p.channel, "kind": p.kind, "share": float(p.share)}
+                                for p in check_signals(epochs[keep], prep.channel_names)]}
     if folder is not None:
         cache.write_entry(folder, epochs, y, meta, rows=keep)
         entry = cache.load_entry(folder)

@@ -59,6 +59,14 @@ class SignalProblem:
         return {**asdict(self), "message": self.describe()}
 
 
+def recorded_problems(meta: dict[str, Any], x: np.ndarray, channels: Sequence[str] | None = None) -> list[SignalProblem]:
+    """The problems a cache entry's ``meta`` recorded when it was written (``signal_problems``), else (an entry
+    written before dsn recorded them) :func:`check_signals` of ``x``, which reads every sample."""
+    if "signal_problems" in meta:
+        return [SignalProblem(p["channel"], p["kind"], float(p["share"])) for p in meta["signal_problems"]]
+    return check_signals(x, channels)
+
+
 def _channel_problem(x: np.ndarray, name: str) -> SignalProblem | None:
     """The problem of one channel's ``(n_epochs, n_times)`` epochs, or None."""
     if x.size == 0:
