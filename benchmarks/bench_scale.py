@@ -149,7 +149,7 @@ def _stage(cfg, dm, stage: str, batches: int) -> dict:
             self.ends.append(time.perf_counter())
 
     steps = StepTimes()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=batches, limit_val_batches=0,
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=batches,
                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, use_distributed_sampler=False, callbacks=[steps])
     trainer.fit(system, train_dataloaders=loader)
