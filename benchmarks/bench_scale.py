@@ -18,8 +18,8 @@ a fresh child process whose peak resident set size (``ru_maxrss`` from ``os.wait
   write every night's cache entry): wall seconds per night and cache bytes per night;
 * **setup**: the same with the warm cache: wall seconds and the peak RSS of the set-up (and its growth over
   the process after imports);
-* **pretrain** / **finetune**: set-up, then the stage's ``train_dataloader()`` (sampler set-up: the
-  oversampling index or the stream layout), one training epoch capped at ``--batches`` steps (so its
+* **pretrain** / **finetune**: set-up, then the stage's ``train_dataloader()`` and one pass over its sampler
+  (sampler set-up: the oversampling index or the stream layout, and one epoch's keys), one training epoch capped at ``--batches`` steps (so its
   cost does not grow with the data; steps/s from the second step on) and one validation pass over the whole
   validation split (which grows with the nights: its time should be linear), peak RSS of the process.
 
@@ -125,7 +125,7 @@ def _config(spec: dict):
         "data.data_dir": spec["data_dir"], "data.dataset": "nsrr", "data.channels": CHANNELS,
         "data.cache_dir": spec["cache_dir"], "data.progress": False, "data.num_workers": 0,
         "data.train_subjects": spec["subjects"][n_val:], "data.val_subjects": spec["subjects"][:n_val],
-        "data.test_subjects": [], **(TINY if spec["tiny"] else {}),
+        "data.test_subjects": [], "data.normalize": spec["normalize"], **(TINY if spec["tiny"] else {}),
     }  # fmt: skip
     return config.load_config([ROOT / "conf/demo.yaml", ROOT / "conf/debug.yaml"], overrides)
 
@@ -138,7 +138,9 @@ def _stage(cfg, dm, stage: str, batches: int) -> dict:
 
     sdm = build.stage_data(dm, cfg, stage)
     t = time.perf_counter()
-    loader = sdm.train_dataloader()
+    loader = sdm.train_dataloader()  # builds the sampler (oversampling index, stream layout)
+    sampler = loader.sampler if loader.batch_sampler is None or loader.batch_sampler.sampler is loader.sampler else loader.batch_sampler
+    n_keys = sum(1 for _ in sampler)  # one epoch's keys: what every training epoch draws before its first batch
     sampler_s = time.perf_counter() - t
     system, _ = build.system(stage, cfg, sdm, build.feature_net(cfg))
 
@@ -159,7 +161,7 @@ def _stage(cfg, dm, stage: str, batches: int) -> dict:
     t = time.perf_counter()
     trainer.validate(system, dataloaders=val_loader, verbose=False)
     val_s = time.perf_counter() - t
-    return {f"{stage}_sampler_s": sampler_s, f"{stage}_steps_per_s": steps_per_s, f"{stage}_val_s": val_s}
+    return {f"{stage}_keys": n_keys, f"{stage}_sampler_s": sampler_s, f"{stage}_steps_per_s": steps_per_s, f"{stage}_val_s": val_s}
 
 
 def child(spec: dict) -> dict:
@@ -202,7 +204,7 @@ def measure_size(n: int, pairs, tmp: Path, a) -> dict:
     subjects = subset_folder(pairs[:n], folder / "data")
     cache = folder / "cache"
     spec = {"data_dir": str(folder / "data"), "cache_dir": str(cache), "subjects": subjects, "tiny": a.tiny,
-            "batches": a.batches, "threads": a.threads}
+            "batches": a.batches, "threads": a.threads, "normalize": a.normalize}
     prep, _ = run_child({**spec, "phase": "prepare"})
     cache_bytes = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
     fig = {"prep_s": prep["setup_s"], "prep_s_per_night": prep["setup_s"] / n, "cache_bytes_per_night": cache_bytes / n}
@@ -246,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", type=int, default=10, help="training steps per stage epoch (default 10)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per child process (default 2)")
     p.add_argument("--tolerance", type=float, default=0.25, help="an exponent this far past its target is flagged (default 0.25)")
+    p.add_argument("--normalize", choices=["none", "zscore", "robust"], default="none",
+                   help="data.normalize (default none, the demo recipe's; conf/recommended.yaml: zscore)")
     p.add_argument("--tiny", action="store_true", help="a tiny network (the smoke test): throughput not comparable")
     p.add_argument("--work", type=Path, default=None, help="folder of the generated nights (written once, reused)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure of every size to this file")
@@ -276,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     print_table(["figure", *(f"{n} nights" for n in nights), "exponent", "target", ""],
                 table_rows(nights, figs, a.tolerance),
                 title=f"dsn fit's costs against the number of nights: NSRR layout, {a.hours:g}-h nights, EEG + EOG, "
-                      f"demo + debug recipe{' (tiny network)' if a.tiny else ''}, {a.batches} steps per stage epoch")
+                      f"demo + debug recipe, normalize {a.normalize}{' (tiny network)' if a.tiny else ''}, {a.batches} steps per stage epoch")
     print("\ntraining / validation epochs per size: "
           + ", ".join(f"{n}: {f['epochs']['train']} / {f['epochs']['val']}" for n, f in zip(nights, figs)))
     print("exponent: slope of log(figure) on log(nights); memory rows include the process itself (Python, torch, "
