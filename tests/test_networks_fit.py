@@ -185,13 +185,13 @@ def test_tinysleepnet_one_stage_fit_logs_registers_predicts_and_exports(synth_di
 
     from dsn import tracking
 
-    with tracking._global_uri(uri):
-        model = mlflow.pyfunc.load_model("models:/tiny/1")
-    psg = sorted(Path(synth_dir).glob("*-PSG.edf"))[0]
     from dsn.data.psg import read_epochs
 
+    psg = sorted(Path(synth_dir).glob("*-PSG.edf"))[0]
     epochs = read_epochs(psg).x[:30].astype(np.float32)
-    assert np.asarray(model.predict(epochs)).shape[0] == 30
+    with tracking._global_uri(uri):  # loading and predicting: MLflow's default store (./mlflow.db) is never touched
+        model = mlflow.pyfunc.load_model("models:/tiny/1")
+        assert np.asarray(model.predict(epochs)).shape[0] == 30
     out = tmp_path / "evaluate"  # dsn evaluate over the data set's recordings
     rc = cli(["evaluate", "--model", "models:/tiny/1", "--data.data_dir", str(synth_dir), "--data.cache_dir",
               str(tmp_path / "c"), "--out", str(out), "--tracking.home", str(tracking_home)])
