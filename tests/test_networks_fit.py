@@ -184,7 +184,6 @@ def test_tinysleepnet_one_stage_fit_logs_registers_predicts_and_exports(synth_di
     import mlflow
 
     from dsn import tracking
-
     from dsn.data.psg import read_epochs
 
     psg = sorted(Path(synth_dir).glob("*-PSG.edf"))[0]
