@@ -161,17 +161,11 @@ class InterruptedState(L.Callback):
             log.warning("could not save the interrupted state to %s: %s", self.ckpt_path, e)
 
     def _save(self, trainer) -> None:
-        tmp = self.ckpt_path.with_suffix(".tmp")
-        self._writing = True
+        self._writing = True  # on_save_checkpoint adds the resume payload
         try:
-            trainer.save_checkpoint(tmp)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            write_checked(trainer, self.ckpt_path, last=True)
         finally:
             self._writing = False
-        if trainer.is_global_zero:  # under DDP only rank 0 writes
-            replace_checked(tmp, self.ckpt_path, last=True)
 
 
 class ScorerSpec(L.Callback):
@@ -210,18 +204,26 @@ def save_selected(trainer, path: Path, spec_callback: ScorerSpec, spec: dict[str
     """Save the selected model's Lightning checkpoint with the scorer spec in it (``ScorerSpec`` adds it).
 
     Every DDP rank must call it (``trainer.save_checkpoint`` ends with a barrier); only rank 0 writes, through a
-    temporary file that replaces ``path`` once it loads back whole (:func:`replace_checked`)."""
-    tmp = path.with_suffix(".tmp")
+    temporary file that replaces ``path`` once it loads back whole (:func:`write_checked`)."""
     spec_callback.spec = spec
+    try:
+        write_checked(trainer, path, last=False)
+    finally:
+        spec_callback.spec = None
+
+
+def write_checked(trainer, path: Path, last: bool) -> None:
+    """``trainer.save_checkpoint`` into a temporary file (removed if the save fails) that replaces ``path`` once it
+    loads back whole (:func:`replace_checked`; ``last``: an interrupted state). Every DDP rank calls it; only rank 0
+    replaces."""
+    tmp = path.with_suffix(".tmp")
     try:
         trainer.save_checkpoint(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    finally:
-        spec_callback.spec = None
     if trainer.is_global_zero:
-        replace_checked(tmp, path, last=False)
+        replace_checked(tmp, path, last=last)
 
 
 # ----------------------------------------------------------------------------- checkpoints
