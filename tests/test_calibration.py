@@ -251,7 +251,7 @@ def test_cv_summary_holds_the_pooled_calibration_block() -> None:
 def test_dsn_fit_shows_each_splits_calibration_line() -> None:
     from types import SimpleNamespace
 
-    from dsn.cli import render_fit
+    from dsn.workflows.fit import render as render_fit
 
     metrics = {"val/acc": 0.8, "val/ece_raw": 0.21, "val/ece": 0.05, "val/brier_raw": 0.4, "val/brier": 0.3,
                "val/flagged_frac": 0.1, "val/acc_confident": 0.85, "val/acc_flagged": 0.4,

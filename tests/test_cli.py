@@ -78,7 +78,9 @@ def test_every_command_help_lists_types_and_defaults(argv, capsys):
 
 
 def test_old_sweep_spellings_are_hidden_aliases(capsys):
-    from dsn.cli import parse_command, split_overrides, sweep_parser
+    from dsn.workflows.cli_args import parse_command
+    from dsn.workflows.sweep.command import build_parser as sweep_parser
+    from dsn.workflows.sweep.command import split_overrides
 
     out = _help(["sweep"], capsys)
     assert "--n-trials" not in out and "--set" not in out and "--n_trials" in out
@@ -96,7 +98,7 @@ def test_old_sweep_spellings_are_hidden_aliases(capsys):
 
 
 def test_repeated_list_flag_appends():
-    from dsn.cli import rewrite_aliases
+    from dsn.workflows.cli_args import rewrite_aliases
 
     assert rewrite_aliases(["r.edf", "--hypnogram", "a", "--hypnogram", "b"], appends=("--hypnogram",)) == [
         "r.edf", "--hypnogram+", "a", "--hypnogram+", "b"]

@@ -251,7 +251,7 @@ def _listening(port: int) -> bool:
 
 @pytest.mark.slow
 def test_ui_stopped_with_sigterm_stops_its_server(tracking_home):
-    from dsn.cli import _alive, _descendants
+    from dsn.workflows.ui import _alive, _descendants
 
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}

@@ -23,7 +23,7 @@ from typing import Literal
 from dsn import resources
 from dsn.errors import ConfigError
 
-__all__ = ["KIND_TITLES", "BuiltinFile", "build_parser", "entries", "main", "render", "show"]
+__all__ = ["KIND_TITLES", "BuiltinFile", "build_parser", "entries", "parse", "render", "run", "show"]
 
 #: kind -> how it is used (the heading of `dsn config list`)
 KIND_TITLES = {
@@ -103,10 +103,12 @@ def show(name: str, kind: str | None = None) -> BuiltinFile:
     return BuiltinFile(k, Path(path).stem, path, _summary(path), path.read_text())
 
 
-def main(argv: Sequence[str]) -> BuiltinFile | list[BuiltinFile]:
-    """``dsn config``: parse the command line; the list of built-in files, or the one to show (the CLI prints
-    :func:`render` of it)."""
-    ns = build_parser().parse_args(list(argv))
+def parse(argv: Sequence[str]):
+    return build_parser().parse_args(list(argv))
+
+
+def run(ns) -> BuiltinFile | list[BuiltinFile]:
+    """``dsn config``: the list of built-in files, or the one to show (the CLI prints :func:`render` of it)."""
     a = ns[ns.action]
     return show(a.name, a.kind) if ns.action == "show" else entries(a.kind)
 

@@ -176,12 +176,26 @@ def build_parser():
     return p
 
 
-def main(argv: Sequence[str]) -> DataReport:
-    """``dsn data``: parse the command line and inspect the folder (the CLI prints the report)."""
+def parse(argv: Sequence[str]):
+    return build_parser().parse_args(list(argv))
+
+
+def run(a) -> DataReport:
+    """``dsn data``: inspect the folder, and write the JSON report if asked (the CLI prints :func:`render`)."""
     import json
 
-    a = build_parser().parse_args(list(argv))
     rep = inspect(a.data_dir, a.dataset, a.channels, a.epoch_sec, a.length_mismatch)
     if a.json:
         Path(a.json).write_text(json.dumps(rep.as_dict(), indent=1))
     return rep
+
+
+def render(rep: DataReport):
+    """The report; with problems, an error line on stderr and exit status 1."""
+    from dsn.workflows.cli_args import Output
+
+    out = Output().out(format_report(rep))
+    if rep.problems:
+        out.err(f"dsn data: error: {len(rep.problems)} problem(s) would stop dsn fit (listed above)")
+        out.code = 1
+    return out

@@ -264,11 +264,14 @@ def build_parser():
     return p
 
 
-def main(argv: Sequence[str]) -> dict[str, Any]:
-    """``dsn evaluate``: evaluate, then record the run and write the JSON (the CLI prints the summary)."""
+def parse(argv: Sequence[str]):
+    return build_parser().parse_args(list(argv))
+
+
+def run(a) -> dict[str, Any]:
+    """``dsn evaluate``: evaluate, then record the run and write the JSON (the CLI prints :func:`render`)."""
     from dsn import tracking
 
-    a = build_parser().parse_args(list(argv))
     uri = tracking.tracking_uri(a.tracking.uri, a.tracking.home)
     tracking.check_tracking(uri)
     d = a.data
@@ -280,3 +283,8 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     path.write_text(json.dumps(summary, indent=1, default=float))
     summary["json"] = str(path)
     return summary
+
+
+def render(summary: dict[str, Any]) -> str:
+    """The summary tables, the MLflow run and the JSON written."""
+    return format_summary(summary) + f"\nMLflow run {summary['run_id']}; wrote {summary['json']}"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -267,9 +268,45 @@ def _export_onnx(module, args, path: Path, kind: str, spec: str) -> None:
     onnx.save(model, str(path))
 
 
-def main(ref: str, fmt: str | None, out: str, uri: str | None = None) -> Path:
-    """``dsn export`` (arguments parsed by :mod:`dsn.cli`; ``fmt`` None: from ``out``'s extension, see
-    :func:`resolve_format`)."""
+# ----------------------------------------------------------------------------- the `dsn export` command
+@dataclass
+class ExportResult:
+    """The file written, its format and the model reference it came from."""
+
+    path: Path
+    format: str
+    ref: str
+
+
+def build_parser():
+    from dsn.workflows.cli_args import REF_HELP, command_parser, tracking_options
+
+    p = command_parser("export")
+    p.add_argument("ref", type=str, help=REF_HELP)
+    p.add_argument("--format", type=Literal["onnx", "torchscript"] | None, default=None,
+                   help="File format (null: from --out's extension, .onnx or .pt/.pth/.ts; onnx for any other).")
+    p.add_argument("--out", type=str, required=True, help="File to write (e.g. model.onnx, model.pt).")
+    tracking_options(p, experiment_help="none needed")
+    return p
+
+
+def parse(argv):
+    from dsn.workflows.cli_args import parse_command
+
+    return parse_command(build_parser(), argv)
+
+
+def run(a) -> ExportResult:
+    """``dsn export``: the format resolved and the output file checked before the model is loaded."""
+    from dsn import tracking
+    from dsn.workflows.cli_args import check_out_file, is_remote
     from dsn.workflows.registry import load_scorer
 
-    return export(load_scorer(ref, uri), resolve_format(fmt, out), out)
+    fmt = resolve_format(a.format, a.out)
+    check_out_file(a.out, example="model.onnx" if fmt == "onnx" else "model.pt")
+    uri = tracking.reading_uri(a.tracking_uri, a.tracking_home) if is_remote(a.ref) else None
+    return ExportResult(export(load_scorer(a.ref, uri), fmt, a.out), fmt, a.ref)
+
+
+def render(r: ExportResult) -> str:
+    return f"wrote {r.path} ({r.format}, {r.path.stat().st_size / 1e6:.2f} MB) from {r.ref}"

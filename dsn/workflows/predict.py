@@ -23,9 +23,9 @@ The output names never end in ``-Hypnogram.edf``, so they are never mistaken for
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,6 @@ import numpy as np
 
 from dsn.errors import ConfigError
 from dsn.evaluation import apply_temperature
-
-log = logging.getLogger(__name__)
 
 
 def scaled_proba(scorer, x: np.ndarray, source: str = "recording", return_input: bool = False):
@@ -292,67 +290,141 @@ def read_all(scorer, a) -> list[tuple[Any, float]]:
     return inputs
 
 
-def main(a) -> list[dict[str, Any]]:
-    """``dsn predict`` (arguments parsed by :mod:`dsn.cli`): every input checked, then each night scored and
-    its outputs written (``--out`` made only then)."""
+@dataclass
+class PredictResult:
+    """What ``dsn predict`` did: the model (its reference, kind, channels, rate, loading time), the output
+    folder, each night's summary (as written to ``<name>_summary.json``: statistics, confidence, agreement,
+    familiarity, verdict, files) with its expert hypnogram, and whether ``--strict`` was given."""
+
+    model: str
+    kind: str
+    channels: list[str]
+    sfreq: float
+    load_s: float
+    out: str
+    class_names: list[str]
+    nights: list[dict[str, Any]] = field(default_factory=list)
+    hypnograms: list[str | None] = field(default_factory=list)
+    strict: bool = False
+
+    @property
+    def do_not_use(self) -> list[str]:
+        """The nights whose verdict is 'do not use'."""
+        return [s["name"] for s in self.nights if s.get("trust", {}).get("verdict") == "do not use"]
+
+
+def build_parser():
+    from dsn.workflows.cli_args import REF_HELP, command_parser, tracking_options
+
+    p = command_parser("predict")
+    p.add_argument("recordings", nargs="+", type=str, help="PSG EDF file(s) to score (no hypnogram needed).")
+    p.add_argument("--model", type=str, default="models:/deepsleepnet@champion", help=REF_HELP)
+    p.add_argument("--out", type=str, required=True,
+                   help="Output folder (CSV, EDF+ hypnogram, PNG, summary JSON per recording).")
+    p.add_argument("--channel", type=list[str] | None, default=None,
+                   help="A channel of the file to read in place of the model's (repeat once per model channel, in its "
+                        "order; null: the model's channels, found by name or alias).")
+    p.add_argument("--hypnogram", type=list[str] | None, default=None,
+                   help="Expert hypnogram(s) of the recording(s), in the same order (repeat the flag): report agreement.")
+    p.add_argument("--no_calibration", type=bool, default=False,
+                   help="Write the network's raw softmax instead of the probabilities calibrated on validation subjects.")
+    p.add_argument("--low_confidence", type=float | None, default=None,
+                   help="Flag epochs whose top-class probability is below this (null: the model's threshold, chosen on its "
+                        "validation subjects; 0.5 for a model without one or with --no_calibration).")
+    p.add_argument("--force", type=bool, default=False,
+                   help="Score a night whose signal is impossible (a flat, saturated or not-a-number channel) instead "
+                        "of refusing it; every output is then flagged (all epochs low-confidence, signal_problems).")
+    p.add_argument("--norms", type=str | None, default=None,
+                   help="A YAML file overriding the plausibility ranges of dsn/trust/norms.yaml (see docs/trust.md).")
+    p.add_argument("--age", type=float | None, default=None,
+                   help="The subject's age in years: age-aware plausibility ranges where the sources give them.")
+    p.add_argument("--strict", type=bool, default=False,
+                   help="Exit with status 3 when a night's verdict is 'do not use' (outputs are still written).")
+    tracking_options(p, experiment_help="none needed")
+    return p
+
+
+def parse(argv: Sequence[str]):
+    from dsn.workflows.cli_args import bare_flags, parse_command
+
+    argv = bare_flags(argv, ("--no_calibration", "--force", "--strict"))
+    return parse_command(build_parser(), argv, appends=("--hypnogram", "--channel"))
+
+
+def run(a) -> PredictResult:
+    """``dsn predict``: every input checked (the output folder first), then each night scored and its outputs
+    written (``--out`` made only then)."""
     from dsn import tracking
     from dsn.trust import load_norms
+    from dsn.workflows.cli_args import check_out_folder, is_remote
     from dsn.workflows.registry import load_scorer
 
+    check_out_folder(a.out)
     if a.hypnogram and len(a.hypnogram) != len(a.recordings):
         raise ConfigError(f"--hypnogram given {len(a.hypnogram)} time(s) for {len(a.recordings)} recording(s): "
                           "give one expert hypnogram per recording, in the same order, or none.")
     check_paths(a.recordings, a.hypnogram)
-    remote = "://" in a.model or a.model.startswith(("models:/", "runs:/"))
-    uri = tracking.reading_uri(a.tracking_uri, a.tracking_home) if remote else None
+    uri = tracking.reading_uri(a.tracking_uri, a.tracking_home) if is_remote(a.model) else None
     t = time.perf_counter()
     scorer = load_scorer(a.model, uri)
     if getattr(a, "no_calibration", False):
         scorer.calibration = {}  # the raw softmax
-    load_s = time.perf_counter() - t
-    out = Path(a.out)
-    log.info(f"model {a.model}: {scorer.kind} model, channels {', '.join(scorer.channels)}, {scorer.sfreq:g} Hz "
-          f"(loaded in {load_s:.2f} s)")
+    res = PredictResult(a.model, scorer.kind, list(scorer.channels), scorer.sfreq, time.perf_counter() - t, a.out,
+                        list(scorer.class_names), strict=getattr(a, "strict", False))
     inputs = read_all(scorer, a)
     norms = load_norms(a.norms) if getattr(a, "norms", None) else None  # a bad file: one line before any scoring
-    results = []
     for i, rec in enumerate(a.recordings):
         hyp = a.hypnogram[i] if a.hypnogram else None
         inp, read_s = inputs[i]
         inputs[i] = (None, 0.0)
-        s = score_recording(scorer, rec, out, a.channel, hyp, a.model, getattr(a, "low_confidence", None), inp,
-                            getattr(a, "force", False), read_s, norms, getattr(a, "age", None))
-        results.append(s)
-        report(s, hyp, scorer.class_names, out)
-    return results
+        res.nights.append(score_recording(scorer, rec, Path(a.out), a.channel, hyp, a.model,
+                                          getattr(a, "low_confidence", None), inp, getattr(a, "force", False), read_s,
+                                          norms, getattr(a, "age", None)))
+        res.hypnograms.append(hyp)
+    return res
 
 
-def report(s: dict[str, Any], hyp: str | None, class_names: Sequence[str], out: Path) -> None:
-    """Log a scored night's lines: timings, night statistics, low confidence, agreement, familiarity, problems."""
+def render(res: PredictResult):
+    """The model line, then each night's report (warnings and a verdict other than 'trusted' on stderr); with
+    ``--strict`` and a 'do not use' night, a last line on stderr and exit status 3."""
+    from dsn.workflows.cli_args import Output
+
+    out = Output().out(f"model {res.model}: {res.kind} model, channels {', '.join(res.channels)}, {res.sfreq:g} Hz "
+                       f"(loaded in {res.load_s:.2f} s)")
+    for s, hyp in zip(res.nights, res.hypnograms, strict=True):
+        out.parts += night_report(s, hyp, res.class_names, Path(res.out))
+    if res.strict and res.do_not_use:
+        out.err(f"dsn predict: --strict: verdict 'do not use' for {', '.join(res.do_not_use)} (reasons above and in "
+                "the summary JSON)")
+        out.code = 3
+    return out
+
+
+def night_report(s: dict[str, Any], hyp: str | None, class_names: Sequence[str], out: Path) -> list[tuple[str, bool]]:
+    """A scored night's lines, each ``(text, a warning)``: timings, night statistics, low confidence, agreement,
+    familiarity, problems, verdict, files."""
     from dsn import familiarity
     from dsn.hypnogram import format_sleep_statistics
 
     tm = s["timings"]
-    log.info(f"\n{s['name']}: {s['n_epochs']} epochs scored in {sum(tm.values()):.2f} s "
-             f"(read {tm['read_s']:.2f}, model {tm['model_s']:.2f}, write {tm['write_s']:.2f})")
-    for p in s.get("signal_problems", []):
-        log.warning(f"warning: impossible signal, scored with --force (every epoch flagged low-confidence): "
-                    f"{p['channel']}: {p['message']}")
-    log.info(format_sleep_statistics(s["statistics"]))
+    lines = [(f"\n{s['name']}: {s['n_epochs']} epochs scored in {sum(tm.values()):.2f} s "
+              f"(read {tm['read_s']:.2f}, model {tm['model_s']:.2f}, write {tm['write_s']:.2f})", False)]
+    lines += [(f"warning: impossible signal, scored with --force (every epoch flagged low-confidence): "
+               f"{p['channel']}: {p['message']}", True) for p in s.get("signal_problems", [])]
+    lines.append((format_sleep_statistics(s["statistics"]), False))
     c = s["confidence"]
     mix = ", ".join(f"{k} {v:.1f}" for k, v in c["low_confidence_stages_min"].items() if v > 0)
-    log.info(f"low confidence (top-class probability < {c['threshold']:g}, temperature {c['temperature']:.2f}): "
-             f"{c['low_confidence_minutes']:.1f} min" + (f" ({mix} min)" if mix else ""))
+    lines.append((f"low confidence (top-class probability < {c['threshold']:g}, temperature {c['temperature']:.2f}): "
+                  f"{c['low_confidence_minutes']:.1f} min" + (f" ({mix} min)" if mix else ""), False))
     if "agreement" in s:
-        log.info(f"\nagreement with {hyp}:")
-        log.info(format_agreement(s["agreement"], class_names))
+        lines += [(f"\nagreement with {hyp}:", False), (format_agreement(s["agreement"], class_names), False)]
     fam = s.get("familiarity")
     if fam:
-        log.info(familiarity.verdict(fam))
-        for line in fam["warnings"]:
-            log.warning(f"warning: {line}")
+        lines.append((familiarity.verdict(fam), False))
+        lines += [(f"warning: {line}", True) for line in fam["warnings"]]
     trust = s.get("trust")
     if trust:
-        (log.info if trust["verdict"] == "trusted" else log.warning)(
-            f"verdict: {trust['verdict']}" + (f" ({'; '.join(trust['reasons'])})" if trust["reasons"] else ""))
-    log.info("wrote " + ", ".join(Path(p).name for p in s["files"].values()) + f" to {out}")
+        lines.append((f"verdict: {trust['verdict']}" + (f" ({'; '.join(trust['reasons'])})" if trust["reasons"] else ""),
+                      trust["verdict"] != "trusted"))
+    lines.append(("wrote " + ", ".join(Path(p).name for p in s["files"].values()) + f" to {out}", False))
+    return lines

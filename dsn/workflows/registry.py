@@ -236,3 +236,72 @@ def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -
     lines = ["  ".join(f"{c:<{width[c]}}" for c in columns), "  ".join("-" * width[c] for c in columns)]
     lines += ["  ".join(f"{str(r.get(c, '')):<{width[c]}}" for c in columns) for r in rows]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the `dsn registry ACTION` command
+LIST_COLUMNS = ["name", "version", "aliases", "stage", "dataset", "channel", "f1_macro", "kappa", "run_id"]
+
+
+def build_parser():
+    """``dsn registry ACTION``: one sub-parser per action (each made with ``command_parser``)."""
+    from dsn.workflows.cli_args import REF_HELP, command_parser, tracking_options
+
+    p = command_parser("registry")
+    sub = p.add_subcommands(dest="action", required=True)
+    ls = command_parser("registry list", "Registered models, versions, aliases and key metrics.")
+    pr = command_parser("registry promote", "Set an alias (e.g. champion) on a model version.")
+    pr.add_argument("name", type=str, help="Registered model name.")
+    pr.add_argument("version", type=str, help="Model version.")
+    pr.add_argument("--alias", type=str, default="champion", help="Alias to set.")
+    sh = command_parser("registry show", "What a model reference resolves to.")
+    sh.add_argument("ref", type=str, help=REF_HELP)
+    up = command_parser("registry upgrade", "Rewrite a pickled model of an older dsn in the current format, as a new "
+                        "version with the same tags and aliases (unpickles it once: upgrade only models you trust).")
+    up.add_argument("ref", type=str, help="models:/NAME/VERSION or models:/NAME@ALIAS.")
+    for name, q in (("list", ls), ("promote", pr), ("show", sh), ("upgrade", up)):
+        tracking_options(q, experiment_help="none needed")
+        sub.add_subcommand(name, q, help=q.description)
+    return p
+
+
+def parse(argv):
+    """The action and its options, as one flat namespace (``a.action``, ``a.tracking_home``, ...)."""
+    import argparse
+
+    from dsn.workflows.cli_args import flat
+
+    ns = build_parser().parse_args(list(argv))
+    return argparse.Namespace(action=ns.action, **vars(flat(getattr(ns, ns.action))))
+
+
+def run(a) -> dict[str, Any]:
+    """The action done: ``{"action": ..., "rows" | "promoted" | "upgraded" | "shown": ...}``."""
+    from dsn.workflows.cli_args import checked_uri
+
+    uri = checked_uri(a, write=a.action in ("promote", "upgrade"))
+    if a.action == "list":
+        return {"action": "list", "rows": list_models(uri)}
+    if a.action == "promote":
+        promote(uri, a.name, a.version, a.alias)
+        return {"action": "promote", "promoted": {"name": a.name, "version": a.version, "alias": a.alias}}
+    if a.action == "upgrade":
+        from dsn.models.scoring import SPEC_FORMAT
+
+        return {"action": "upgrade", "upgraded": upgrade(uri, a.ref), "format": SPEC_FORMAT}
+    return {"action": "show", "shown": show(uri, a.ref)}
+
+
+def render(r: dict[str, Any]) -> str:
+    import json
+
+    if r["action"] == "list":
+        return format_table(r["rows"], LIST_COLUMNS)
+    if r["action"] == "promote":
+        p = r["promoted"]
+        return f"models:/{p['name']}@{p['alias']} -> version {p['version']}"
+    if r["action"] == "upgrade":
+        u = r["upgraded"]
+        moved = f"; aliases {', '.join(u['aliases'])} moved to it" if u["aliases"] else ""
+        return (f"models:/{u['name']}/{u['old_version']} (pickled) -> models:/{u['name']}/{u['new_version']} "
+                f"(format {r['format']}){moved}")
+    return json.dumps(r["shown"], indent=2, default=str)

@@ -17,7 +17,7 @@ Its modules, imports running one way (pooling, report <- procs <- store <- runne
 - :mod:`~dsn.workflows.cv.procs`: file locks and the ``--parallel`` fold processes;
 - :mod:`~dsn.workflows.cv.store`: the cv run in the tracking store, fold states, fold results read back;
 - :mod:`~dsn.workflows.cv.runner`: sequential, one-fold, parallel and collect runs, registration;
-- :mod:`~dsn.workflows.cv.command`: the parser and :func:`main`.
+- :mod:`~dsn.workflows.cv.command`: the command: its parser, ``parse``, ``run``, ``render`` and :func:`main`.
 """
 
 from __future__ import annotations

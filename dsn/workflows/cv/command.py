@@ -1,13 +1,24 @@
 """``dsn cv`` as a command: its parser (the training config plus the cv flags), the fold config and the cv
-options it parses into, and :func:`main`."""
+options it parses into (:func:`parse`), :func:`run`, :func:`render` and :func:`main`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 CV_KEYS = ("folds", "out", "resume_cv", "register_fold", "fold", "collect", "parallel", "threads_per_fold",
            "fold_devices", "cv_run_id")
+
+
+@dataclass
+class CvArgs:
+    """``dsn cv``'s parsed command line: the training config of every fold, the cv options, and the arguments
+    themselves (what ``--parallel`` passes its fold processes)."""
+
+    fit_cfg: Any
+    options: dict[str, Any]
+    argv: list[str]
 
 
 def build_parser():
@@ -59,11 +70,40 @@ def fit_config(argv: Sequence[str]) -> tuple[Any, dict[str, Any]]:
     return fit_cfg, extra
 
 
-def main(argv: Sequence[str]) -> dict[str, Any]:
-    """``dsn cv`` from the command line."""
+def parse(argv: Sequence[str]) -> CvArgs:
+    fit_cfg, extra = fit_config(argv)
+    return CvArgs(fit_cfg, extra, list(argv))
+
+
+def run(a: CvArgs) -> dict[str, Any]:
+    """The cv run (:func:`~dsn.workflows.cv.runner.run_cv`): its summary (empty on a DDP rank other than 0)."""
     from dsn.workflows.cv.runner import run_cv
 
-    fit_cfg, extra = fit_config(argv)
-    return run_cv(fit_cfg, folds=extra["folds"], out=extra["out"], resume=extra["resume_cv"], register_fold=extra["register_fold"],
-                  fold=extra["fold"], collect=extra["collect"], parallel=extra["parallel"], fold_argv=list(argv),
-                  threads_per_fold=extra["threads_per_fold"], fold_devices=extra["fold_devices"], cv_run_id=extra["cv_run_id"])
+    o = a.options
+    return run_cv(a.fit_cfg, folds=o["folds"], out=o["out"], resume=o["resume_cv"], register_fold=o["register_fold"],
+                  fold=o["fold"], collect=o["collect"], parallel=o["parallel"], fold_argv=a.argv,
+                  threads_per_fold=o["threads_per_fold"], fold_devices=o["fold_devices"], cv_run_id=o["cv_run_id"])
+
+
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    """``dsn cv`` from the command line."""
+    return run(parse(argv))
+
+
+def render(summary: dict[str, Any]):
+    """One fold's figures (``--fold K``), or the pooled tables; the folds still missing (``--collect``) on stderr
+    with exit status 1."""
+    from dsn.workflows.cli_args import Output
+    from dsn.workflows.cv.report import format_fold, format_missing, format_summary
+
+    if not summary:  # (a DDP rank other than 0 has nothing to show)
+        return ""
+    if "stages" not in summary:  # --fold K: one fold trained, nothing pooled
+        return "\n" + format_fold(summary)
+    out = Output().out("\n" + format_summary(summary))
+    if summary.get("written"):
+        out.out(f"\nwrote {summary['written']}")
+    if summary.get("missing_folds"):  # --collect before every fold finished
+        out.err(format_missing(summary))
+        out.code = 1
+    return out

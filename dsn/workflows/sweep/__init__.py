@@ -30,10 +30,11 @@ own values of the space keys (each must be one of the space's values), so every 
 the starting point under the same fold, seed and budget; ``probes`` then queue the baseline with a few
 keys changed (one-factor-at-a-time checks of a switch before the sampler takes over).
 
-Four modules: :mod:`~dsn.workflows.sweep.spec` (loading and checking the file, sampling its space),
+Five modules: :mod:`~dsn.workflows.sweep.spec` (loading and checking the file, sampling its space),
 :mod:`~dsn.workflows.sweep.study` (Optuna's storage and study, :class:`SweepResult`),
-:mod:`~dsn.workflows.sweep.runner` (the checks before any trial, workers, trials, pruning) and
-:mod:`~dsn.workflows.sweep.report` (trials table, plots, compare link, export, registration); runner and report
+:mod:`~dsn.workflows.sweep.runner` (the checks before any trial, workers, trials, pruning),
+:mod:`~dsn.workflows.sweep.report` (trials table, plots, compare link, export, registration) and
+:mod:`~dsn.workflows.sweep.command` (``dsn sweep``'s parser, ``run`` and ``render``); runner and report
 both import study, neither imports the other's internals. This package re-exports their public names; the
 runner's (which import Lightning) load on first use.
 """
@@ -45,7 +46,7 @@ from typing import Any
 from dsn.workflows.sweep import spec as _spec
 from dsn.workflows.sweep.spec import *  # noqa: F403  (the spec's public names)
 
-_RUNNER = {"STEP_OFFSET", "OptunaPruning", "TrialFailed", "main", "pruning_callback", "run_sweep", "check_devices",
+_RUNNER = {"STEP_OFFSET", "OptunaPruning", "TrialFailed", "pruning_callback", "run_sweep", "check_devices",
            "check_data", "close_stale_trials"}
 _STUDY = {"SweepResult", "default_storage", "open_study", "load_study"}
 _REPORT = {"trials_table", "export_best", "format_summary", "study_compare_url", "register_best"}

@@ -1,7 +1,8 @@
 """Running a study: the checks before any trial, the Optuna study (heartbeats, retries), the local worker
 processes, one tracked fit per trial and the pruning callback.
 
-Progress goes to the ``dsn.workflows.sweep.runner`` logger; :mod:`dsn.cli` prints the result.
+Progress goes to the ``dsn.workflows.sweep.runner`` logger; the CLI prints
+:func:`dsn.workflows.sweep.command.render` of the result.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from dsn.workflows.sweep.spec import (
     check_metric,
     check_space,
     derive,
-    load_spec,
     make_sampler,
     probe_params,
     sample,
@@ -45,7 +45,6 @@ from dsn.workflows.sweep.study import (
     HEARTBEAT_INTERVAL,
     SweepResult,
     default_storage,
-    load_study,
     open_study,
 )
 
@@ -452,26 +451,3 @@ def run_sweep(
     if register and result.best_value is not None:
         result.registered = report.register_best(study, uri, register)
     return result
-
-
-def main(a) -> SweepResult:
-    """``dsn sweep`` (arguments parsed by :mod:`dsn.cli`; ``a.overrides``: ``{dotted key: YAML text}``)."""
-    import yaml
-
-    spec = load_spec(a.spec)
-    overrides = {k: yaml.safe_load(v) for k, v in a.overrides.items()}
-    worker_argv = [a.spec, *sum(([f"--{k}", v] for k, v in a.overrides.items()), [])]
-    for flag, value in (("--tracking.uri", a.tracking_uri), ("--tracking.home", a.tracking_home),
-                        ("--tracking.experiment", a.tracking_experiment)):
-        if value:
-            worker_argv += [flag, value]
-    res = run_sweep(spec, n_trials=a.n_trials, study_name=a.study, storage=a.storage, workers=a.workers,
-                    overrides=overrides, tracking_uri=a.tracking_uri, tracking_home=a.tracking_home,
-                    experiment=a.tracking_experiment, worker_argv=worker_argv, register=a.register,
-                    is_worker=bool(os.environ.get("DSN_SWEEP_WORKER")),
-                    heartbeat_interval=a.heartbeat_interval, grace_period=a.grace_period)
-    if a.export:
-        if res.best_value is None:
-            raise ConfigError(f"--export {a.export}: the study has no complete trial yet.")
-        res.exported = str(report.export_best(load_study(res), spec, a.export))
-    return res
