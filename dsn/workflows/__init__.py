@@ -8,4 +8,9 @@
 - :mod:`dsn.workflows.cv` — subject-wise k-fold cross-validation, one fit per fold, pooled figures
 - :mod:`dsn.workflows.registry` — model references (registry, runs, checkpoints) and the registry commands
 - :mod:`dsn.workflows.predict` — scoring new recordings with a registered model
+- :mod:`dsn.workflows.synth`, :mod:`~dsn.workflows.data`, :mod:`~dsn.workflows.evaluate`,
+  :mod:`~dsn.workflows.export`, :mod:`~dsn.workflows.ui`, :mod:`~dsn.workflows.configs` — the other commands
+
+Every command module exposes ``build_parser``, ``parse``, ``run`` and ``render`` (see
+:mod:`dsn.workflows.cli_args`, which they share); :mod:`dsn.cli` dispatches to them.
 """
