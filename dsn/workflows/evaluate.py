@@ -174,6 +174,7 @@ def evaluate(
         "n_subjects": len({r["subject"] for r in per}), "channels": [u.__dict__ for u in uses or []],
         "cross_montage": any(u.cross_montage for u in uses or []), "pooled": pooled, "per_recording": per,
         "verdicts": {v: sum(r["trust"]["verdict"] == v for r in per) for v in ("trusted", "check", "do not use")},
+        **({"trained_on": prep["sources"]} if prep.get("sources") else {}),
     }  # fmt: skip
 
 
@@ -204,9 +205,16 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [f"dsn evaluate: {s['model']} on {s['data_dir']} (data set '{s['dataset']}', {s['n_recordings']} recordings, "
              f"{s['n_subjects']} subjects)"]
     lines += [f"  {ChannelUse(**u).describe()}" for u in s["channels"]]
+    lines += [f"  model trained on: {trained_on(s['trained_on'])}"] if s.get("trained_on") else []
     lines += [head, "-" * len(head), table.row("pooled", s["pooled"], s["pooled"]["n_epochs"])]
     lines += [table.row(f"  {r['name']}", r, r["n_epochs"]) for r in s["per_recording"]]
     return "\n".join(lines + format_verdicts(s))
+
+
+def trained_on(sources: list[dict[str, Any]]) -> str:
+    """One line naming the data sets a model was trained on (its spec's ``preprocessing.sources``)."""
+    return "; ".join(f"{s['name']} ({s['dataset']}{', test only' if s.get('test_only') else ''}: "
+                     + ", ".join(f"{k}={v}" for k, v in s["channels"].items()) + ")" for s in sources)
 
 
 def format_verdicts(s: dict[str, Any]) -> list[str]:

@@ -201,6 +201,8 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
         "trust": night_verdict(stages, epoch_sec, calibration=scorer.calibration, period=period, familiar=familiar,
                                problems=problems, norms=norms, age=age).as_dict(),
     }  # fmt: skip
+    if scorer.preprocessing.get("sources"):  # a model trained on several data sets (data.sources): which ones
+        summary["trained_on"] = scorer.preprocessing["sources"]
     if hypnogram is not None:
         from dsn.data.datasets import expert_labels  # every profile's format, placed by the start times
 
