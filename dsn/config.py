@@ -37,6 +37,11 @@ NON_WEIGHT_KEYS = (
 )  # fmt: skip
 
 
+#: The ``data`` keys of a fit on several data sets (:mod:`dsn.data.sources`); left out of :func:`training_items`
+#: when not set.
+SOURCE_KEYS = ("sources", "test_sources", "balance_sources")
+
+
 def add_training_arguments(p) -> None:
     """Add every key of a two-stage training config to a jsonargparse parser."""
     from lightning import Trainer
@@ -327,6 +332,9 @@ def training_items(cfg) -> dict[str, Any]:
     d = to_dict(cfg)
     if "data" in d:  # a config logged before the one form (parsed from its YAML) compares as today's
         d["data"] = normalized_data(d["data"])
+        for key in SOURCE_KEYS:  # a fit on one data set: its params and cv key as before data.sources existed
+            if not d["data"].get(key):
+                d["data"].pop(key, None)
     return {k: v for k, v in flatten(d).items() if k.split(".")[0] not in NON_TRAINING_KEYS}
 
 

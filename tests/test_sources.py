@@ -15,7 +15,7 @@ import torch
 from dsn import config
 from dsn.data.datamodule import SleepEDFDataModule
 from dsn.data.errors import DataError
-from dsn.data.sources import source_groups, source_list, split_sources
+from dsn.data.sources import source_groups, split_sources
 from dsn.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,7 +27,16 @@ from dsn.data.sampling import (
     independent_windows,
 )
 from dsn.data.sanity import describe_problems, recorded_problems
-from dsn.data.sources import Source, channel_error, prefixed, scorer_aliases, source_groups, source_list, spec_sources, split_sources
+from dsn.data.sources import (
+    Source,
+    channel_error,
+    prefixed,
+    scorer_aliases,
+    source_groups,
+    source_list,
+    spec_sources,
+    split_sources,
+)
 from dsn.data.splits import Split, fixed_split, subject_kfold
 
 SPLITS = ("train", "val", "test")
@@ -257,9 +266,7 @@ class SleepEDFDataModule(L.LightningDataModule):
             tuple(pick_channels(channels, channel)), sfreq, epoch_sec, trim_minutes, unscored, length_mismatch,
             merge_aliases(None if self.profile.is_default else self.profile.channel_aliases, channel_aliases) or None,
         )
-        self.sources: list[Source] = source_list(sources, self.prep.channels, test_sources, recordings)
-        self._source_preps = {s.name: self._source_prep(s, channel_aliases) for s in self.sources}
-        self.source_of: dict[str, str] = {}  # recording name -> its source's name (with data.sources)
+        self._init_sources(source_list(sources, self.prep.channels, test_sources, recordings), channel_aliases)
         self.mode = mode
         self.shift_samples = int(round(max_shift * self.prep.n_times))
         self.batch_size = batch_size
@@ -276,6 +283,11 @@ class SleepEDFDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Download (when asked) and fill the preprocessing cache."""
         self._discover()
+
+    def _init_sources(self, sources: list[Source], aliases: dict[str, list[str]] | None) -> None:
+        self.sources = sources  # data.sources in its one form (empty: the one data set of data_dir)
+        self._source_preps = {s.name: self._source_prep(s, aliases) for s in sources}
+        self.source_of: dict[str, str] = {}  # recording name -> its source's name
 
     def _source_prep(self, source: Source, aliases: dict[str, list[str]] | None) -> Preprocessing:
         """How ``source``'s files are read: its labels for the montage's channels, its profile's and its own

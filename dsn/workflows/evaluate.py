@@ -170,11 +170,10 @@ def evaluate(
     pooled = _figures(np.concatenate(y_all), np.concatenate(p_all), scorer.class_names)
     return {
         "model": model, "model_kind": scorer.kind, "data_dir": str(data_dir), "dataset": profile.name,
-        "class_names": list(scorer.class_names), "n_recordings": len(per),
+        "class_names": list(scorer.class_names), "n_recordings": len(per), **trained_on_entry(scorer),
         "n_subjects": len({r["subject"] for r in per}), "channels": [u.__dict__ for u in uses or []],
         "cross_montage": any(u.cross_montage for u in uses or []), "pooled": pooled, "per_recording": per,
         "verdicts": {v: sum(r["trust"]["verdict"] == v for r in per) for v in ("trusted", "check", "do not use")},
-        **({"trained_on": prep["sources"]} if prep.get("sources") else {}),
     }  # fmt: skip
 
 
@@ -209,6 +208,13 @@ def format_summary(s: dict[str, Any]) -> str:
     lines += [head, "-" * len(head), table.row("pooled", s["pooled"], s["pooled"]["n_epochs"])]
     lines += [table.row(f"  {r['name']}", r, r["n_epochs"]) for r in s["per_recording"]]
     return "\n".join(lines + format_verdicts(s))
+
+
+def trained_on_entry(scorer) -> dict[str, Any]:
+    """A summary's ``trained_on`` entry: the data sets of a model trained on several (its spec's
+    ``preprocessing.sources``, :mod:`dsn.data.sources`); empty for a model trained on one."""
+    sources = scorer.preprocessing.get("sources")
+    return {"trained_on": sources} if sources else {}
 
 
 def trained_on(sources: list[dict[str, Any]]) -> str:

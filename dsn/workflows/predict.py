@@ -33,6 +33,7 @@ import numpy as np
 
 from dsn.errors import ConfigError
 from dsn.evaluation import apply_temperature
+from dsn.workflows.evaluate import trained_on_entry
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +200,8 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
         "statistics": sleep_statistics(stages, epoch_sec), "confidence": conf, "familiarity": familiar,
         "signal_problems": [p.as_dict() for p in problems], "files": {k: str(v) for k, v in files.items()},
         "trust": night_verdict(stages, epoch_sec, calibration=scorer.calibration, period=period, familiar=familiar,
-                               problems=problems, norms=norms, age=age).as_dict(),
+                               problems=problems, norms=norms, age=age).as_dict(), **trained_on_entry(scorer),
     }  # fmt: skip
-    if scorer.preprocessing.get("sources"):  # a model trained on several data sets (data.sources): which ones
-        summary["trained_on"] = scorer.preprocessing["sources"]
     if hypnogram is not None:
         from dsn.data.datasets import expert_labels  # every profile's format, placed by the start times
 
