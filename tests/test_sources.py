@@ -126,6 +126,20 @@ def test_data_module_reads_each_source_with_its_labels_and_prefixed_ids(synth_di
     assert prep["channels"] == ["EEG", "EOG"] and set(prep["channel_aliases"]["EEG"]) == {"EEG Fpz-Cz", "Fpz-Cz"}
     assert [s["channels"] for s in prep["sources"]] == [{"EEG": "EEG Fpz-Cz", "EOG": "EOG horizontal"},
                                                         {"EEG": "Fpz-Cz", "EOG": "EOG horizontal"}]
+    from dsn.workflows.run import format_data_summary
+
+    assert "source b: 1 train, 1 val, 1 test recordings" in format_data_summary(dm.summary())
+
+
+def test_a_model_without_sources_says_nothing_of_them():
+    from types import SimpleNamespace
+
+    from dsn.workflows.evaluate import trained_on_entry
+
+    old = SimpleNamespace(preprocessing={"channels": ["EEG Fpz-Cz"], "sfreq": 100.0})
+    assert trained_on_entry(old) == {}
+    new = SimpleNamespace(preprocessing={**old.preprocessing, "sources": [{"name": "a"}]})
+    assert trained_on_entry(new) == {"trained_on": [{"name": "a"}]}
 
 
 def test_a_source_lacking_a_montage_channel_names_source_file_channel_and_fix(synth_dir, tmp_path):
@@ -215,6 +229,12 @@ def test_three_layouts_train_both_stages_and_the_model_scores_each(layouts, tmp_
         assert summary["n_epochs"] == 120 and summary["channels"] == ["EEG", "EOG"]
         assert summary["labels"] == list(LAYOUT_LABELS[layout].values())  # each layout read with its own labels
         assert [s["name"] for s in summary["trained_on"]] == list(NAMES.values())
+
+    from dsn.workflows.evaluate import evaluate, format_summary
+
+    ev = evaluate(str(ckpt), layouts["nsrr"], "nsrr", cache_dir=str(tmp_path / "c"))  # its labels found by the model
+    assert ev["n_recordings"] == 3 and not ev["cross_montage"] and [u["read"] for u in ev["channels"]] == ["EEG", "EOG(L)"]
+    assert "model trained on: sedf (sleep-edf: EEG=EEG Fpz-Cz, EOG=EOG horizontal); shhs" in format_summary(ev)
 
 
 @pytest.mark.slow

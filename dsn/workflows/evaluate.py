@@ -148,7 +148,7 @@ def evaluate(
     loaded, uses = [], None
     for f in files:
         _, rates = edf_header(f.psg)
-        rec_uses = channel_uses(scorer.channels, channels, list(rates), profile.channel_aliases, str(f.psg))
+        rec_uses = channel_uses(scorer.channels, channels, list(rates), reading_aliases(profile, prep), str(f.psg))
         uses = uses or rec_uses
         p = Preprocessing(channels=tuple(u.read for u in rec_uses), sfreq=scorer.sfreq, epoch_sec=float(prep.get("epoch_sec", 30.0)),
                           trim_minutes=prep.get("trim_minutes", 30.0), unscored="drop", length_mismatch=length_mismatch)
@@ -208,6 +208,15 @@ def format_summary(s: dict[str, Any]) -> str:
     lines += [head, "-" * len(head), table.row("pooled", s["pooled"], s["pooled"]["n_epochs"])]
     lines += [table.row(f"  {r['name']}", r, r["n_epochs"]) for r in s["per_recording"]]
     return "\n".join(lines + format_verdicts(s))
+
+
+def reading_aliases(profile, prep: dict[str, Any]) -> dict[str, list[str]]:
+    """The aliases ``dsn evaluate`` finds the model's channels with: the data set's profile's, plus, for a model
+    trained on several data sets (``preprocessing.sources``), the model's own (each source's label of each of its
+    channels: a night of any of its sources is read as it was in training)."""
+    from dsn.data.channels import merge_aliases
+
+    return merge_aliases(profile.channel_aliases, prep.get("channel_aliases") if prep.get("sources") else None)
 
 
 def trained_on_entry(scorer) -> dict[str, Any]:

@@ -230,6 +230,9 @@ def evaluate(ctx: FitContext, name: str, res: StageResult, dm, device) -> None:
         ctx.recorder.record_split(res.run_id, split, figures, cm, preds, Path(res.selected_checkpoint).parent)
         ctx.info("[%s] %s (%s): acc %.3f, MF1 %.3f, kappa %.3f", name, split, ", ".join(getattr(dm.split, split)),
                  figures[f"{split}/acc"], figures[f"{split}/f1_macro"], figures[f"{split}/kappa"])
+        for source in sorted({k.split("/")[1] for k in figures if k.count("/") == 2}):  # data.sources: each one's
+            ctx.info("[%s] %s, source %s: acc %.3f, MF1 %.3f, kappa %.3f", name, split, source,
+                     *(figures[f"{split}/{source}/{k}"] for k in SOURCE_FIGURES))
     scorer.cpu()
 
 
