@@ -186,8 +186,8 @@ def layouts(tmp_path_factory) -> dict[str, Path]:
     from dsn.data.synth_layouts import write_layout
 
     root = tmp_path_factory.mktemp("layouts")
-    for layout in LAYOUT_LABELS:
-        write_layout(root / layout, layout, subjects=3, hours=1.0, seed=1, progress=False)
+    for seed, layout in enumerate(LAYOUT_LABELS, 1):  # another seed each: other hypnograms in each source
+        write_layout(root / layout, layout, subjects=3, hours=1.0, seed=seed, progress=False)
     return {layout: root / layout for layout in LAYOUT_LABELS}
 
 
@@ -214,6 +214,11 @@ def test_three_layouts_train_both_stages_and_the_model_scores_each(layouts, tmp_
     assert metrics["val/shhs/f1_macro"] == pytest.approx(ft.metrics["val/shhs/f1_macro"])
     stage_run = c.get_run(ft.run_id).data.metrics
     assert "selected/val/lab/f1_macro" in stage_run
+    for name in NAMES.values():  # each source's figures are those of its own recordings
+        preds = [p for p in ft.predictions["val"] if p.name.startswith(f"{name}-")]
+        y, y_hat = np.concatenate([p.y_true for p in preds]), np.concatenate([p.y_pred for p in preds])
+        scored = y >= 0
+        assert len(preds) == 1 and metrics[f"val/{name}/acc"] == pytest.approx(float(np.mean(y[scored] == y_hat[scored])))
 
     ckpt = Path(ft.selected_checkpoint)
     spec = torch.load(ckpt, map_location="cpu", weights_only=True)["dsn_scorer"]
