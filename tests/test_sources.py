@@ -172,8 +172,11 @@ def test_cv_builds_folds_within_each_source(synth_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- fits (slow)
-LAYOUT_LABELS = {"sleep-edf": {"EEG": "EEG Fpz-Cz", "EOG": "EOG horizontal"}, "nsrr": {"EEG": "EEG", "EOG": "EOG(L)"},
+LAYOUT_LABELS = {"sleep-edf": {"EEG": "EEG Fpz-Cz", "EOG": "EOG horizontal"},
+                 "nsrr": {"EEG": "EEG", "EOG": "EOG=EOG(L) - EOG(R)"},  # a derivation of this source's labels
                  "bids": {"EEG": "Fpz-Cz", "EOG": "EOG"}}
+#: The file labels each layout's night is read from.
+READ = {"sleep-edf": ["EEG Fpz-Cz", "EOG horizontal"], "nsrr": ["EEG", "EOG(L) - EOG(R)"], "bids": ["Fpz-Cz", "EOG"]}
 NAMES = {"sleep-edf": "sedf", "nsrr": "shhs", "bids": "lab"}
 TINY = ["--net.small_kernel", "50", "--finetune.net.hidden_size", "16", "--finetune.net.shortcut_size", "32",
         "--finetune.batch_size", "2", "--finetune.seq_len", "5", "--pretrain.trainer.enable_progress_bar", "false",
@@ -232,13 +235,13 @@ def test_three_layouts_train_both_stages_and_the_model_scores_each(layouts, tmp_
         assert cli(["predict", str(edf), "--model", str(ckpt), "--out", str(out), "--tracking.home", str(tracking_home)]) == 0
         summary = json.loads(next(out.glob("*_summary.json")).read_text())
         assert summary["n_epochs"] == 120 and summary["channels"] == ["EEG", "EOG"]
-        assert summary["labels"] == list(LAYOUT_LABELS[layout].values())  # each layout read with its own labels
+        assert summary["labels"] == READ[layout]  # each layout read as its source was, the derivation included
         assert [s["name"] for s in summary["trained_on"]] == list(NAMES.values())
 
     from dsn.workflows.evaluate import evaluate, format_summary
 
-    ev = evaluate(str(ckpt), layouts["nsrr"], "nsrr", cache_dir=str(tmp_path / "c"))  # its labels found by the model
-    assert ev["n_recordings"] == 3 and not ev["cross_montage"] and [u["read"] for u in ev["channels"]] == ["EEG", "EOG(L)"]
+    ev = evaluate(str(ckpt), layouts["bids"], "bids", cache_dir=str(tmp_path / "c"))  # its labels found by the model
+    assert ev["n_recordings"] == 3 and not ev["cross_montage"] and [u["read"] for u in ev["channels"]] == READ["bids"]
     assert "model trained on: sedf (sleep-edf: EEG=EEG Fpz-Cz, EOG=EOG horizontal); shhs" in format_summary(ev)
 
 
