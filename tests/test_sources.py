@@ -229,11 +229,13 @@ def test_three_layouts_train_both_stages_and_the_model_scores_each(layouts, tmp_
     assert set(recorded) == set(NAMES.values()) and recorded["shhs"]["dataset"] == "nsrr"
     assert recorded["shhs"]["channels"] == LAYOUT_LABELS["nsrr"] and recorded["lab"]["recordings"]["train"] == 1
 
-    for layout, folder in layouts.items():
-        edf = sorted(p for p in folder.rglob("*.edf") if "Hypnogram" not in p.name)[0]
-        out = tmp_path / f"out-{layout}"
-        assert cli(["predict", str(edf), "--model", str(ckpt), "--out", str(out), "--tracking.home", str(tracking_home)]) == 0
-        summary = json.loads(next(out.glob("*_summary.json")).read_text())
+    nights = {layout: sorted(p for p in folder.rglob("*.edf") if "Hypnogram" not in p.name)[0]
+              for layout, folder in layouts.items()}  # one night of each layout, scored in one call
+    out = tmp_path / "out"
+    assert cli(["predict", *map(str, nights.values()), "--model", str(ckpt), "--out", str(out),
+                "--tracking.home", str(tracking_home)]) == 0
+    for layout, edf in nights.items():
+        summary = json.loads((out / f"{edf.stem.removesuffix('-PSG')}_summary.json").read_text())
         assert summary["n_epochs"] == 120 and summary["channels"] == ["EEG", "EOG"]
         assert summary["labels"] == READ[layout]  # each layout read as its source was, the derivation included
         assert [s["name"] for s in summary["trained_on"]] == list(NAMES.values())
