@@ -284,12 +284,12 @@ def _normalized_sources(data: dict[str, Any], channels: list[str]) -> list[dict[
     from dsn.data.sources import source_list
 
     try:
-        sources = source_list(data.get("sources"), channels, data.get("test_sources"), data.get("recordings"))
+        sources = source_list(data.get("sources"), channels, data.get("test_sources"))
     except ValueError as e:
         raise ConfigError(f"data.{e}") from None
     if data.get("balance_sources") and not sources:
         raise ConfigError("data.balance_sources: true needs data.sources (the sources to balance over).")
-    return [s.as_dict() for s in sources]
+    return [s.as_dict(channels) for s in sources]
 
 
 def config_keys(parser=None) -> set[str]:

@@ -15,7 +15,7 @@ import torch
 from dsn import config
 from dsn.data.datamodule import SleepEDFDataModule
 from dsn.data.errors import DataError
-from dsn.data.sources import source_groups, split_sources
+from dsn.data.sources import source_groups, source_list, split_sources
 from dsn.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,10 +49,13 @@ def test_sources_are_written_in_one_form_and_survive_set_keys(tmp_path):
     cfg = _parse({"dataset": "nsrr", "data_dir": str(tmp_path), "channels": {"EOG": "EOG(L)"}},
                  {"name": "lab", "dataset": "bids", "data_dir": str(tmp_path), "channels": ["Fpz-Cz", "E1=E1 - M2"]})
     a, b = cfg.data.sources
-    assert a["name"] == "nsrr" and a["channels"] == ["EEG", "EOG(L)"]  # unmapped: read under the montage's name
-    assert b["name"] == "lab" and b["channels"] == ["Fpz-Cz", "E1=E1 - M2"] and b["recordings"] == [1, 2]
+    assert a["name"] == "nsrr" and a["channels"] == {"EEG": "EEG", "EOG": "EOG(L)"}  # unmapped: the montage's name
+    assert b["name"] == "lab" and b["channels"] == {"EEG": "Fpz-Cz", "EOG": "E1=E1 - M2"} and b["recordings"] is None
     again = config.set_keys(cfg, {"data.fold": 1, "pretrain.system.lr": 0.01})  # what a sweep trial or cv fold does
     assert again.data.sources == cfg.data.sources and again.data.fold == 1
+    swapped = config.set_keys(cfg, {"data.channels": ["EOG", "EEG"], "data.recordings": [2]})  # mapped by name
+    src = source_list(swapped.data.sources, swapped.data.channels, None, swapped.data.recordings)
+    assert src[1].channels == ("E1=E1 - M2", "Fpz-Cz") and src[1].recordings == [2]
 
 
 @pytest.mark.parametrize(("source", "extra", "needle"), [

@@ -44,7 +44,8 @@ class Source:
     data_dir : str, its folder
     channels : tuple of str, the source's label or derivation for each montage channel, in the montage's order
     channel_aliases : dict, more aliases for this source only
-    subjects, recordings : the source's subjects (as its profile names them) and nights; None: all
+    subjects : the source's subjects (as its profile names them); None: all
+    recordings : its nights; None: ``data.recordings``
     """
 
     name: str
@@ -55,8 +56,10 @@ class Source:
     subjects: list[Any] | None
     recordings: list[int] | None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "channels": list(self.channels)}
+    def as_dict(self, montage: Sequence[str]) -> dict[str, Any]:
+        """The entry in its one form: every key given, ``channels`` a mapping ``{montage channel: what is read}``
+        (so a config whose ``data.channels`` is later reordered or changed still maps each channel by name)."""
+        return {**dataclasses.asdict(self), "channels": self.mapping(montage)}
 
     def mapping(self, montage: Sequence[str]) -> dict[str, str]:
         """``{montage channel name: what this source reads for it}``."""
@@ -107,7 +110,7 @@ def _one(i: int, entry: Any, montage: Sequence[str], recordings: Any) -> Source:
     if not isinstance(aliases, Mapping):
         raise ValueError(f"{where}.channel_aliases={aliases!r}: a mapping {{canonical: [alias, ...]}}")
     subjects = entry.get("subjects")
-    nights = entry.get("recordings", recordings)
+    nights = recordings if entry.get("recordings") is None else entry["recordings"]
     return Source(name, dataset, str(entry["data_dir"]), _channels(where, entry.get("channels"), montage),
                   merge_aliases(aliases), None if subjects is None else list(subjects),
                   None if nights is None else [int(n) for n in nights])
@@ -117,7 +120,8 @@ def source_list(sources: Sequence[Any] | None, montage: Sequence[str], test_sour
                 recordings: Sequence[int] | None = None) -> list[Source]:
     """``data.sources`` in its one form (empty when not given), checked: each entry a mapping with a
     ``data_dir``, a known profile, a channel per montage channel, distinct names; ``test_sources`` names some
-    of them, not all. ``recordings``: the nights of a source that names none (``data.recordings``).
+    of them, not all. ``recordings``: the nights of a source that names none (``data.recordings``; None keeps
+    it None: the config's one form, resolved by the data module).
 
     Raises
     ------
