@@ -37,6 +37,11 @@ NON_WEIGHT_KEYS = (
 )  # fmt: skip
 
 
+#: The ``data`` keys of a fit on several data sets (:mod:`dsn.data.sources`); left out of :func:`training_items`
+#: when not set.
+SOURCE_KEYS = ("sources", "test_sources", "balance_sources")
+
+
 def add_training_arguments(p) -> None:
     """Add every key of a two-stage training config to a jsonargparse parser."""
     from lightning import Trainer
@@ -239,17 +244,22 @@ def normalize(cfg):
     deprecated ``data.channel: X`` becomes ``data.channels: [X]`` (``data.channel`` then null), and every entry
     of ``data.channels`` is spelt as :class:`~dsn.data.channels.ChannelSpec` writes it (a derivation as
     ``NAME=PLUS - MINUS``), so later code reads ``data.channels`` alone and
-    :func:`~dsn.data.channels.channel_names` of it. Returns ``cfg``.
+    :func:`~dsn.data.channels.channel_names` of it. ``data.sources`` (several data sets) is checked here, once,
+    and written in its one form (every key of every entry given, each montage channel mapped:
+    :mod:`dsn.data.sources`). Returns ``cfg``.
 
     Raises
     ------
     ConfigError
-        When both keys are given and disagree, or a channel is malformed (naming ``data.channels``).
+        When both keys are given and disagree, or a channel is malformed (naming ``data.channels``), or a source
+        is (naming ``data.sources[i]``).
     """
     data = normalized_data(to_dict(cfg.data))
     if cfg.data.channel is not None:
         logging.getLogger(__name__).warning("data.channel is deprecated: use data.channels: [%s]", cfg.data.channel)
     cfg.data.channels, cfg.data.channel = data["channels"], None
+    if "sources" in data:
+        cfg.data.sources = data["sources"]
     return cfg
 
 
@@ -262,7 +272,24 @@ def normalized_data(data: dict[str, Any]) -> dict[str, Any]:
         channels = [str(parse_channel(c)) for c in pick_channels(data.get("channels"), data.get("channel"))]
     except ValueError as e:
         raise ConfigError(f"data.{e}") from None
-    return {**data, "channels": channels, "channel": None}
+    out = {**data, "channels": channels, "channel": None}
+    if data.get("sources") or data.get("test_sources") or data.get("balance_sources"):
+        out["sources"] = _normalized_sources(data, channels)
+    return out
+
+
+def _normalized_sources(data: dict[str, Any], channels: list[str]) -> list[dict[str, Any]]:
+    """``data.sources`` in its one form (:func:`dsn.data.sources.source_list`: every entry checked, each montage
+    channel mapped), as ``ConfigError("data.sources[i] (name) ...")``."""
+    from dsn.data.sources import source_list
+
+    try:
+        sources = source_list(data.get("sources"), channels, data.get("test_sources"))
+    except ValueError as e:
+        raise ConfigError(f"data.{e}") from None
+    if data.get("balance_sources") and not sources:
+        raise ConfigError("data.balance_sources: true needs data.sources (the sources to balance over).")
+    return [s.as_dict(channels) for s in sources]
 
 
 def config_keys(parser=None) -> set[str]:
@@ -305,6 +332,9 @@ def training_items(cfg) -> dict[str, Any]:
     d = to_dict(cfg)
     if "data" in d:  # a config logged before the one form (parsed from its YAML) compares as today's
         d["data"] = normalized_data(d["data"])
+        for key in SOURCE_KEYS:  # a fit on one data set: its params and cv key as before data.sources existed
+            if not d["data"].get(key):
+                d["data"].pop(key, None)
     return {k: v for k, v in flatten(d).items() if k.split(".")[0] not in NON_TRAINING_KEYS}
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ("index", "getting-started", "commands", "configuration", "datasets", "channels", "tracking", "sweeps", "cv",
+PAGES = ("index", "getting-started", "commands", "configuration", "datasets", "sources", "channels", "tracking", "sweeps", "cv",
          "recipe", "predict", "trustworthy", "trust", "adapting", "scaling", "networks", "benchmarks", "development",
          "api")
 

@@ -27,6 +27,16 @@ from dsn.data.sampling import (
     independent_windows,
 )
 from dsn.data.sanity import describe_problems, recorded_problems
+from dsn.data.sources import (
+    Source,
+    channel_error,
+    prefixed,
+    scorer_aliases,
+    source_groups,
+    source_list,
+    spec_sources,
+    split_sources,
+)
 from dsn.data.splits import Split, fixed_split, subject_kfold
 
 SPLITS = ("train", "val", "test")
@@ -128,6 +138,19 @@ class SleepEDFDataModule(L.LightningDataModule):
         Validation subject ids of an explicit split.
     test_subjects : list of str, optional
         Test subject ids of an explicit split.
+    sources : list of dict, optional
+        Several data sets in one fit (:mod:`dsn.data.sources`), each ``{name, dataset, data_dir, channels,
+        channel_aliases, subjects, recordings}`` read through its own profile, with ``channels`` mapping each of
+        ``channels`` (the montage) to the source's label or derivation (``{EEG: C4-A1, EOG: EOG(L)}``). Then
+        ``data_dir``, ``dataset`` and ``subjects`` are not read; recording and subject ids become
+        ``<source>-<id>``, and each source's subjects are split on their own (``n_folds``, ``fold``,
+        ``n_val_subjects``, ``split_seed``). ``None``: the one data set of ``data_dir``.
+    test_sources : list of str, optional
+        Sources held out as the test set (all their recordings; the other sources are then split into train
+        and validation only).
+    balance_sources : bool, default False
+        With ``sources`` and ``oversample``: balance the pretraining oversampling over every (source, class)
+        pair instead of over classes, so each source weighs the same.
     mode : {"pretrain", "finetune"}, default "pretrain"
         Single epochs with class-balanced oversampling, or sequences.
     batch_size : int, default 100
@@ -213,6 +236,9 @@ class SleepEDFDataModule(L.LightningDataModule):
         train_subjects: list[str] | None = None,
         val_subjects: list[str] | None = None,
         test_subjects: list[str] | None = None,
+        sources: list[dict[str, Any]] | None = None,
+        test_sources: list[str] | None = None,
+        balance_sources: bool = False,
         mode: Literal["pretrain", "finetune"] = "pretrain",
         batch_size: int = 100,
         eval_batch_size: int = 500,
@@ -240,6 +266,7 @@ class SleepEDFDataModule(L.LightningDataModule):
             tuple(pick_channels(channels, channel)), sfreq, epoch_sec, trim_minutes, unscored, length_mismatch,
             merge_aliases(None if self.profile.is_default else self.profile.channel_aliases, channel_aliases) or None,
         )
+        self._init_sources(source_list(sources, self.prep.channels, test_sources, recordings), channel_aliases)
         self.mode = mode
         self.shift_samples = int(round(max_shift * self.prep.n_times))
         self.batch_size = batch_size
@@ -257,9 +284,45 @@ class SleepEDFDataModule(L.LightningDataModule):
         """Download (when asked) and fill the preprocessing cache."""
         self._discover()
 
+    def _init_sources(self, sources: list[Source], aliases: dict[str, list[str]] | None) -> None:
+        self.sources = sources  # data.sources in its one form (empty: the one data set of data_dir)
+        self._source_preps = {s.name: self._source_prep(s, aliases) for s in sources}
+        self.source_of: dict[str, str] = {}  # recording name -> its source's name
+
+    def _source_prep(self, source: Source, aliases: dict[str, list[str]] | None) -> Preprocessing:
+        """How ``source``'s files are read: its labels for the montage's channels, its profile's and its own
+        aliases (the montage's preprocessing otherwise)."""
+        prof = load_profile(source.dataset)
+        own = merge_aliases(None if prof.is_default else prof.channel_aliases, source.channel_aliases, aliases)
+        return Preprocessing(source.channels, self.prep.sfreq, self.prep.epoch_sec, self.prep.trim_minutes,
+                             self.prep.unscored, self.prep.length_mismatch, own or None)
+
+    def _discover_sources(self) -> list[RecordingFiles]:
+        """Every source's recordings (its subjects and nights), ids prefixed by the source's name."""
+        files = []
+        for src in self.sources:
+            try:
+                found = find_recordings(src.data_dir, src.dataset)
+            except DataError as e:
+                raise DataError(f"data.sources {src.name}: {e}") from None
+            if src.subjects is not None:
+                found = [f for f in found if f.subject in subject_ids(src.subjects, load_profile(src.dataset).is_default)]
+            if src.recordings is not None:
+                found = [f for f in found if f.night in set(src.recordings)]
+            if not found:
+                raise DataError(f"data.sources {src.name}: {src.data_dir}: no recordings left after selecting "
+                                f"subjects={src.subjects} nights={src.recordings}.")
+            for f in prefixed(found, src):
+                self.source_of[f.name] = src.name
+                files.append(f)
+        self._files = files
+        return files
+
     def _discover(self) -> list[RecordingFiles]:
         if self._files is not None:
             return self._files
+        if self.sources:
+            return self._discover_sources()
         hp = self.hparams
         data_dir = Path(hp.data_dir)
         if hp.download:
@@ -287,6 +350,10 @@ class SleepEDFDataModule(L.LightningDataModule):
         subjects = sorted({f.subject for f in self._discover()})
         if hp.train_subjects or hp.val_subjects or hp.test_subjects:
             return fixed_split(hp.train_subjects or [], hp.val_subjects or [], hp.test_subjects or [], subjects)
+        if self.sources:
+            by_source = {s.name: sorted({f.subject for f in self._files if self.source_of[f.name] == s.name})
+                         for s in self.sources}
+            return split_sources(by_source, hp.test_sources, hp.n_folds, hp.fold, hp.n_val_subjects, hp.split_seed)
         return subject_kfold(subjects, hp.n_folds, hp.fold, hp.n_val_subjects, hp.split_seed)
 
     def setup(self, stage: str | None = None) -> None:
@@ -303,7 +370,7 @@ class SleepEDFDataModule(L.LightningDataModule):
 
             it = tqdm(wanted, desc="Loading recordings", unit="rec", leave=False)
         for f in it:
-            rec = load_recording(f, self.prep, self.hparams.cache_dir, self.hparams.use_cache)
+            rec = self._load(f)
             if problems := recorded_problems(rec.meta, rec.x, self.prep.channel_names):  # refused, not warned (sanity)
                 raise DataError(f"{describe_problems(problems, str(f.psg))}: a training night must carry signal on "
                                 f"every channel; move it out of {self.hparams.data_dir} and fit again.")
@@ -317,6 +384,18 @@ class SleepEDFDataModule(L.LightningDataModule):
             name: [loaded[f.name] for f in wanted if f.subject in by_subject[name]] for name in SPLITS
         }
 
+    def _load(self, f: RecordingFiles) -> Recording:
+        """One recording, read as its source reads it (with ``sources``: a channel it lacks named per source)."""
+        hp = self.hparams
+        if not self.sources:
+            return load_recording(f, self.prep, hp.cache_dir, hp.use_cache)
+        src = next(s for s in self.sources if s.name == self.source_of[f.name])
+        prep = self._source_preps[src.name]
+        try:
+            return load_recording(f, prep, hp.cache_dir, hp.use_cache)
+        except DataError as e:
+            raise channel_error(e, f, src, self.prep.channels, prep.channel_aliases) from None
+
     def for_stage(self, mode: Literal["pretrain", "finetune"], batch_size: int, seq_len: int | None = None) -> SleepEDFDataModule:
         """A data module for one training stage: the same settings with ``mode``, ``batch_size`` (and
         ``seq_len``) replaced, sharing the recordings already loaded (nothing is read twice).
@@ -327,7 +406,7 @@ class SleepEDFDataModule(L.LightningDataModule):
         if seq_len is not None:
             kwargs["seq_len"] = seq_len
         dm = type(self)(**kwargs)
-        dm._files, dm.split, dm.recordings = self._files, self.split, self.recordings
+        dm._files, dm.split, dm.recordings, dm.source_of = self._files, self.split, self.recordings, self.source_of
         return dm
 
     # ----------------------------------------------------------------- reporting
@@ -346,6 +425,17 @@ class SleepEDFDataModule(L.LightningDataModule):
                "unscored": hp.unscored, "normalize": hp.normalize}
         if self.recordings:
             out["source_sfreq"] = self.source_sfreqs()
+        if self.sources:  # what the model was trained on, and the sources' labels as aliases of its channels
+            out["channel_aliases"] = scorer_aliases(self.sources, self.prep.channels, out["channel_aliases"])
+            out["sources"] = spec_sources(self.sources, self.prep.channels, hp.test_sources, self.source_counts())
+        return out
+
+    def source_counts(self) -> dict[str, dict[str, int]]:
+        """Recordings of each source in each split (``{source: {split: n}}``; empty without ``sources``)."""
+        out = {s.name: dict.fromkeys(SPLITS, 0) for s in self.sources}
+        for split, recs in self.recordings.items():
+            for r in recs:
+                out[self.source_of[r.name]][split] += 1
         return out
 
     def class_counts(self) -> dict[str, dict[str, int]]:
@@ -357,12 +447,15 @@ class SleepEDFDataModule(L.LightningDataModule):
 
     def summary(self) -> dict:
         """Subjects, recordings and class counts per split (logged to MLflow)."""
-        return {
+        out = {
             "split": self.split.as_dict() if self.split else None,
             "recordings": {k: [r.name for r in v] for k, v in self.recordings.items()},
             "class_counts": self.class_counts(),
             "stages": list(STAGES),
         }
+        if self.sources:
+            out["sources"] = self.source_counts()
+        return out
 
     # ----------------------------------------------------------------- loaders
     def _loader(self, dataset, **kwargs) -> DataLoader:
@@ -428,7 +521,10 @@ class SleepEDFDataModule(L.LightningDataModule):
         hp = self.hparams
         ds = EpochDataset(self._check("train"))
         if hp.oversample:
-            sampler = BalancedSampler(ds.labels, seed=hp.seed, redraw=hp.redraw_oversampling, max_shift=self.shift_samples)
+            groups = ds.labels
+            if hp.balance_sources and self.sources:  # every (source, class) pair as many times as the largest
+                groups = source_groups(ds.recordings, self.source_of, ds.labels, [s.name for s in self.sources])
+            sampler = BalancedSampler(groups, seed=hp.seed, redraw=hp.redraw_oversampling, max_shift=self.shift_samples)
         else:
             sampler = ShardedSampler(len(ds), shuffle=True, seed=hp.seed, max_shift=self.shift_samples)
         if hp.device_batches:

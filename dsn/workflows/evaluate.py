@@ -148,7 +148,7 @@ def evaluate(
     loaded, uses = [], None
     for f in files:
         _, rates = edf_header(f.psg)
-        rec_uses = channel_uses(scorer.channels, channels, list(rates), profile.channel_aliases, str(f.psg))
+        rec_uses = channel_uses(scorer.channels, channels, list(rates), reading_aliases(profile, prep), str(f.psg))
         uses = uses or rec_uses
         p = Preprocessing(channels=tuple(u.read for u in rec_uses), sfreq=scorer.sfreq, epoch_sec=float(prep.get("epoch_sec", 30.0)),
                           trim_minutes=prep.get("trim_minutes", 30.0), unscored="drop", length_mismatch=length_mismatch)
@@ -170,7 +170,7 @@ def evaluate(
     pooled = _figures(np.concatenate(y_all), np.concatenate(p_all), scorer.class_names)
     return {
         "model": model, "model_kind": scorer.kind, "data_dir": str(data_dir), "dataset": profile.name,
-        "class_names": list(scorer.class_names), "n_recordings": len(per),
+        "class_names": list(scorer.class_names), "n_recordings": len(per), **trained_on_entry(scorer),
         "n_subjects": len({r["subject"] for r in per}), "channels": [u.__dict__ for u in uses or []],
         "cross_montage": any(u.cross_montage for u in uses or []), "pooled": pooled, "per_recording": per,
         "verdicts": {v: sum(r["trust"]["verdict"] == v for r in per) for v in ("trusted", "check", "do not use")},
@@ -204,9 +204,32 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [f"dsn evaluate: {s['model']} on {s['data_dir']} (data set '{s['dataset']}', {s['n_recordings']} recordings, "
              f"{s['n_subjects']} subjects)"]
     lines += [f"  {ChannelUse(**u).describe()}" for u in s["channels"]]
+    lines += [f"  model trained on: {trained_on(s['trained_on'])}"] if s.get("trained_on") else []
     lines += [head, "-" * len(head), table.row("pooled", s["pooled"], s["pooled"]["n_epochs"])]
     lines += [table.row(f"  {r['name']}", r, r["n_epochs"]) for r in s["per_recording"]]
     return "\n".join(lines + format_verdicts(s))
+
+
+def reading_aliases(profile, prep: dict[str, Any]) -> dict[str, list[str]]:
+    """The aliases ``dsn evaluate`` finds the model's channels with: the data set's profile's, plus, for a model
+    trained on several data sets (``preprocessing.sources``), the model's own (each source's label of each of its
+    channels: a night of any of its sources is read as it was in training)."""
+    from dsn.data.channels import merge_aliases
+
+    return merge_aliases(profile.channel_aliases, prep.get("channel_aliases") if prep.get("sources") else None)
+
+
+def trained_on_entry(scorer) -> dict[str, Any]:
+    """A summary's ``trained_on`` entry: the data sets of a model trained on several (its spec's
+    ``preprocessing.sources``, :mod:`dsn.data.sources`); empty for a model trained on one."""
+    sources = scorer.preprocessing.get("sources")
+    return {"trained_on": sources} if sources else {}
+
+
+def trained_on(sources: list[dict[str, Any]]) -> str:
+    """One line naming the data sets a model was trained on (its spec's ``preprocessing.sources``)."""
+    return "; ".join(f"{s['name']} ({s['dataset']}{', test only' if s.get('test_only') else ''}: "
+                     + ", ".join(f"{k}={v}" for k, v in s["channels"].items()) + ")" for s in sources)
 
 
 def format_verdicts(s: dict[str, Any]) -> list[str]:

@@ -33,6 +33,7 @@ import numpy as np
 
 from dsn.errors import ConfigError
 from dsn.evaluation import apply_temperature
+from dsn.workflows.evaluate import trained_on_entry
 
 
 def scaled_proba(scorer, x: np.ndarray, source: str = "recording", return_input: bool = False):
@@ -125,12 +126,34 @@ def read_night(scorer, path: str | Path, channel: str | Sequence[str] | None = N
     from dsn.workflows.evaluate import channel_uses
 
     prep = scorer.preprocessing
+    channel = source_channels(scorer, path, channel)
     uses = channel_uses(scorer.channels, channel, source=str(path), option="--channel")
     inp = read_epochs(path, [u.asked for u in uses], scorer.sfreq, float(prep.get("epoch_sec", 30.0)),
                       prep.get("channel_aliases"), prep.get("source_sfreq"))
     if inp.x.shape[-1] != scorer.n_times:
         raise ConfigError(f"{path}: epochs of {inp.x.shape[-1]} samples, but the model expects {scorer.n_times}.")
     return inp
+
+
+def source_channels(scorer, path: str | Path, channel: str | Sequence[str] | None):
+    """What to read for the channels of a model trained on several data sets (``preprocessing.sources``) when
+    ``--channel`` names none: the model's channels when the file has them (by name or alias), else the channels of
+    the first of its sources whose labels (or derivations) the file has, so a night of any source is read as it
+    was in training. ``channel`` itself for any other model, or when given."""
+    from dsn.data.edf import locate_channels
+    from dsn.data.errors import DataError
+
+    sources = scorer.preprocessing.get("sources")
+    if channel or not sources:
+        return channel
+    aliases = scorer.preprocessing.get("channel_aliases")
+    for chans in [None, *(list(s["channels"].values()) for s in sources)]:
+        try:
+            locate_channels(path, chans or scorer.channels, aliases)
+            return chans
+        except DataError:
+            continue
+    return None  # none fits: the model's own channels, whose error names what is missing
 
 
 def signal_problems(inp, force: bool = False) -> list:
@@ -197,7 +220,7 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
         "statistics": sleep_statistics(stages, epoch_sec), "confidence": conf, "familiarity": familiar,
         "signal_problems": [p.as_dict() for p in problems], "files": {k: str(v) for k, v in files.items()},
         "trust": night_verdict(stages, epoch_sec, calibration=scorer.calibration, period=period, familiar=familiar,
-                               problems=problems, norms=norms, age=age).as_dict(),
+                               problems=problems, norms=norms, age=age).as_dict(), **trained_on_entry(scorer),
     }  # fmt: skip
     if hypnogram is not None:
         from dsn.data.datasets import expert_labels  # every profile's format, placed by the start times

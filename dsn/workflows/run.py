@@ -128,4 +128,6 @@ def format_data_summary(summary: dict) -> str:
         n_sub = len((summary.get("split") or {}).get(split, []))
         n_rec = len(summary["recordings"][split])
         lines.append(f"  {split:<6} {n_sub:>8} {n_rec:>5} " + " ".join(f"{counts[s]:>6}" for s in STAGES))
+    for source, recs in (summary.get("sources") or {}).items():  # data.sources: each source's recordings per split
+        lines.append(f"  source {source}: " + ", ".join(f"{n} {split}" for split, n in recs.items()) + " recordings")
     return "\n".join(lines)

@@ -224,12 +224,36 @@ def evaluate(ctx: FitContext, name: str, res: StageResult, dm, device) -> None:
         preds = [Prediction(r.name, r.subject, np.asarray(r.y), scorer.raw_proba(r.x)) for r in dm.recordings[split]]
         cm = confusion_of(preds, len(scorer.class_names))
         figures = {f"{split}/{k}": v for k, v in metrics_from_confusion(cm, scorer.class_names).items()}
+        figures.update(source_figures(split, preds, getattr(dm, "source_of", None), scorer.class_names))
         res.metrics.update(figures)
         res.confusion[split], res.predictions[split] = cm, preds
         ctx.recorder.record_split(res.run_id, split, figures, cm, preds, Path(res.selected_checkpoint).parent)
         ctx.info("[%s] %s (%s): acc %.3f, MF1 %.3f, kappa %.3f", name, split, ", ".join(getattr(dm.split, split)),
                  figures[f"{split}/acc"], figures[f"{split}/f1_macro"], figures[f"{split}/kappa"])
+        for source in sorted({k.split("/")[1] for k in figures if k.count("/") == 2}):  # data.sources: each one's
+            ctx.info("[%s] %s, source %s: acc %.3f, MF1 %.3f, kappa %.3f", name, split, source,
+                     *(figures[f"{split}/{source}/{k}"] for k in SOURCE_FIGURES))
     scorer.cpu()
+
+
+#: The figures of each source's recordings (``{split}/<source>/{name}``) beside the pooled ones.
+SOURCE_FIGURES = ("acc", "f1_macro", "kappa")
+
+
+def source_figures(split: str, preds: list[Prediction], source_of: dict[str, str] | None,
+                   class_names: Sequence[str]) -> dict[str, float]:
+    """``{split}/<source>/acc|f1_macro|kappa`` of each source's recordings in ``preds`` (a fit on several data
+    sets, ``data.sources``; ``source_of``: recording name -> source); empty for a fit on one data set."""
+    from dsn.evaluation import metrics_from_confusion
+
+    if not source_of:
+        return {}
+    out: dict[str, float] = {}
+    for source in sorted({source_of[p.name] for p in preds}):
+        cm = confusion_of([p for p in preds if source_of[p.name] == source], len(class_names))
+        figures = metrics_from_confusion(cm, class_names)
+        out.update({f"{split}/{source}/{k}": figures[k] for k in SOURCE_FIGURES})
+    return out
 
 
 def calibrate(ctx: FitContext, name: str, res: StageResult, dm) -> None:
