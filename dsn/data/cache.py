@@ -104,3 +104,31 @@ def _save_rows(path: Path, x: np.ndarray, rows: np.ndarray | None) -> None:
                     np.copyto(buf[: len(block)], block)
                     block = buf[: len(block)]
                 f.write(memoryview(block).cast("B"))
+
+
+def read_extra(folder: Path, name: str) -> dict[str, Any] | None:
+    """A JSON file kept beside a cache entry (figures derived from it, e.g. normalisation statistics); ``None``
+    if absent or unreadable."""
+    try:
+        return json.loads((Path(folder) / name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_extra(folder: Path, name: str, data: dict[str, Any]) -> bool:
+    """Write ``data`` as ``folder/name`` atomically (temporary file + rename); False (nothing written) where
+    the folder is not writable, e.g. a shared read-only cache: the figures are then recomputed next time."""
+    fd, tmp = None, None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
+        with os.fdopen(fd, "w") as f:
+            fd = None
+            json.dump(data, f)
+        os.replace(tmp, Path(folder) / name)
+        return True
+    except OSError:
+        if fd is not None:
+            os.close(fd)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        return False

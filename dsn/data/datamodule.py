@@ -16,8 +16,8 @@ from dsn.data.datasets import RecordingFiles, find_recordings, load_profile
 from dsn.data.device_sampling import DeviceBatches
 from dsn.data.errors import DataError
 from dsn.data.labels import STAGES, class_counts
-from dsn.data.normalize import NORMALIZE_METHODS, NormalizeMethod, normalize
-from dsn.data.recording import Preprocessing, Recording, load_recording
+from dsn.data.normalize import NORMALIZE_METHODS, NormalizeMethod
+from dsn.data.recording import Preprocessing, Recording, load_recording, normalized_epochs
 from dsn.data.sampling import (
     BalancedSampler,
     EpochDataset,
@@ -165,8 +165,8 @@ class SleepEDFDataModule(L.LightningDataModule):
         ``"robust"`` by their IQR / 1.349 (after subtracting the median), both measured on the 0.5-30 Hz band
         so that drifts and mains noise do not set the scale; see :mod:`dsn.data.normalize`.
         Removes the between-subject amplitude differences while keeping the relations inside a night. The
-        cache keeps the raw signal, so switching it re-reads nothing; normalised recordings are held in
-        memory (4 bytes per sample).
+        cache keeps the raw signal, so switching it re-reads nothing; recordings are normalised on access
+        (nothing held in memory), with each recording's statistics kept beside its cache entry.
     cache_dir : str, optional
         Preprocessed-recording cache (default ``$DSN_CACHE_DIR`` or ``~/.cache/dsn``).
     use_cache : bool, default True
@@ -309,7 +309,7 @@ class SleepEDFDataModule(L.LightningDataModule):
                                 f"every channel; move it out of {self.hparams.data_dir} and fit again.")
             if self.hparams.normalize != "none":
                 try:
-                    rec.x = normalize(rec.x, self.hparams.normalize, self.prep.sfreq)
+                    rec.x = normalized_epochs(rec, self.hparams.normalize)  # normalised on access: no copy
                 except ValueError as e:
                     raise DataError(f"{f.psg} ({', '.join(self.prep.channel_names)}): {e}") from None
             loaded[f.name] = rec

@@ -15,6 +15,7 @@ from dsn.data.datasets import RecordingFiles
 from dsn.data.edf import read_channels
 from dsn.data.hypnograms import UNANNOTATED, stage_labels, trim_and_clean
 from dsn.data.labels import IGNORE_INDEX
+from dsn.data.normalize import SCALE_BAND, NormalizedEpochs, NormalizeMethod, channel_stats
 from dsn.data.sanity import check_signals
 
 
@@ -105,6 +106,7 @@ class Recording:
     y: np.ndarray
     sfreq: float
     meta: dict = field(default_factory=dict)
+    cache_folder: Path | None = None  # the cache entry it was read from (None: not cached)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -160,7 +162,7 @@ def load_recording(
         entry = cache.load_entry(folder)
         if entry is not None and _entry_fits(entry, prep):
             x, y, meta = entry
-            return Recording(files.name, files.subject, files.night, x, y, prep.sfreq, meta)
+            return Recording(files.name, files.subject, files.night, x, y, prep.sfreq, meta, folder)
     epochs, keep, y, info = _prepare(files, prep)
     meta = {"psg": str(files.psg), "hypnogram": str(files.hypnogram), "params": params, "channels": info,
             # judged once, while the night is in memory: a warm set-up then reads no sample (dsn.data.sanity)
@@ -171,7 +173,7 @@ def load_recording(
         entry = cache.load_entry(folder)
         if entry is not None and _entry_fits(entry, prep):
             x, y, meta = entry
-            return Recording(files.name, files.subject, files.night, x, y, prep.sfreq, meta)
+            return Recording(files.name, files.subject, files.night, x, y, prep.sfreq, meta, folder)
     return Recording(files.name, files.subject, files.night, np.ascontiguousarray(epochs[keep]), y, prep.sfreq, meta)
 
 
@@ -180,3 +182,32 @@ def _entry_fits(entry: tuple[np.ndarray, np.ndarray, dict], prep: Preprocessing)
     x = entry[0]
     return x.ndim == 3 and x.shape[1:] == (prep.n_chans, prep.n_times)
 
+
+#: Bump when :func:`dsn.data.normalize.channel_stats` changes in a way its inputs (method, rate, band) do not capture.
+STATS_VERSION = 1
+
+
+def normalized_epochs(rec: Recording, method: NormalizeMethod) -> np.ndarray | NormalizedEpochs:
+    """``rec.x`` normalised by ``method`` without a copy: a :class:`~dsn.data.normalize.NormalizedEpochs` over the
+    (memory-mapped) epochs, with the same values as ``normalize(rec.x, method, rec.sfreq)``; ``rec.x`` for ``"none"``.
+
+    The per-channel statistics read every sample once; for a cached recording they are kept beside its cache
+    entry (``stats-<method>.json``) and read back by later set-ups, which then touch no sample.
+
+    Raises
+    ------
+    ValueError
+        As :func:`~dsn.data.normalize.channel_stats` (unknown method, flat channel).
+    """
+    if method == "none":
+        return rec.x
+    tag = {"version": STATS_VERSION, "method": method, "sfreq": float(rec.sfreq), "band": list(SCALE_BAND),
+           "shape": list(rec.x.shape)}
+    name = f"stats-{method}.json"
+    kept = cache.read_extra(rec.cache_folder, name) if rec.cache_folder is not None else None
+    if kept is not None and kept.get("tag") == tag:
+        return NormalizedEpochs(rec.x, kept["centers"], kept["scales"])
+    centers, scales = channel_stats(rec.x, method, rec.sfreq)
+    if rec.cache_folder is not None:
+        cache.write_extra(rec.cache_folder, name, {"tag": tag, "centers": centers, "scales": scales})
+    return NormalizedEpochs(rec.x, centers, scales)
