@@ -167,6 +167,10 @@ class SleepEDFDataModule(L.LightningDataModule):
         Removes the between-subject amplitude differences while keeping the relations inside a night. The
         cache keeps the raw signal, so switching it re-reads nothing; recordings are normalised on access
         (nothing held in memory), with each recording's statistics kept beside its cache entry.
+    cache_dtype : {"float32", "float16"}, default "float32"
+        How the cache stores the epochs: ``float16`` halves the cache (and the pages a fit reads) at about three
+        significant digits per sample (read back as float32); a night with a sample beyond +/-65504 is refused.
+        Its entries have their own keys: switching builds the other entries, never mixes them.
     cache_dir : str, optional
         Preprocessed-recording cache (default ``$DSN_CACHE_DIR`` or ``~/.cache/dsn``).
     use_cache : bool, default True
@@ -223,6 +227,7 @@ class SleepEDFDataModule(L.LightningDataModule):
         max_shift: float = 0.0,
         skip_first: int = 0,
         normalize: NormalizeMethod = "none",
+        cache_dtype: Literal["float32", "float16"] = "float32",
         cache_dir: str | None = None,
         use_cache: bool = True,
         num_workers: int = 0,
@@ -239,6 +244,7 @@ class SleepEDFDataModule(L.LightningDataModule):
         self.prep = Preprocessing(  # channel: a library caller's old spelling (a parsed config has it null)
             tuple(pick_channels(channels, channel)), sfreq, epoch_sec, trim_minutes, unscored, length_mismatch,
             merge_aliases(None if self.profile.is_default else self.profile.channel_aliases, channel_aliases) or None,
+            cache_dtype,
         )
         self.mode = mode
         self.shift_samples = int(round(max_shift * self.prep.n_times))

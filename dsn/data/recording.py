@@ -13,10 +13,14 @@ from dsn.data import cache
 from dsn.data.channels import DEFAULT_CHANNELS, channel_names, merge_aliases, parse_channel
 from dsn.data.datasets import RecordingFiles
 from dsn.data.edf import read_channels
+from dsn.data.errors import DataError
 from dsn.data.hypnograms import UNANNOTATED, stage_labels, trim_and_clean
 from dsn.data.labels import IGNORE_INDEX
 from dsn.data.normalize import SCALE_BAND, NormalizedEpochs, NormalizeMethod, channel_stats
 from dsn.data.sanity import check_signals
+
+#: How a cache entry may store the epochs (``Preprocessing.cache_dtype``).
+CACHE_DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,14 @@ class Preprocessing:
         What to do when hypnogram and signal lengths disagree.
     channel_aliases : mapping, optional
         ``{canonical: [alias, ...]}`` added to the built-in alias table (a profile's, the user's).
+    cache_dtype : {"float32", "float16"}, default "float32"
+        How the cache stores the epochs (float16: half the bytes, about 3 significant digits; read back as
+        float32). Enters the cache key only when not the default, so float32 entries keep their keys.
 
     Raises
     ------
     ValueError
-        For no channel, a malformed derivation, or two channels of the same name.
+        For no channel, a malformed derivation, two channels of the same name, or another cache dtype.
     """
 
     channels: tuple[str, ...] = DEFAULT_CHANNELS
@@ -54,8 +61,11 @@ class Preprocessing:
     unscored: Literal["drop", "mask"] = "drop"
     length_mismatch: Literal["raise", "crop"] = "raise"
     channel_aliases: Mapping[str, Sequence[str]] | None = None
+    cache_dtype: Literal["float32", "float16"] = "float32"
 
     def __post_init__(self) -> None:
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"cache_dtype={self.cache_dtype!r}: must be one of {list(CACHE_DTYPES)}")
         chans = (self.channels,) if isinstance(self.channels, str) else tuple(str(parse_channel(c)) for c in self.channels)
         if not chans:
             raise ValueError("channels: give at least one channel, e.g. [EEG Fpz-Cz]")
@@ -82,6 +92,8 @@ class Preprocessing:
         """The parameters as a JSON-able dict (the cache key's and the meta file's)."""
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["channels"] = list(self.channels)
+        if d["cache_dtype"] == "float32":  # the default: the keys of the entries written before the option
+            del d["cache_dtype"]
         return d
 
 
@@ -94,7 +106,8 @@ class Recording:
     name : recording name (``SC4001E0``).
     subject : subject id (``SC400``).
     night : night number.
-    x : ndarray, shape (n_epochs, n_chans, n_times), float32 microvolts; usually a read-only memory map.
+    x : ndarray, shape (n_epochs, n_chans, n_times), float32 (float16 with ``cache_dtype: float16``) microvolts;
+        usually a read-only memory map.
     y : ndarray, shape (n_epochs,), int64 class indices, ``IGNORE_INDEX`` for masked epochs.
     sfreq : sampling rate of ``x``.
     """
@@ -169,18 +182,22 @@ def load_recording(
             "signal_problems": [{"channel": p.channel, "kind": p.kind, "share": float(p.share)}
                                 for p in check_signals(epochs[keep], prep.channel_names)]}
     if folder is not None:
-        cache.write_entry(folder, epochs, y, meta, rows=keep)
+        try:
+            cache.write_entry(folder, epochs, y, meta, rows=keep, dtype=prep.cache_dtype)
+        except OverflowError as e:
+            raise DataError(f"{files.psg}: {e} (data.cache_dtype {prep.cache_dtype}); use data.cache_dtype: float32") from None
         entry = cache.load_entry(folder)
         if entry is not None and _entry_fits(entry, prep):
             x, y, meta = entry
             return Recording(files.name, files.subject, files.night, x, y, prep.sfreq, meta, folder)
-    return Recording(files.name, files.subject, files.night, np.ascontiguousarray(epochs[keep]), y, prep.sfreq, meta)
+    x = np.ascontiguousarray(epochs[keep]).astype(prep.cache_dtype, copy=False)  # as a cache entry would hold it
+    return Recording(files.name, files.subject, files.night, x, y, prep.sfreq, meta)
 
 
 def _entry_fits(entry: tuple[np.ndarray, np.ndarray, dict], prep: Preprocessing) -> bool:
     """Whether a cache entry has the shape ``prep`` makes (a stale or foreign entry is rebuilt, never used)."""
     x = entry[0]
-    return x.ndim == 3 and x.shape[1:] == (prep.n_chans, prep.n_times)
+    return x.ndim == 3 and x.shape[1:] == (prep.n_chans, prep.n_times) and x.dtype == np.dtype(prep.cache_dtype)
 
 
 #: Bump when :func:`dsn.data.normalize.channel_stats` changes in a way its inputs (method, rate, band) do not capture.
