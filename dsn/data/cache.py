@@ -29,6 +29,42 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DSN_CACHE_DIR", Path.home() / ".cache" / "dsn"))
 
 
+#: Open files kept free beyond the memory maps (loader workers, MLflow's database, checkpoints, logs).
+SPARE_OPEN_FILES = 256
+
+
+def reserve_open_files(n_entries: int) -> None:
+    """Let this process hold ``n_entries`` more memory-mapped entries open at once.
+
+    Every memory map keeps a file descriptor (Python's ``mmap`` duplicates it), so a fit over thousands of
+    nights holds thousands of open files: past the soft limit (``ulimit -n``, often 1,024) every later open
+    fails with "Too many open files". The soft limit is raised towards the hard limit as far as needed
+    (open files now + ``n_entries`` + :data:`SPARE_OPEN_FILES`); nothing is done where it already suffices or
+    on a system without ``resource`` (Windows).
+
+    Raises
+    ------
+    OSError
+        Where the hard limit is too low, naming the numbers and ``ulimit -Hn``.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:  # no /proc (macOS): count nothing
+        open_now = 0
+    want = open_now + n_entries + SPARE_OPEN_FILES
+    if soft == resource.RLIM_INFINITY or want <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and want > hard:
+        raise OSError(f"{n_entries} memory-mapped recordings need about {want} open files, but this process may "
+                      f"open at most {hard} (hard limit): raise it (ulimit -Hn, /etc/security/limits.conf) or fit on fewer nights")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def file_identity(path: str | Path) -> dict[str, Any]:
     """Name, size and modification time of a file (no content read)."""
     st = Path(path).stat()

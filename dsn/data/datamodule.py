@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from dsn.data.cache import reserve_open_files
 from dsn.data.channels import merge_aliases, pick_channels
 from dsn.data.datasets import RecordingFiles, find_recordings, load_profile
 from dsn.data.device_sampling import DeviceBatches
@@ -302,6 +303,11 @@ class SleepEDFDataModule(L.LightningDataModule):
         self.split = self.make_split()
         by_subject = {name: set(getattr(self.split, name)) for name in SPLITS}
         wanted = [f for f in files if any(f.subject in s for s in by_subject.values())]
+        if self.hparams.use_cache:
+            try:  # every cached night stays memory-mapped: one open file each
+                reserve_open_files(len(wanted))
+            except OSError as e:
+                raise DataError(f"{self.hparams.data_dir}: {e}") from None
         loaded = {}
         it = wanted
         if self.hparams.progress:
