@@ -211,7 +211,7 @@ def measure_size(n: int, pairs, tmp: Path, a) -> dict:
     fig = {"prep_s": prep["setup_s"], "prep_s_per_night": prep["setup_s"] / n, "cache_bytes_per_night": cache_bytes / n}
     setup, fig["setup_peak_mb"] = run_child({**spec, "phase": "setup"})
     fig.update(setup_s=setup["setup_s"], setup_growth_mb=max(setup["setup_growth_mb"], 1e-3), epochs=setup["epochs"])
-    for stage in ("pretrain", "finetune"):
+    for stage in a.stages:
         res, fig[f"{stage}_peak_mb"] = run_child({**spec, "phase": stage})
         fig.update({k: v for k, v in res.items() if k.startswith(stage)})
     if not a.keep:
@@ -234,7 +234,7 @@ def table_rows(nights: list[int], figs: list[dict], tolerance: float) -> list[li
     """One row per figure: its value at each size, its growth exponent, the target and a flag past it."""
     rows = []
     for key, label, target in FIGURES:
-        vals = [f[key] / SCALE.get(key, 1.0) for f in figs]
+        vals = [f.get(key, math.nan) / SCALE.get(key, 1.0) for f in figs]  # a stage not measured: nan
         e = exponent(nights, vals)
         worse = target - e if key.endswith("per_s") else e - target  # throughput: falling is worse
         flag = "PAST TARGET" if math.isfinite(e) and worse > tolerance else ""
@@ -253,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="data.normalize (default none, the demo recipe's; conf/recommended.yaml: zscore)")
     p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32",
                    help="data.cache_dtype (default float32; float16 halves the cache)")
+    p.add_argument("--stages", nargs="*", choices=["pretrain", "finetune"], default=["pretrain", "finetune"],
+                   help="training stages to measure (default both; none: preparation and set-up only)")
     p.add_argument("--tiny", action="store_true", help="a tiny network (the smoke test): throughput not comparable")
     p.add_argument("--work", type=Path, default=None, help="folder of the generated nights (written once, reused)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure of every size to this file")
@@ -276,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     for n in nights:
         print(f"  measuring {n} nights ...", flush=True)
         figs.append(measure_size(n, pairs, tmp, a))
+        print(f"  {n} nights: {json.dumps(figs[-1])}", flush=True)  # kept should a larger size not finish
     if not a.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     if a.json:
