@@ -141,6 +141,34 @@ def test_datamodule_normalises_on_access_and_keeps_the_statistics_beside_the_cac
         _dm(synth_dir, tmp_path / "c", normalize="robust").setup()
 
 
+def _mapped_kb(path) -> int:
+    """Resident kB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"), reason="reads /proc/self/smaps")
+def test_the_statistics_pass_leaves_no_page_of_the_night_resident(synth_dir, tmp_path):
+    from dsn.data.datasets import find_recordings
+    from dsn.data.recording import Preprocessing, load_recording, normalized_epochs
+
+    rec = load_recording(find_recordings(synth_dir)[0], Preprocessing(), tmp_path)
+    path = rec.cache_folder / "x.npy"
+    assert _mapped_kb(path) < 64  # mapped, not read
+    np.asarray(rec.x).sum()
+    assert _mapped_kb(path) > 0.9 * rec.x.nbytes / 1024  # reading every sample makes every page resident ...
+    rec = load_recording(find_recordings(synth_dir)[0], Preprocessing(), tmp_path)
+    x = normalized_epochs(rec, "zscore")  # ... the statistics read every sample, then release them
+    assert _mapped_kb(path) < 64
+    assert float(np.asarray(x).std()) > 0.5  # and the night reads back
+
+
 def test_statistics_are_recomputed_where_the_cache_is_read_only(tmp_path):
     from dsn.data import cache
 

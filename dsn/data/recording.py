@@ -225,6 +225,21 @@ def normalized_epochs(rec: Recording, method: NormalizeMethod) -> np.ndarray | N
     if kept is not None and kept.get("tag") == tag:
         return NormalizedEpochs(rec.x, kept["centers"], kept["scales"])
     centers, scales = channel_stats(rec.x, method, rec.sfreq)
+    release_pages(rec.x)  # every page was read once: leave them to the page cache, not this process
     if rec.cache_folder is not None:
         cache.write_extra(rec.cache_folder, name, {"tag": tag, "centers": centers, "scales": scales})
     return NormalizedEpochs(rec.x, centers, scales)
+
+
+def release_pages(x: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped array from this process's resident memory (``madvise(MADV_DONTNEED)``;
+    they stay in the page cache and are read back on the next access). Nothing for an array in memory or where
+    the call is not available."""
+    import mmap
+
+    mm = getattr(x, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # a closed map: nothing to release
+            pass
