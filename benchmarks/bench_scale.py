@@ -126,6 +126,7 @@ def _config(spec: dict):
         "data.cache_dir": spec["cache_dir"], "data.progress": False, "data.num_workers": 0,
         "data.train_subjects": spec["subjects"][n_val:], "data.val_subjects": spec["subjects"][:n_val],
         "data.test_subjects": [], "data.normalize": spec["normalize"], **(TINY if spec["tiny"] else {}),
+        **({"data.cache_dtype": spec["cache_dtype"]} if spec.get("cache_dtype", "float32") != "float32" else {}),
     }  # fmt: skip
     return config.load_config([ROOT / "conf/demo.yaml", ROOT / "conf/debug.yaml"], overrides)
 
@@ -204,13 +205,13 @@ def measure_size(n: int, pairs, tmp: Path, a) -> dict:
     subjects = subset_folder(pairs[:n], folder / "data")
     cache = folder / "cache"
     spec = {"data_dir": str(folder / "data"), "cache_dir": str(cache), "subjects": subjects, "tiny": a.tiny,
-            "batches": a.batches, "threads": a.threads, "normalize": a.normalize}
+            "batches": a.batches, "threads": a.threads, "normalize": a.normalize, "cache_dtype": a.cache_dtype}
     prep, _ = run_child({**spec, "phase": "prepare"})
     cache_bytes = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
     fig = {"prep_s": prep["setup_s"], "prep_s_per_night": prep["setup_s"] / n, "cache_bytes_per_night": cache_bytes / n}
     setup, fig["setup_peak_mb"] = run_child({**spec, "phase": "setup"})
     fig.update(setup_s=setup["setup_s"], setup_growth_mb=max(setup["setup_growth_mb"], 1e-3), epochs=setup["epochs"])
-    for stage in ("pretrain", "finetune"):
+    for stage in a.stages:
         res, fig[f"{stage}_peak_mb"] = run_child({**spec, "phase": stage})
         fig.update({k: v for k, v in res.items() if k.startswith(stage)})
     if not a.keep:
@@ -233,7 +234,7 @@ def table_rows(nights: list[int], figs: list[dict], tolerance: float) -> list[li
     """One row per figure: its value at each size, its growth exponent, the target and a flag past it."""
     rows = []
     for key, label, target in FIGURES:
-        vals = [f[key] / SCALE.get(key, 1.0) for f in figs]
+        vals = [f.get(key, math.nan) / SCALE.get(key, 1.0) for f in figs]  # a stage not measured: nan
         e = exponent(nights, vals)
         worse = target - e if key.endswith("per_s") else e - target  # throughput: falling is worse
         flag = "PAST TARGET" if math.isfinite(e) and worse > tolerance else ""
@@ -250,6 +251,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tolerance", type=float, default=0.25, help="an exponent this far past its target is flagged (default 0.25)")
     p.add_argument("--normalize", choices=["none", "zscore", "robust"], default="none",
                    help="data.normalize (default none, the demo recipe's; conf/recommended.yaml: zscore)")
+    p.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32",
+                   help="data.cache_dtype (default float32; float16 halves the cache)")
+    p.add_argument("--stages", nargs="*", choices=["pretrain", "finetune"], default=["pretrain", "finetune"],
+                   help="training stages to measure (default both; none: preparation and set-up only)")
     p.add_argument("--tiny", action="store_true", help="a tiny network (the smoke test): throughput not comparable")
     p.add_argument("--work", type=Path, default=None, help="folder of the generated nights (written once, reused)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure of every size to this file")
@@ -273,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     for n in nights:
         print(f"  measuring {n} nights ...", flush=True)
         figs.append(measure_size(n, pairs, tmp, a))
+        print(f"  {n} nights: {json.dumps(figs[-1])}", flush=True)  # kept should a larger size not finish
     if not a.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     if a.json:
@@ -280,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     print_table(["figure", *(f"{n} nights" for n in nights), "exponent", "target", ""],
                 table_rows(nights, figs, a.tolerance),
                 title=f"dsn fit's costs against the number of nights: NSRR layout, {a.hours:g}-h nights, EEG + EOG, "
-                      f"demo + debug recipe, normalize {a.normalize}{' (tiny network)' if a.tiny else ''}, {a.batches} steps per stage epoch")
+                      f"demo + debug recipe, normalize {a.normalize}, cache {a.cache_dtype}{' (tiny network)' if a.tiny else ''}, {a.batches} steps per stage epoch")
     print("\ntraining / validation epochs per size: "
           + ", ".join(f"{n}: {f['epochs']['train']} / {f['epochs']['val']}" for n, f in zip(nights, figs)))
     print("exponent: slope of log(figure) on log(nights); memory rows include the process itself (Python, torch, "

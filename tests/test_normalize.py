@@ -8,7 +8,7 @@ import pytest
 from dsn.data.datamodule import SleepEDFDataModule
 from dsn.data.errors import DataError
 from dsn.data.hypnograms import trim_and_clean
-from dsn.data.normalize import normalize, scale_stats, sleep_window
+from dsn.data.normalize import NormalizedEpochs, channel_stats, normalize, scale_stats, sleep_window
 
 
 def _x(seed: int = 0, gain: float = 30.0, offset: float = 2.0) -> np.ndarray:
@@ -85,7 +85,7 @@ def test_datamodule_normalises_each_recording_and_keeps_the_cache_raw(synth_dir,
     for split in ("train", "val", "test"):
         for r, n in zip(raw.recordings[split], norm.recordings[split]):
             assert float(np.asarray(r.x).std()) > 5.0  # microvolts
-            assert float(n.x.mean()) == pytest.approx(0.0, abs=1e-3)
+            assert float(np.asarray(n.x).mean()) == pytest.approx(0.0, abs=1e-3)
             assert scale_stats(n.x, "zscore", 100.0)[1] == pytest.approx(1.0, rel=1e-3)  # unit scale in the EEG band
             np.testing.assert_array_equal(n.y, r.y)
             np.testing.assert_allclose(n.x, normalize(np.asarray(r.x), "zscore", 100.0), atol=1e-5)
@@ -97,6 +97,85 @@ def test_datamodule_normalises_each_recording_and_keeps_the_cache_raw(synth_dir,
     shifted.setup()
     xb = next(iter(shifted.train_dataloader()))[0]
     assert 0.3 < float(xb.std()) < 3.0
+
+
+@pytest.mark.parametrize("n_chans", [1, 2])
+def test_normalized_epochs_read_the_same_values_as_the_copy(n_chans):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((30, n_chans, 200)) * np.array([30.0, 80.0][:n_chans])[None, :, None] + 5).astype(np.float32)
+    for method in ("zscore", "robust"):
+        full = normalize(x, method, 100.0)
+        lazy = NormalizedEpochs(x, *channel_stats(x, method, 100.0))
+        assert lazy.shape == x.shape and len(lazy) == 30 and lazy.dtype == np.float32
+        for key in (3, slice(4, 9), np.array([7, 2, 2]), (slice(None, 5), 0), (2, -1), (None, slice(0, 6)), (slice(1, 3), slice(None), slice(10, 20))):
+            got = lazy[key]
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, full[key])  # bit for bit: the same float32 formula
+        np.testing.assert_array_equal(np.asarray(lazy), full)
+        assert np.asarray(lazy, dtype=np.float64).dtype == np.float64
+    with pytest.raises(ValueError, match="1 channel statistics"):
+        NormalizedEpochs(np.zeros((3, 2, 5), np.float32), [0.0], [1.0])
+
+
+def test_datamodule_normalises_on_access_and_keeps_the_statistics_beside_the_cache(synth_dir, tmp_path, monkeypatch):
+    import dsn.data.recording as rmod
+
+    first = _dm(synth_dir, tmp_path / "c", normalize="zscore")
+    first.setup()
+    rec = first.recordings["val"][0]
+    assert isinstance(rec.x, NormalizedEpochs) and isinstance(rec.x.raw, np.memmap)  # no copy of the night
+    assert (rec.cache_folder / "stats-zscore.json").exists()
+    expected = normalize(np.asarray(rec.x.raw), "zscore", 100.0)
+    np.testing.assert_array_equal(np.asarray(rec.x), expected)
+
+    def no_stats(*a, **k):
+        raise AssertionError("statistics recomputed although kept beside the cache entry")
+
+    monkeypatch.setattr(rmod, "channel_stats", no_stats)
+    again = _dm(synth_dir, tmp_path / "c", normalize="zscore")
+    again.setup()  # a warm set-up reads the kept statistics, no sample
+    np.testing.assert_array_equal(np.asarray(again.recordings["val"][0].x), expected)
+    batch = next(iter(again.val_dataloader()))[0].numpy()
+    np.testing.assert_array_equal(batch, expected[: len(batch)])
+    with pytest.raises(AssertionError, match="recomputed"):  # another method is not read from zscore's file
+        _dm(synth_dir, tmp_path / "c", normalize="robust").setup()
+
+
+def _mapped_kb(path) -> int:
+    """Resident kB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"), reason="reads /proc/self/smaps")
+def test_the_statistics_pass_leaves_no_page_of_the_night_resident(synth_dir, tmp_path):
+    from dsn.data.datasets import find_recordings
+    from dsn.data.recording import Preprocessing, load_recording, normalized_epochs
+
+    rec = load_recording(find_recordings(synth_dir)[0], Preprocessing(), tmp_path)
+    path = rec.cache_folder / "x.npy"
+    assert _mapped_kb(path) < 64  # mapped, not read
+    np.asarray(rec.x).sum()
+    assert _mapped_kb(path) > 0.9 * rec.x.nbytes / 1024  # reading every sample makes every page resident ...
+    rec = load_recording(find_recordings(synth_dir)[0], Preprocessing(), tmp_path)
+    x = normalized_epochs(rec, "zscore")  # ... the statistics read every sample, then release them
+    assert _mapped_kb(path) < 64
+    assert float(np.asarray(x).std()) > 0.5  # and the night reads back
+
+
+def test_statistics_are_recomputed_where_the_cache_is_read_only(tmp_path):
+    from dsn.data import cache
+
+    assert cache.write_extra(tmp_path, "a.json", {"v": 1}) and cache.read_extra(tmp_path, "a.json") == {"v": 1}
+    assert not cache.write_extra(tmp_path / "missing", "a.json", {"v": 1})
+    assert cache.read_extra(tmp_path / "missing", "a.json") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]  # no temporary file left
 
 
 def test_datamodule_refuses_an_unknown_method_and_names_a_flat_recording(synth_copy, tmp_path, monkeypatch):

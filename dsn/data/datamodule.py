@@ -11,13 +11,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from dsn.data.cache import reserve_open_files
 from dsn.data.channels import merge_aliases, pick_channels
 from dsn.data.datasets import RecordingFiles, find_recordings, load_profile
 from dsn.data.device_sampling import DeviceBatches
 from dsn.data.errors import DataError
 from dsn.data.labels import STAGES, class_counts
-from dsn.data.normalize import NORMALIZE_METHODS, NormalizeMethod, normalize
-from dsn.data.recording import Preprocessing, Recording, load_recording
+from dsn.data.normalize import NORMALIZE_METHODS, NormalizeMethod
+from dsn.data.recording import Preprocessing, Recording, load_recording, normalized_epochs
 from dsn.data.sampling import (
     BalancedSampler,
     EpochDataset,
@@ -188,8 +189,12 @@ class SleepEDFDataModule(L.LightningDataModule):
         ``"robust"`` by their IQR / 1.349 (after subtracting the median), both measured on the 0.5-30 Hz band
         so that drifts and mains noise do not set the scale; see :mod:`dsn.data.normalize`.
         Removes the between-subject amplitude differences while keeping the relations inside a night. The
-        cache keeps the raw signal, so switching it re-reads nothing; normalised recordings are held in
-        memory (4 bytes per sample).
+        cache keeps the raw signal, so switching it re-reads nothing; recordings are normalised on access
+        (nothing held in memory), with each recording's statistics kept beside its cache entry.
+    cache_dtype : {"float32", "float16"}, default "float32"
+        How the cache stores the epochs: ``float16`` halves the cache (and the pages a fit reads) at about three
+        significant digits per sample (read back as float32); a night with a sample beyond +/-65504 is refused.
+        Its entries have their own keys: switching builds the other entries, never mixes them.
     cache_dir : str, optional
         Preprocessed-recording cache (default ``$DSN_CACHE_DIR`` or ``~/.cache/dsn``).
     use_cache : bool, default True
@@ -249,6 +254,7 @@ class SleepEDFDataModule(L.LightningDataModule):
         max_shift: float = 0.0,
         skip_first: int = 0,
         normalize: NormalizeMethod = "none",
+        cache_dtype: Literal["float32", "float16"] = "float32",
         cache_dir: str | None = None,
         use_cache: bool = True,
         num_workers: int = 0,
@@ -265,6 +271,7 @@ class SleepEDFDataModule(L.LightningDataModule):
         self.prep = Preprocessing(  # channel: a library caller's old spelling (a parsed config has it null)
             tuple(pick_channels(channels, channel)), sfreq, epoch_sec, trim_minutes, unscored, length_mismatch,
             merge_aliases(None if self.profile.is_default else self.profile.channel_aliases, channel_aliases) or None,
+            cache_dtype,
         )
         self._init_sources(source_list(sources, self.prep.channels, test_sources, recordings), channel_aliases)
         self.mode = mode
@@ -363,6 +370,11 @@ class SleepEDFDataModule(L.LightningDataModule):
         self.split = self.make_split()
         by_subject = {name: set(getattr(self.split, name)) for name in SPLITS}
         wanted = [f for f in files if any(f.subject in s for s in by_subject.values())]
+        if self.hparams.use_cache:
+            try:  # every cached night stays memory-mapped: one open file each
+                reserve_open_files(len(wanted))
+            except OSError as e:
+                raise DataError(f"{self.hparams.data_dir}: {e}") from None
         loaded = {}
         it = wanted
         if self.hparams.progress:
@@ -376,7 +388,7 @@ class SleepEDFDataModule(L.LightningDataModule):
                                 f"every channel; move it out of {self.hparams.data_dir} and fit again.")
             if self.hparams.normalize != "none":
                 try:
-                    rec.x = normalize(rec.x, self.hparams.normalize, self.prep.sfreq)
+                    rec.x = normalized_epochs(rec, self.hparams.normalize)  # normalised on access: no copy
                 except ValueError as e:
                     raise DataError(f"{f.psg} ({', '.join(self.prep.channel_names)}): {e}") from None
             loaded[f.name] = rec

@@ -28,7 +28,8 @@ import numpy as np
 
 from dsn.data.hypnograms import sleep_period
 
-__all__ = ["NORMALIZE_METHODS", "SCALE_BAND", "NormalizeMethod", "normalize", "scale_stats", "sleep_window"]
+__all__ = ["NORMALIZE_METHODS", "SCALE_BAND", "NormalizeMethod", "NormalizedEpochs", "channel_stats", "normalize",
+           "scale_stats", "sleep_window"]
 
 NormalizeMethod = Literal["none", "zscore", "robust"]
 NORMALIZE_METHODS = ("none", "zscore", "robust")
@@ -85,30 +86,106 @@ def scale_stats(x: np.ndarray, method: NormalizeMethod, sfreq: float | None = No
     return center, scale
 
 
+def channel_stats(x: np.ndarray, method: NormalizeMethod, sfreq: float | None = None) -> tuple[list[float], list[float]]:
+    """``(centers, scales)``, one per channel, of ``(n_epochs, n_chans, n_times)`` epochs (any other shape, or one
+    channel: one of each over every sample), as :func:`normalize` applies them (:func:`scale_stats` per channel).
+
+    Raises
+    ------
+    ValueError
+        As :func:`scale_stats`, naming the channel of a multi-channel recording.
+    """
+    if np.ndim(x) != 3 or np.shape(x)[1] == 1:
+        center, scale = scale_stats(x, method, sfreq)
+        return [center], [scale]
+    centers, scales = [], []
+    n_chans = np.shape(x)[1]
+    for c in range(n_chans):
+        try:
+            center, scale = scale_stats(np.asarray(x)[:, c], method, sfreq)
+        except ValueError as e:
+            raise ValueError(f"channel {c + 1} of {n_chans}: {e}") from None
+        centers.append(center)
+        scales.append(scale)
+    return centers, scales
+
+
 def normalize(x: np.ndarray, method: NormalizeMethod, sfreq: float | None = None,
               stats_from: np.ndarray | None = None) -> np.ndarray:
-    """``x`` normalised with the statistics (:func:`scale_stats`) of ``stats_from`` (default ``x`` itself), as
+    """``x`` normalised with the statistics (:func:`channel_stats`) of ``stats_from`` (default ``x`` itself), as
     float32, each channel by its own.
 
     ``x`` is ``(n_epochs, n_chans, n_times)`` (any other shape is one channel). ``"none"`` returns ``x``
     unchanged (no copy). Otherwise a new array ``(x - center) / scale`` with one centre and scale per channel
-    (an EOG is not scaled by the EEG's amplitude).
+    (an EOG is not scaled by the EEG's amplitude). :class:`NormalizedEpochs` gives the same values without
+    the copy.
     """
     if method == "none":
         scale_stats(x, method)  # validates the name
         return x
-    src = x if stats_from is None else stats_from
+    centers, scales = channel_stats(x if stats_from is None else stats_from, method, sfreq)
     if np.ndim(x) != 3 or np.shape(x)[1] == 1:
-        center, scale = scale_stats(src, method, sfreq)
-        return ((np.asarray(x, dtype=np.float32) - np.float32(center)) / np.float32(scale)).astype(np.float32, copy=False)
+        return _apply(np.asarray(x, dtype=np.float32), centers[0], scales[0])
     out = np.empty(np.shape(x), dtype=np.float32)
     for c in range(out.shape[1]):
-        try:
-            center, scale = scale_stats(np.asarray(src)[:, c], method, sfreq)
-        except ValueError as e:
-            raise ValueError(f"channel {c + 1} of {out.shape[1]}: {e}") from None
-        out[:, c] = (np.asarray(x[:, c], dtype=np.float32) - np.float32(center)) / np.float32(scale)
+        out[:, c] = _apply(np.asarray(x[:, c], dtype=np.float32), centers[c], scales[c])
     return out
+
+
+def _apply(x: np.ndarray, center: float, scale: float) -> np.ndarray:
+    """``(x - center) / scale`` in float32 (the one formula every normalised sample goes through)."""
+    return ((x - np.float32(center)) / np.float32(scale)).astype(np.float32, copy=False)
+
+
+class NormalizedEpochs:
+    """``(n_epochs, n_chans, n_times)`` epochs normalised on access: ``self[k]`` is ``normalize``'s ``[k]``.
+
+    Holds the (memory-mapped) raw epochs and one centre and scale per channel (:func:`channel_stats`); every
+    read slices the raw array first and normalises only that slice (float32, bit-identical to the values of
+    :func:`normalize`), so a recording's normalised signal is never held in memory. Supports what the
+    datasets, samplers and scorers use: ``shape``, ``ndim``, ``dtype``, ``len``, indexing whose first
+    element (after any leading ``None``) selects epochs, and ``np.asarray`` (a full copy).
+    """
+
+    def __init__(self, x: np.ndarray, centers: list[float], scales: list[float]):
+        if np.ndim(x) != 3 or len(centers) != np.shape(x)[1] or len(scales) != len(centers):
+            raise ValueError(f"NormalizedEpochs: {len(centers)} channel statistics for epochs of shape {np.shape(x)}")
+        self.raw, self.centers, self.scales = x, [float(c) for c in centers], [float(s) for s in scales]
+        self.shape, self.ndim, self.dtype = tuple(np.shape(x)), 3, np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * 4
+
+    def _rows(self, k) -> np.ndarray:
+        """``normalize(raw)[k]`` for a first-axis index ``k`` (int, slice or index array)."""
+        part = np.asarray(self.raw[k], dtype=np.float32)
+        axis = part.ndim - 2  # the channel axis: 0 for one epoch, 1 for several
+        out = np.empty(part.shape, dtype=np.float32)
+        for c in range(self.shape[1]):
+            sel = (slice(None),) * axis + (c,)
+            out[sel] = _apply(part[sel], self.centers[c], self.scales[c])
+        return out
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        lead = 0
+        while lead < len(key) and key[lead] is None:
+            lead += 1
+        if lead == len(key) or key[lead] is Ellipsis:
+            return np.asarray(self)[key]
+        first, rest = key[lead], key[lead + 1 :]
+        out = self._rows(first)
+        if rest:
+            out = out[rest if isinstance(first, int | np.integer) else (slice(None), *rest)]
+        return out[(None,) * lead] if lead else out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self._rows(slice(None))
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 def sleep_window(stages: np.ndarray, trim_minutes: float | None, epoch_sec: float = 30.0, wake: int = 0) -> slice:

@@ -13,9 +13,14 @@ from dsn.data import cache
 from dsn.data.channels import DEFAULT_CHANNELS, channel_names, merge_aliases, parse_channel
 from dsn.data.datasets import RecordingFiles
 from dsn.data.edf import read_channels
+from dsn.data.errors import DataError
 from dsn.data.hypnograms import UNANNOTATED, stage_labels, trim_and_clean
 from dsn.data.labels import IGNORE_INDEX
+from dsn.data.normalize import SCALE_BAND, NormalizedEpochs, NormalizeMethod, channel_stats
 from dsn.data.sanity import check_signals
+
+#: How a cache entry may store the epochs (``Preprocessing.cache_dtype``).
+CACHE_DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -39,11 +44,14 @@ class Preprocessing:
         What to do when hypnogram and signal lengths disagree.
     channel_aliases : mapping, optional
         ``{canonical: [alias, ...]}`` added to the built-in alias table (a profile's, the user's).
+    cache_dtype : {"float32", "float16"}, default "float32"
+        How the cache stores the epochs (float16: half the bytes, about 3 significant digits; read back as
+        float32). Enters the cache key only when not the default, so float32 entries keep their keys.
 
     Raises
     ------
     ValueError
-        For no channel, a malformed derivation, or two channels of the same name.
+        For no channel, a malformed derivation, two channels of the same name, or another cache dtype.
     """
 
     channels: tuple[str, ...] = DEFAULT_CHANNELS
@@ -53,8 +61,11 @@ class Preprocessing:
     unscored: Literal["drop", "mask"] = "drop"
     length_mismatch: Literal["raise", "crop"] = "raise"
     channel_aliases: Mapping[str, Sequence[str]] | None = None
+    cache_dtype: Literal["float32", "float16"] = "float32"
 
     def __post_init__(self) -> None:
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"cache_dtype={self.cache_dtype!r}: must be one of {list(CACHE_DTYPES)}")
         chans = (self.channels,) if isinstance(self.channels, str) else tuple(str(parse_channel(c)) for c in self.channels)
         if not chans:
             raise ValueError("channels: give at least one channel, e.g. [EEG Fpz-Cz]")
@@ -81,6 +92,8 @@ class Preprocessing:
         """The parameters as a JSON-able dict (the cache key's and the meta file's)."""
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["channels"] = list(self.channels)
+        if d["cache_dtype"] == "float32":  # the default: the keys of the entries written before the option
+            del d["cache_dtype"]
         return d
 
 
@@ -93,7 +106,8 @@ class Recording:
     name : recording name (``SC4001E0``).
     subject : subject id (``SC400``).
     night : night number.
-    x : ndarray, shape (n_epochs, n_chans, n_times), float32 microvolts; usually a read-only memory map.
+    x : ndarray, shape (n_epochs, n_chans, n_times), float32 (float16 with ``cache_dtype: float16``) microvolts;
+        usually a read-only memory map.
     y : ndarray, shape (n_epochs,), int64 class indices, ``IGNORE_INDEX`` for masked epochs.
     sfreq : sampling rate of ``x``.
     """
@@ -105,6 +119,7 @@ class Recording:
     y: np.ndarray
     sfreq: float
     meta: dict = field(default_factory=dict)
+    cache_folder: Path | None = None  # the cache entry it was read from (None: not cached)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -160,23 +175,71 @@ def load_recording(
         entry = cache.load_entry(folder)
         if entry is not None and _entry_fits(entry, prep):
             x, y, meta = entry
-            return Recording(files.name, files.subject, files.night, x, y, prep.sfreq, meta)
+            return Recording(files.name, files.subject, files.night, x, y, prep.sfreq, meta, folder)
     epochs, keep, y, info = _prepare(files, prep)
     meta = {"psg": str(files.psg), "hypnogram": str(files.hypnogram), "params": params, "channels": info,
             # judged once, while the night is in memory: a warm set-up then reads no sample (dsn.data.sanity)
             "signal_problems": [{"channel": p.channel, "kind": p.kind, "share": float(p.share)}
                                 for p in check_signals(epochs[keep], prep.channel_names)]}
     if folder is not None:
-        cache.write_entry(folder, epochs, y, meta, rows=keep)
+        try:
+            cache.write_entry(folder, epochs, y, meta, rows=keep, dtype=prep.cache_dtype)
+        except OverflowError as e:
+            raise DataError(f"{files.psg}: {e} (data.cache_dtype {prep.cache_dtype}); use data.cache_dtype: float32") from None
         entry = cache.load_entry(folder)
         if entry is not None and _entry_fits(entry, prep):
             x, y, meta = entry
-            return Recording(files.name, files.subject, files.night, x, y, prep.sfreq, meta)
-    return Recording(files.name, files.subject, files.night, np.ascontiguousarray(epochs[keep]), y, prep.sfreq, meta)
+            return Recording(files.name, files.subject, files.night, x, y, prep.sfreq, meta, folder)
+    x = np.ascontiguousarray(epochs[keep]).astype(prep.cache_dtype, copy=False)  # as a cache entry would hold it
+    return Recording(files.name, files.subject, files.night, x, y, prep.sfreq, meta)
 
 
 def _entry_fits(entry: tuple[np.ndarray, np.ndarray, dict], prep: Preprocessing) -> bool:
     """Whether a cache entry has the shape ``prep`` makes (a stale or foreign entry is rebuilt, never used)."""
     x = entry[0]
-    return x.ndim == 3 and x.shape[1:] == (prep.n_chans, prep.n_times)
+    return x.ndim == 3 and x.shape[1:] == (prep.n_chans, prep.n_times) and x.dtype == np.dtype(prep.cache_dtype)
 
+
+#: Bump when :func:`dsn.data.normalize.channel_stats` changes in a way its inputs (method, rate, band) do not capture.
+STATS_VERSION = 1
+
+
+def normalized_epochs(rec: Recording, method: NormalizeMethod) -> np.ndarray | NormalizedEpochs:
+    """``rec.x`` normalised by ``method`` without a copy: a :class:`~dsn.data.normalize.NormalizedEpochs` over the
+    (memory-mapped) epochs, with the same values as ``normalize(rec.x, method, rec.sfreq)``; ``rec.x`` for ``"none"``.
+
+    The per-channel statistics read every sample once; for a cached recording they are kept beside its cache
+    entry (``stats-<method>.json``) and read back by later set-ups, which then touch no sample.
+
+    Raises
+    ------
+    ValueError
+        As :func:`~dsn.data.normalize.channel_stats` (unknown method, flat channel).
+    """
+    if method == "none":
+        return rec.x
+    tag = {"version": STATS_VERSION, "method": method, "sfreq": float(rec.sfreq), "band": list(SCALE_BAND),
+           "shape": list(rec.x.shape)}
+    name = f"stats-{method}.json"
+    kept = cache.read_extra(rec.cache_folder, name) if rec.cache_folder is not None else None
+    if kept is not None and kept.get("tag") == tag:
+        return NormalizedEpochs(rec.x, kept["centers"], kept["scales"])
+    centers, scales = channel_stats(rec.x, method, rec.sfreq)
+    release_pages(rec.x)  # every page was read once: leave them to the page cache, not this process
+    if rec.cache_folder is not None:
+        cache.write_extra(rec.cache_folder, name, {"tag": tag, "centers": centers, "scales": scales})
+    return NormalizedEpochs(rec.x, centers, scales)
+
+
+def release_pages(x: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped array from this process's resident memory (``madvise(MADV_DONTNEED)``;
+    they stay in the page cache and are read back on the next access). Nothing for an array in memory or where
+    the call is not available."""
+    import mmap
+
+    mm = getattr(x, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):  # a closed map: nothing to release
+            pass

@@ -87,6 +87,40 @@ def shard_even(items: Sequence, num_replicas: int, rank: int) -> list:
     return padded[rank::num_replicas]
 
 
+def _shard_even_array(keys: np.ndarray, num_replicas: int, rank: int) -> np.ndarray:
+    """:func:`shard_even` of an array of keys (rows), without a Python list: the same items in the same order."""
+    n = len(keys)
+    if not n or num_replicas == 1:
+        return keys
+    total = math.ceil(n / num_replicas) * num_replicas
+    return keys[np.arange(rank, total, num_replicas) % n]
+
+
+#: Keys turned into Python objects per block while a sampler is iterated (an epoch's keys stay one array).
+_KEY_BLOCK = 4096
+
+
+def _key_array(order: np.ndarray, draws: _ShiftDraws) -> np.ndarray:
+    """An epoch's keys as one int64 array: ``order`` (plain indices) or, with augmentation, rows ``(index, skip,
+    shift)`` whose skips and shifts are drawn as the samplers always drew them (skips first, then shifts)."""
+    order = np.asarray(order, dtype=np.int64)
+    if not draws.active:
+        return order
+    skips = draws.skips(len(order))
+    return np.stack([order, skips, draws.shifts(len(order))], axis=1).astype(np.int64, copy=False)
+
+
+def _iter_keys(keys: np.ndarray) -> Iterator[Key]:
+    """The keys of an array from :func:`_key_array`, as the datasets take them (``int`` or ``(int, int, int)``),
+    made a block at a time."""
+    for a in range(0, len(keys), _KEY_BLOCK):
+        block = keys[a : a + _KEY_BLOCK].tolist()
+        if keys.ndim == 2:
+            yield from map(tuple, block)
+        else:
+            yield from block
+
+
 def shard_contiguous(n_items: int, num_replicas: int, rank: int) -> range:
     """Positions ``rank`` holds when ``n_items`` are cut into ``num_replicas`` contiguous blocks without
     repetition (sizes differ by at most one; evaluation)."""
@@ -264,8 +298,8 @@ class BalancedSampler(_Resumable, Sampler[Key]):
         idx = balanced_indices(self.labels, rng) if self.redraw else self._fixed
         order = rng.permutation(idx)
         draws = _ShiftDraws(self.seed, self.epoch, 0, self.max_shift)
-        keys = list(zip(order.tolist(), [0] * len(order), draws.shifts(len(order)).tolist())) if draws.active else order.tolist()
-        return iter(shard_even(keys, self.num_replicas, self.rank)[self._skip():])
+        keys = _key_array(order, draws)
+        return _iter_keys(_shard_even_array(keys, self.num_replicas, self.rank)[self._skip():])
 
 
 class ShardedSampler(_Resumable, Sampler[Key]):
@@ -336,13 +370,11 @@ class ShardedSampler(_Resumable, Sampler[Key]):
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
         draws = _ShiftDraws(self.seed, self.epoch, self.max_skip, self.max_shift)
-        if draws.active:
-            keys = list(zip(order.tolist(), draws.skips(len(order)).tolist(), draws.shifts(len(order)).tolist()))
-        else:
-            keys = order.tolist()
+        keys = _key_array(order, draws)
         if self.even:
-            return iter(shard_even(keys, self.num_replicas, self.rank)[self._skip():])
-        return iter([keys[i] for i in shard_contiguous(len(keys), self.num_replicas, self.rank)][self._skip():])
+            return _iter_keys(_shard_even_array(keys, self.num_replicas, self.rank)[self._skip():])
+        part = shard_contiguous(len(keys), self.num_replicas, self.rank)
+        return _iter_keys(keys[part.start : part.stop][self._skip():])
 
 
 class SequenceDataset(Dataset):
