@@ -270,9 +270,7 @@ class SleepEDFDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.prep = Preprocessing(  # channel: a library caller's old spelling (a parsed config has it null)
             tuple(pick_channels(channels, channel)), sfreq, epoch_sec, trim_minutes, unscored, length_mismatch,
-            merge_aliases(None if self.profile.is_default else self.profile.channel_aliases, channel_aliases) or None,
-            cache_dtype,
-        )
+            self._aliases(channel_aliases), cache_dtype)
         self._init_sources(source_list(sources, self.prep.channels, test_sources, recordings), channel_aliases)
         self.mode = mode
         self.shift_samples = int(round(max_shift * self.prep.n_times))
@@ -290,6 +288,10 @@ class SleepEDFDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Download (when asked) and fill the preprocessing cache."""
         self._discover()
+
+    def _aliases(self, channel_aliases: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        """The profile's channel aliases (none for the default profile) merged with the user's."""
+        return merge_aliases(None if self.profile.is_default else self.profile.channel_aliases, channel_aliases) or None
 
     def _init_sources(self, sources: list[Source], aliases: dict[str, list[str]] | None) -> None:
         self.sources = sources  # data.sources in its one form (empty: the one data set of data_dir)
