@@ -68,7 +68,7 @@ def test_braindecode_is_pinned_in_the_dev_install_path_and_imported_lazily():
 
     assert f"braindecode=={BRAINDECODE_VERSION}" in extras["networks"]
     make = (ROOT / "Makefile").read_text()
-    assert make.index('pip install --quiet -e ".[dev]"') < make.index(".ci/torchaudio_fallback.py")
+    assert make.index('pip install --quiet -e ".[dev]"') < make.rindex("$(PY) .ci/torchaudio_fallback.py")
     code = ("import sys, dsn.cli, dsn.workflows.fit, dsn.models.networks, dsn.workflows.build; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('braindecode', 'torchaudio')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
