@@ -232,6 +232,40 @@ def test_other_networks_fit_and_predict(case, synth_dir, tracking_home, tmp_path
     assert np.isfinite(proba).all()
 
 
+#: braindecode's networks through their overlays at debug size (USleep made small for a CPU test).
+BRAINDECODE_CASES = {
+    "chambon2018": {},
+    "attnsleep": {},
+    "usleep": {"finetune.net.init_args": {"depth": 4, "complexity_factor": 0.5}},
+}
+
+
+@pytest.mark.slow  # 42 s (chambon2018), 78 s (attnsleep), 92 s (usleep) on the loaded 2-core machine
+@pytest.mark.parametrize("case", list(BRAINDECODE_CASES))
+def test_braindecode_networks_fit_log_register_and_predict(case, synth_dir, tracking_home, tmp_path, capsys):
+    """Chambon2018, AttnSleep (one channel) and USleep (a whole-sequence network, one stage on the fine-tuning
+    stage's sequences) through `dsn fit` -> MLflow (per-class F1, confusion matrix) -> registry -> `dsn predict`."""
+    from dsn.models import EncoderSequenceNet, ExternalEncoder, FeatureClassifierNet, RawEpochs, WholeSequenceNet
+
+    res = _fit(synth_dir, tmp_path, tracking_home, ["conf/demo.yaml", f"conf/models/{case}.yaml"], case,
+               **BRAINDECODE_CASES[case])
+    stage = res.stages[-1]
+    assert res.registered == (case, "1") and len(res.stages) == 1
+    net = stage.scorer.net
+    if case == "usleep":
+        assert stage.name == "finetune" and isinstance(net, EncoderSequenceNet)
+        assert isinstance(net.feature_net, RawEpochs) and isinstance(net.sequence_net, WholeSequenceNet)
+        assert stage.scorer.spec()["config"]["finetune_net"]["package_version"] == "1.8.1"
+    else:
+        assert stage.name == "pretrain" and isinstance(net, FeatureClassifierNet)
+        assert isinstance(net.feature_net, ExternalEncoder) and net.feature_net.returns == "features"
+        assert stage.scorer.spec()["config"]["net"]["package"] == "braindecode"
+    metrics = _logged_figures(tracking_home, stage.run_id)
+    assert 0.0 <= metrics["selected/test/f1_macro"] <= 1.0
+    proba = _predict(synth_dir, tmp_path, tracking_home, f"models:/{case}/1", capsys)
+    assert np.isfinite(proba).all()
+
+
 def test_scoring_each_sequence_model_matches_its_chunks():
     """Transformer: chunks of seq_len (offsets averaged); none: each epoch alone; both equal the network fed so."""
     from dsn.models import DeepFeatureNet, EncoderSequenceNet, NoSequence, TransformerSequenceNet
