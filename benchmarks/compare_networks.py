@@ -6,12 +6,12 @@
 
 Writes a `dsn synth` data set once (``--site A``: the generator's recording, read as ``EEG Fpz-Cz``; ``--site B``:
 another lab, 0.6 x amplitude, noise, 60-Hz mains and a central ``EEG C4-A1`` channel), then runs ``dsn cv``
-(``--parallel 1``, all folds) for each recipe: ``deepsleepnet`` is the base recipe alone (``conf/demo.yaml``,
+(all folds, ``--parallel`` of them at once) for each recipe: ``deepsleepnet`` is the base recipe alone (``conf/demo.yaml``,
 DeepSleepNet), every other name stacks ``conf/models/NAME.yaml`` on it. Every recipe gets the same data, folds,
 seed and training budget (``--epochs`` per stage, ``--batches`` training batches per epoch); each keeps its own
 optimiser settings, batch and sequence sizes. Prints one table of the pooled test figures of each recipe's final
 stage (accuracy, macro-F1, Cohen's kappa, per-class F1), its parameters and the wall time per fold on this
-machine, then the MLflow link comparing the cv runs side by side (all in one experiment of ``--home``).
+machine (the cv's wall time x ``--parallel`` / folds, process start and evaluation included), then the MLflow link comparing the cv runs side by side (all in one experiment of ``--home``).
 
 USleep is made CPU-sized (``--usleep_args``; its paper's network is 2.5 M parameters over 35-epoch windows).
 """
@@ -82,7 +82,7 @@ def run_recipe(name: str, a, data_dir: Path, home: Path, out: Path) -> dict[str,
     configs = recipe_configs(name, a.base)
     cmd = [sys.executable, "-m", "dsn", "cv", *[x for c in configs for x in ("--config", c)],
            "--data.data_dir", str(data_dir), "--data.cache_dir", str(out / "cache"), "--tracking.home", str(home),
-           "--folds", str(a.folds), "--parallel", "1", "--out", str(out / name), *_argv(overrides)]
+           "--folds", str(a.folds), "--parallel", str(a.parallel), "--out", str(out / name), *_argv(overrides)]
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     t0 = time.perf_counter()
@@ -94,7 +94,7 @@ def run_recipe(name: str, a, data_dir: Path, home: Path, out: Path) -> dict[str,
     summary = json.loads((out / name / "cv_summary.json").read_text())
     stage = list(summary["stages"])[-1]
     return {"name": name, "stage": stage, "pooled": summary["stages"][stage]["pooled"],
-            "cv_run_id": summary["cv_run_id"], "wall_per_fold": wall / a.folds,
+            "cv_run_id": summary["cv_run_id"], "wall_per_fold": wall * a.parallel / a.folds,
             "params": n_parameters([str(ROOT / c) for c in configs], {**overrides, "data.data_dir": str(data_dir)})}
 
 
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--folds", type=int, default=3, help="cv folds, all run (default 3)")
     ap.add_argument("--epochs", type=int, default=2, help="training epochs of every stage (default 2)")
     ap.add_argument("--batches", type=int, default=20, help="training batches per epoch (default 20)")
+    ap.add_argument("--parallel", type=int, default=1, help="folds at once (dsn cv --parallel; default 1)")
     ap.add_argument("--base", default="conf/demo.yaml", help="the base recipe every overlay stacks on")
     ap.add_argument("--usleep_args", default='{"depth": 6, "complexity_factor": 0.5}',
                     help="USleep's init_args (JSON; default CPU-sized)")
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
                         str(a.hours), "--seed", "0", "--site", a.site], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         (data_dir / ".complete").write_text("ok")
     print(f"data: dsn synth --site {a.site} ({SITE_CHANNEL[a.site]}), {a.subjects} subjects x {a.hours:g} h; "
-          f"{a.folds} folds; {a.epochs} epoch(s) x {a.batches} batches per stage; base {a.base}; work {work}", flush=True)
+          f"{a.folds} folds, {a.parallel} at once; {a.epochs} epoch(s) x {a.batches} batches per stage; base {a.base}; work {work}", flush=True)
     results = []
     for name in a.recipes:
         results.append(run_recipe(name, a, data_dir, home, work))

@@ -223,8 +223,9 @@ def set_keys(cfg, values: Mapping[str, Any], parser=None):
 
     parser = parser or default_parser()
     d, given = to_dict(cfg), values
-    if values.get("config") is not None:
-        values = {**overlays.overlay_values(values["config"]), **{k: v for k, v in values.items() if k != "config"}}
+    if "config" in values:  # null: no overlay
+        over = overlays.overlay_values(values["config"]) if values["config"] is not None else {}
+        values = {**over, **{k: v for k, v in values.items() if k != "config"}}
     for key in values:
         check_key(key, parser)
     overlays.apply_values(d, values, parser.get_defaults())
