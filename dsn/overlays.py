@@ -49,8 +49,8 @@ def _argv_sources(argv: Sequence[str]) -> list[dict[str, Any]]:
     i = 0
     while i < len(argv):
         a = argv[i]
-        key, _, value = a[2:].partition("=") if a.startswith("--") else ("", "", "")
-        if key and not _ and i + 1 < len(argv):
+        key, eq, value = a[2:].partition("=") if a.startswith("--") else ("", "", "")
+        if key and not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
             value, i = argv[i + 1], i + 1
         if key == "config" and Path(value).is_file():
             try:

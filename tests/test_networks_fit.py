@@ -386,3 +386,18 @@ def test_every_model_overlay_composes_with_a_base_recipe(base):
     cfg = config.parse(["--config", base, "--config", "conf/models/tinysleepnet.yaml", "--net.init_args",
                         "{first_stride: 25}"])
     assert cfg.net.init_args == {"first_stride": 25}
+
+
+def test_stale_keys_follow_the_order_of_the_sources():
+    """dsn/overlays.py: which keys a class change drops, from stacked files and arguments in order."""
+    from dsn import overlays
+
+    demo = {"net": {"bn_momentum": 0.1}, "finetune": {"net": {"bn_momentum": 0.1}}}
+    tiny = {"net": {"class_path": "TinySleepNetEncoder", "init_args": {"drop_prob": 0.5}}}
+    assert overlays.stale_keys([demo, tiny]) == {"net": {"bn_momentum"}, "finetune.net": set()}
+    assert overlays.stale_keys([demo, tiny, {"net.bn_momentum": 0.2}])["net"] == set()  # set again after the change
+    assert overlays.stale_keys([tiny, {"net.class_path": "dsn.models.TinySleepNetEncoder"}])["net"] == set()  # same
+    back = overlays.stale_keys([demo, tiny, {"net.class_path": "DeepFeatureNet"}])
+    assert back["net"] == {"bn_momentum", "init_args"}
+    argv = ["--print_config", "--config", "conf/demo.yaml", "--net.class_path=TinySleepNetEncoder"]
+    assert overlays.stale_keys(overlays._argv_sources(argv))["net"] == {"bn_momentum"}
