@@ -14,12 +14,14 @@ export DO_NOT_TRACK=true
 
 venv: $(STAMP)
 
-# torch first: an unpinned torch pulled in by lightning would download a multi-GB CUDA build.
+# torch first: an unpinned torch pulled in by lightning would download a multi-GB CUDA build. braindecode (the dev
+# extra's networks) pulls in a torchaudio built for another torch: .ci/torchaudio_fallback.py makes it pure Python.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) .ci/torchaudio_fallback.py
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -168,13 +168,17 @@ def default_parser():
 
 def parse(argv: Sequence[str], parser=None):
     """Parse command-line style arguments into a validated config (``ConfigError`` on a bad value)."""
+    from dsn import overlays
+
     parser = parser or default_parser()
+    argv = named_configs(argv)
     try:
-        cfg = parser.parse_args(named_configs(argv))
+        cfg = parser.parse_args(argv)
     except SystemExit:  # --help / --print_config: only reached from the command line
         raise
     except Exception as e:
         raise ConfigError(_short(e)) from None
+    overlays.drop_stale(cfg, overlays.stale_keys(overlays._argv_sources(argv)), parser)  # a new class_path
     normalize(cfg)
     check(cfg)
     return cfg
@@ -215,21 +219,26 @@ def set_key(cfg, key: str, value: Any, parser=None):
 
 
 def set_keys(cfg, values: Mapping[str, Any], parser=None):
-    """A copy of ``cfg`` with every dotted ``key: value`` of ``values`` set, re-validated once."""
+    """A copy of ``cfg`` with every dotted ``key: value`` of ``values`` set, re-validated once.
+
+    ``config: FILE`` among ``values`` stacks that config file first (a sweep's choice of recipe overlay); a
+    ``net.class_path`` / ``finetune.net.class_path`` of another class drops that section's other keys
+    (:mod:`dsn.overlays`)."""
+    from dsn import overlays
+
     parser = parser or default_parser()
-    d = to_dict(cfg)
-    for key, value in values.items():
+    d, given = to_dict(cfg), values
+    if "config" in values:  # null: no overlay
+        over = overlays.overlay_values(values["config"]) if values["config"] is not None else {}
+        values = {**over, **{k: v for k, v in values.items() if k != "config"}}
+    for key in values:
         check_key(key, parser)
-        node = d
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+    overlays.apply_values(d, values, parser.get_defaults())
     d.get("net", {}).pop("sfreq", None)
     d.get("net", {}).pop("n_chans", None)
     if values.get("data.channel") is not None and "data.channels" not in values:  # the old key given anew
         d["data"].pop("channels", None)
-    shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+    shown = ", ".join(f"{k}={v!r}" for k, v in given.items())
     try:
         new = parser.parse_object(d)
     except Exception as e:

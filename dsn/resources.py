@@ -1,6 +1,6 @@
 """Where dsn's shipped files live: recipes, data-set profiles, sweep specs and the SLURM script.
 
-The repository keeps them at its top (``conf/*.yaml``, ``conf/datasets/*.yaml``, ``conf/slurm/*.sh``,
+The repository keeps them at its top (``conf/*.yaml``, ``conf/datasets/*.yaml``, ``conf/models/*.yaml``, ``conf/slurm/*.sh``,
 ``sweeps/*.yaml``); the wheel carries the same files as package data inside ``dsn`` (``dsn/conf/...``,
 ``dsn/sweeps/...``: the ``package-dir`` mapping in ``pyproject.toml``). This module is the only place that
 knows both places:
@@ -19,13 +19,14 @@ from pathlib import Path
 
 from dsn.errors import ConfigError
 
-__all__ = ["KINDS", "find", "list_profiles", "list_recipes", "list_slurm", "list_sweeps", "names", "profile_path",
-           "recipe_path", "resolve_recipe", "resolve_sweep", "root", "slurm_path", "sweep_path"]
+__all__ = ["KINDS", "find", "list_models", "list_profiles", "list_recipes", "list_slurm", "list_sweeps", "names",
+           "profile_path", "recipe_path", "resolve_recipe", "resolve_sweep", "root", "slurm_path", "sweep_path"]
 
 #: kind -> (folder inside the checkout / the package, file suffix)
 KINDS: dict[str, tuple[str, str]] = {
     "recipe": ("conf", ".yaml"),
     "profile": ("conf/datasets", ".yaml"),
+    "model": ("conf/models", ".yaml"),
     "sweep": ("sweeps", ".yaml"),
     "slurm": ("conf/slurm", ".sh"),
 }
@@ -55,6 +56,11 @@ def list_recipes() -> list[str]:
 def list_profiles() -> list[str]:
     """Names of the built-in data-set profiles (``conf/datasets/*.yaml``)."""
     return names("profile")
+
+
+def list_models() -> list[str]:
+    """Names of the built-in network overlays (``conf/models/*.yaml``: ``tinysleepnet``, ``usleep``, ...)."""
+    return names("model")
 
 
 def list_sweeps() -> list[str]:
@@ -124,6 +130,8 @@ def resolve_recipe(ref: str) -> str:
         return ref
     name = _builtin_name(ref, "recipe")
     path = find("recipe", name) if name else None
+    if path is None and _builtin_name(ref, "model"):  # a network overlay: conf/models/NAME.yaml
+        path = find("model", _builtin_name(ref, "model"))
     return str(path) if path else ref
 
 

@@ -52,3 +52,24 @@ def test_environment_python_meets_requires_python():
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert python.split("=", 1)[1] in SpecifierSet(requires)
+
+
+def test_braindecode_is_pinned_in_the_dev_install_path_and_imported_lazily():
+    """braindecode (the field's sleep networks) is part of `make venv` (the dev extra) with its torchaudio step, and
+    importing dsn's CLI or fit workflow does not import it (`import braindecode.models` takes seconds)."""
+    import subprocess
+    import sys
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert "braindecode==1.8.1" in extras["networks"]
+    assert any(Requirement(s).name == "dsn" and "networks" in Requirement(s).extras for s in extras["dev"])
+    from dsn.models.external import BRAINDECODE_VERSION
+
+    assert f"braindecode=={BRAINDECODE_VERSION}" in extras["networks"]
+    make = (ROOT / "Makefile").read_text()
+    assert make.index('pip install --quiet -e ".[dev]"') < make.rindex("$(PY) .ci/torchaudio_fallback.py")
+    code = ("import sys, dsn.cli, dsn.workflows.fit, dsn.models.networks, dsn.workflows.build; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('braindecode', 'torchaudio')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]", out

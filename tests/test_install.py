@@ -77,7 +77,7 @@ def test_wheel_installed_outside_the_checkout_runs_every_step(tmp_path):
     wheel = _build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     for shipped in ("dsn/conf/demo.yaml", "dsn/conf/debug.yaml", "dsn/conf/recommended.yaml",
-                    "dsn/conf/datasets/sleep-edf.yaml", "dsn/conf/slurm/cv-array.sh", "dsn/sweeps/kernels.yaml",
+                    "dsn/conf/datasets/sleep-edf.yaml", "dsn/conf/models/usleep.yaml", "dsn/conf/slurm/cv-array.sh", "dsn/sweeps/kernels.yaml",
                     "dsn/trust/norms.yaml", "dsn/resources.py"):
         assert shipped in names, f"the wheel lacks {shipped}"
     venv = _venv(tmp_path, wheel)

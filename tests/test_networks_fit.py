@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from dsn import config
 from dsn.cli import main as cli
@@ -67,11 +68,15 @@ def test_deepsleepnet_configs_build_the_same_networks(conf):
     ({"net.init_args": {"n_chans": 2}}, ["net.init_args.n_chans", "data.channels"]),
     ({"finetune.net.class_path": "lstm", "finetune.net.init_args": {"n_features": 8}}, ["finetune.net.init_args.n_features"]),
     ({"net.class_path": "TinySleepNetEncoder", "net.small_kernel": 50}, ["net.small_kernel", "DeepFeatureNet", "TinySleepNetEncoder"]),
-    ({"finetune.net.class_path": "transformer"}, ["finetune.net.bn_momentum", "transformer"]),  # demo.yaml sets it
+    ({"finetune.net.class_path": "transformer", "finetune.net.bn_momentum": 0.1}, ["finetune.net.bn_momentum", "transformer"]),
     ({"net.class_path": "nopkg_xyz.Net"}, ["nopkg_xyz.Net", "pip install nopkg_xyz"]),
     ({"net.class_path": "fake_nets.NoSuchNet"}, ["fake_nets", "NoSuchNet"]),
     ({"finetune.net.class_path": "gru"}, ["finetune.net.class_path", "bilstm, lstm, transformer, none"]),
-    ({"net.class_path": "fake_nets.TinyStager"}, ["net.bn_momentum", "fake_nets.TinyStager"]),  # demo.yaml sets it
+    ({"net.class_path": "fake_nets.TinyStager", "net.bn_momentum": 0.1}, ["net.bn_momentum", "fake_nets.TinyStager"]),
+    ({"net.class_path": "AttnSleep", "data.channels": ["EEG Fpz-Cz", "EOG horizontal"]},
+     ["AttnSleep takes one channel", "--data.channels '[EEG Fpz-Cz]'"]),
+    ({"finetune.net.class_path": "USleep"}, ["whole-sequence", "net.class_path: RawEpochs"]),
+    ({"net.class_path": "USleep"}, ["whole-sequence", "finetune.net.class_path"]),
     ({"net.class_path": "fake_nets.TinyStager", "net.bn_momentum": 0.001}, ["pretrain.system.l2_layers", "none"]),
     ({"net.class_path": "fake_nets.TinyStager", "net.bn_momentum": 0.001, "net.init_args": {"n_filter": 4}}, ["n_filter"]),
 ])  # fmt: skip
@@ -88,19 +93,21 @@ def test_short_names_and_recipes_parse():
 
     for path in ("TinySleepNetEncoder", "dsn.models.TinySleepNetEncoder", "dsn.models.tinysleepnet.TinySleepNetEncoder"):
         assert type(build_encoder({"class_path": path})) is TinySleepNetEncoder
-    tiny = config.load_config(["conf/tinysleepnet.yaml"])
+    tiny = config.load_config(["conf/paper.yaml", "conf/models/tinysleepnet.yaml"])
     assert tiny.stages == ["finetune"] and tiny.finetune.system.l2_layers == "all"
     fnet = build_encoder(config.to_dict(tiny.net))
     assert type(fnet) is TinySleepNetEncoder and fnet.n_features == 2048
     net = build_sequence_net(config.to_dict(tiny.finetune.net), fnet)
     assert sum(p.numel() for p in net.parameters()) == 1_516_421  # docs/networks.md's TinySleepNet at 100 Hz
-    tr = config.load_config(["conf/transformer.yaml"])
+    tr = config.load_config(["conf/paper.yaml", "conf/models/deepsleepnet-transformer.yaml"])
     net = build_sequence_net(config.to_dict(tr.finetune.net), build_encoder(config.to_dict(tr.net)))
     assert isinstance(net, EncoderSequenceNet) and isinstance(net.sequence_net, TransformerSequenceNet)
-    # conf/chambon.yaml's keys fit braindecode's constructor (a stand-in with its signature: braindecode not needed)
-    ch = config.parse(["--config", "conf/chambon.yaml", "--net.class_path", "fake_nets.ChambonLike"])
+    # conf/models/chambon2018.yaml's keys fit braindecode's constructor, with two channels
+    ch = config.parse(["--config", "conf/paper.yaml", "--config", "conf/models/chambon2018.yaml",
+                       "--data.channels", "[EEG Fpz-Cz, EOG horizontal]"])
     enc = build_encoder(config.to_dict(ch.net))
     assert isinstance(enc, ExternalEncoder) and enc.returns == "features" and enc.n_chans == 2
+    assert enc.class_path == "braindecode.models.sleep_stager_chambon_2018.SleepStagerChambon2018"
 
 
 def _fit(synth_dir, tmp_path, tracking_home, configs, name, **extra):
@@ -150,7 +157,7 @@ def test_tinysleepnet_one_stage_fit_logs_registers_predicts_and_exports(synth_di
     from dsn.workflows.export import export
     from dsn.workflows.registry import load_scorer
 
-    res = _fit(synth_dir, tmp_path, tracking_home, ["conf/tinysleepnet.yaml"], "tiny",
+    res = _fit(synth_dir, tmp_path, tracking_home, ["conf/paper.yaml", "conf/models/tinysleepnet.yaml"], "tiny",
                **{"finetune.net.init_args": {"hidden_size": 16}})
     assert res.registered == ("tiny", "1") and [s.name for s in res.stages] == ["finetune"]
     scorer = res.stage("finetune").scorer
@@ -204,7 +211,7 @@ def test_other_networks_fit_and_predict(case, synth_dir, tracking_home, tmp_path
     from dsn.models import EncoderSequenceNet, ExternalEncoder, FeatureClassifierNet, NoSequence, TransformerSequenceNet
 
     if case == "transformer":
-        res = _fit(synth_dir, tmp_path, tracking_home, ["conf/transformer.yaml"], case,
+        res = _fit(synth_dir, tmp_path, tracking_home, ["conf/paper.yaml", "conf/models/deepsleepnet-transformer.yaml"], case,
                    **{"net.small_kernel": 50, "finetune.net.init_args": {"d_model": 16, "n_heads": 2, "n_layers": 1}})
         assert isinstance(res.stage("finetune").scorer.net.sequence_net, TransformerSequenceNet)
     elif case == "none":
@@ -212,7 +219,7 @@ def test_other_networks_fit_and_predict(case, synth_dir, tracking_home, tmp_path
                    **{"net.small_kernel": 50, "finetune.net.class_path": "none", "finetune.net.bn_momentum": 0.001})
         assert isinstance(res.stage("finetune").scorer.net.sequence_net, NoSequence)
     else:  # a user's nn.Module by class path, a one-stage fit of the encoder and dsn's head
-        res = _fit(synth_dir, tmp_path, tracking_home, ["conf/transformer.yaml"], case, stages=["pretrain"], **{
+        res = _fit(synth_dir, tmp_path, tracking_home, ["conf/paper.yaml", "conf/models/deepsleepnet-transformer.yaml"], case, stages=["pretrain"], **{
             "net.class_path": "fake_nets.TinyStager", "net.init_args": {"n_filters": 4},
             "pretrain.system.l2_layers": "all"})
         net = res.stage("pretrain").scorer.net
@@ -221,6 +228,40 @@ def test_other_networks_fit_and_predict(case, synth_dir, tracking_home, tmp_path
     assert isinstance(stage.scorer.net, (EncoderSequenceNet, FeatureClassifierNet))
     assert res.registered == (case, "1")
     assert "selected/test/kappa" in _logged_figures(tracking_home, stage.run_id)
+    proba = _predict(synth_dir, tmp_path, tracking_home, f"models:/{case}/1", capsys)
+    assert np.isfinite(proba).all()
+
+
+#: braindecode's networks through their overlays at debug size (USleep made small for a CPU test).
+BRAINDECODE_CASES = {
+    "chambon2018": {},
+    "attnsleep": {},
+    "usleep": {"finetune.net.init_args": {"depth": 4, "complexity_factor": 0.5}},
+}
+
+
+@pytest.mark.slow  # 42 s (chambon2018), 78 s (attnsleep), 92 s (usleep) on the loaded 2-core machine
+@pytest.mark.parametrize("case", list(BRAINDECODE_CASES))
+def test_braindecode_networks_fit_log_register_and_predict(case, synth_dir, tracking_home, tmp_path, capsys):
+    """Chambon2018, AttnSleep (one channel) and USleep (a whole-sequence network, one stage on the fine-tuning
+    stage's sequences) through `dsn fit` -> MLflow (per-class F1, confusion matrix) -> registry -> `dsn predict`."""
+    from dsn.models import EncoderSequenceNet, ExternalEncoder, FeatureClassifierNet, RawEpochs, WholeSequenceNet
+
+    res = _fit(synth_dir, tmp_path, tracking_home, ["conf/demo.yaml", f"conf/models/{case}.yaml"], case,
+               **BRAINDECODE_CASES[case])
+    stage = res.stages[-1]
+    assert res.registered == (case, "1") and len(res.stages) == 1
+    net = stage.scorer.net
+    if case == "usleep":
+        assert stage.name == "finetune" and isinstance(net, EncoderSequenceNet)
+        assert isinstance(net.feature_net, RawEpochs) and isinstance(net.sequence_net, WholeSequenceNet)
+        assert stage.scorer.spec()["config"]["finetune_net"]["package_version"] == "1.8.1"
+    else:
+        assert stage.name == "pretrain" and isinstance(net, FeatureClassifierNet)
+        assert isinstance(net.feature_net, ExternalEncoder) and net.feature_net.returns == "features"
+        assert stage.scorer.spec()["config"]["net"]["package"] == "braindecode"
+    metrics = _logged_figures(tracking_home, stage.run_id)
+    assert 0.0 <= metrics["selected/test/f1_macro"] <= 1.0
     proba = _predict(synth_dir, tmp_path, tracking_home, f"models:/{case}/1", capsys)
     assert np.isfinite(proba).all()
 
@@ -303,7 +344,7 @@ def test_init_model_of_another_network_must_match_its_class_and_init_args():
     from dsn.models.scoring import SleepScorer
     from dsn.workflows import build
 
-    cfg = config.load_config(["conf/tinysleepnet.yaml"])
+    cfg = config.load_config(["conf/paper.yaml", "conf/models/tinysleepnet.yaml"])
     d = config.to_dict(cfg)
     enc = build_encoder(d["net"])
     model = SleepScorer(build_sequence_net(d["finetune"]["net"], enc),
@@ -318,3 +359,45 @@ def test_init_model_of_another_network_must_match_its_class_and_init_args():
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
             build.check_init(model, config.set_keys(cfg, over), "m")
         assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("base", ["conf/demo.yaml", "conf/paper.yaml"])
+def test_every_model_overlay_composes_with_a_base_recipe(base):
+    """conf/models/*.yaml stack on demo (+ debug) and paper: a new class_path drops the base's DeepFeatureNet /
+    DeepSleepNet keys (demo's bn_momentum), as jsonargparse's subclass mode; each builds its networks (parse checks)."""
+    from dsn.resources import list_models
+
+    names = list_models()
+    assert set(names) == {"tinysleepnet", "chambon2018", "attnsleep", "usleep", "deepsleepnet-transformer"}
+    for name in names:
+        extra = ["--config", "conf/debug.yaml"] if base.endswith("demo.yaml") else []
+        cfg = config.parse(["--config", base, "--config", f"conf/models/{name}.yaml", *extra])
+        overlay = yaml.safe_load((ROOT / "conf" / "models" / f"{name}.yaml").read_text())
+        assert cfg.net.class_path == overlay.get("net", {}).get("class_path", "DeepFeatureNet"), name
+        assert cfg.finetune.net.class_path == overlay["finetune"]["net"]["class_path"], name
+        if cfg.net.class_path != "DeepFeatureNet":
+            assert cfg.net.bn_momentum == 0.001, name  # demo's 0.1 dropped with its class
+        if cfg.finetune.net.class_path != "bilstm":
+            assert cfg.finetune.net.bn_momentum == 0.001 and cfg.finetune.net.hidden_size == 512, name
+        assert cfg.stages == overlay.get("stages", ["pretrain", "finetune"]), name
+    # the same class again keeps the base's keys; a later source sets a dropped key again
+    cfg = config.parse(["--config", base, "--config", "conf/models/deepsleepnet-transformer.yaml"])
+    assert cfg.net.bn_momentum == (0.1 if base.endswith("demo.yaml") else 0.001)
+    cfg = config.parse(["--config", base, "--config", "conf/models/tinysleepnet.yaml", "--net.init_args",
+                        "{first_stride: 25}"])
+    assert cfg.net.init_args == {"first_stride": 25}
+
+
+def test_stale_keys_follow_the_order_of_the_sources():
+    """dsn/overlays.py: which keys a class change drops, from stacked files and arguments in order."""
+    from dsn import overlays
+
+    demo = {"net": {"bn_momentum": 0.1}, "finetune": {"net": {"bn_momentum": 0.1}}}
+    tiny = {"net": {"class_path": "TinySleepNetEncoder", "init_args": {"drop_prob": 0.5}}}
+    assert overlays.stale_keys([demo, tiny]) == {"net": {"bn_momentum"}, "finetune.net": set()}
+    assert overlays.stale_keys([demo, tiny, {"net.bn_momentum": 0.2}])["net"] == set()  # set again after the change
+    assert overlays.stale_keys([tiny, {"net.class_path": "dsn.models.TinySleepNetEncoder"}])["net"] == set()  # same
+    back = overlays.stale_keys([demo, tiny, {"net.class_path": "DeepFeatureNet"}])
+    assert back["net"] == {"bn_momentum", "init_args"}
+    argv = ["--print_config", "--config", "conf/demo.yaml", "--net.class_path=TinySleepNetEncoder"]
+    assert overlays.stale_keys(overlays._argv_sources(argv))["net"] == {"bn_momentum"}

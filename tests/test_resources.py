@@ -20,6 +20,7 @@ def test_lists_name_the_checkouts_files():
     assert {"demo", "debug", "paper", "recommended", "recommended-eog", "gpu"} <= set(resources.list_recipes())
     assert {"sleep-edf", "nsrr", "bids", "generic"} <= set(resources.list_profiles())
     assert {"kernels", "recipe", "tiny"} <= set(resources.list_sweeps())
+    assert resources.list_models() == ["attnsleep", "chambon2018", "deepsleepnet-transformer", "tinysleepnet", "usleep"]
     assert resources.list_slurm() == ["cv-array"]
     assert resources.recipe_path("demo") == ROOT / "conf" / "demo.yaml"
     assert resources.profile_path("nsrr.yaml") == ROOT / "conf" / "datasets" / "nsrr.yaml"
@@ -38,6 +39,7 @@ def test_resolve_recipe_an_existing_path_wins(tmp_path, monkeypatch):
     assert resources.resolve_recipe("demo") == str(ROOT / "conf" / "demo.yaml")
     assert resources.resolve_recipe("demo.yaml") == str(ROOT / "conf" / "demo.yaml")
     assert resources.resolve_recipe("conf/demo.yaml") == str(ROOT / "conf" / "demo.yaml")  # as sweeps' base: lists
+    assert resources.resolve_recipe("conf/models/usleep.yaml") == str(ROOT / "conf" / "models" / "usleep.yaml")
     assert resources.resolve_recipe("other/demo.yaml") == "other/demo.yaml"  # left for the parser's own error
     assert resources.resolve_recipe("nope") == "nope"
     (tmp_path / "conf").mkdir()

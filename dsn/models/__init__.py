@@ -22,6 +22,7 @@ from dsn.models.sequence import (
     make_sequence_net,
 )
 from dsn.models.tinysleepnet import TinySleepNet, TinySleepNetEncoder
+from dsn.models.wholeseq import RawEpochs, WholeSequenceNet
 
 __all__ = [
     "SEQUENCE_NETS",
@@ -35,10 +36,12 @@ __all__ = [
     "LstmSequenceNet",
     "MaxPool1dSame",
     "NoSequence",
+    "RawEpochs",
     "SequenceNet",
     "TinySleepNet",
     "TinySleepNetEncoder",
     "TransformerSequenceNet",
+    "WholeSequenceNet",
     "l2_penalty",
     "make_encoder",
     "make_sequence_net",

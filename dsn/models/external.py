@@ -189,12 +189,13 @@ class ExternalEncoder(nn.Module):
         if name in WHOLE_SEQUENCE:
             raise ModelError(
                 f"{class_path}: {WHOLE_SEQUENCE[name]} is a whole-sequence network (a window of consecutive epochs to "
-                "one score per epoch), not an epoch encoder; train it as a whole-sequence model, not as `net`"
+                "one score per epoch), not an epoch encoder: give it as finetune.net.class_path with net.class_path: "
+                "RawEpochs and stages: [finetune] (conf/models/usleep.yaml)"
             )
         if name in ONE_CHANNEL and n_chans != 1:
             raise ModelError(
                 f"{class_path}: {name} takes one channel (its first convolution has one input channel), got "
-                f"n_chans={n_chans}; select one channel in data.channels"
+                f"n_chans={n_chans}: give one channel, e.g. --data.channels '[EEG Fpz-Cz]'"
             )
         linked = {"n_chans": n_chans, "n_times": n_times, "sfreq": sfreq, "n_outputs": n_outputs}
         kwargs = _constructor_args(cls, class_path, linked, dict(init_args))

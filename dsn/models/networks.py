@@ -31,9 +31,10 @@ from torch import nn
 
 from dsn.errors import ModelError
 from dsn.models.deepsleepnet import DeepFeatureNet, DeepSleepNet, _round_half_up
-from dsn.models.external import ExternalEncoder, resolve_class
+from dsn.models.external import WHOLE_SEQUENCE, ExternalEncoder, _package_of, resolve_class
 from dsn.models.sequence import SEQUENCE_NETS, EncoderSequenceNet, make_sequence_net
 from dsn.models.tinysleepnet import TinySleepNetEncoder
+from dsn.models.wholeseq import RawEpochs, WholeSequenceNet
 
 __all__ = [
     "ENCODER_DEFAULT", "ENCODER_LINKED", "SEQUENCE_DEFAULT", "SEQUENCE_LINKED", "build_encoder", "build_sequence_net",
@@ -47,7 +48,10 @@ ENCODER_LINKED = {"n_chans": "the number of data.channels", "sfreq": "data.sfreq
                   "n_times": "the epoch length and data.sfreq", "n_outputs": "the number of classes"}
 SEQUENCE_LINKED = {"n_features": "the encoder's output size", "n_outputs": "the number of classes"}
 #: dsn's own epoch encoders by short name.
-DSN_ENCODERS: dict[str, type[nn.Module]] = {"DeepFeatureNet": DeepFeatureNet, "TinySleepNetEncoder": TinySleepNetEncoder}
+DSN_ENCODERS: dict[str, type[nn.Module]] = {"DeepFeatureNet": DeepFeatureNet, "TinySleepNetEncoder": TinySleepNetEncoder,
+                                            "RawEpochs": RawEpochs}
+#: The short name of a whole-sequence network in ``finetune.net`` (:mod:`dsn.models.wholeseq`).
+WHOLE = "whole-sequence"
 #: The sequence models' short names, the default's first.
 SEQUENCE_NAMES = (SEQUENCE_DEFAULT, *SEQUENCE_NETS)
 
@@ -83,10 +87,14 @@ def sequence_name(class_path: str | None, section: str = "finetune.net") -> str:
     name = class_path.rpartition(".")[2] if class_path.startswith("dsn.models.") else class_path
     by_class = {cls.__name__: short for short, cls in SEQUENCE_NETS.items()} | {"DeepSleepNet": SEQUENCE_DEFAULT}
     name = by_class.get(name, name.lower())
-    if name not in SEQUENCE_NAMES:
-        raise ModelError(f"{section}.class_path={class_path!r}: not a sequence model; use one of "
-                         f"{', '.join(SEQUENCE_NAMES)}")
-    return name
+    if name in SEQUENCE_NAMES:
+        return name
+    dotted = "." in class_path and not class_path.startswith("dsn.models.")
+    if dotted or class_path in WHOLE_SEQUENCE:  # braindecode's USleep, a user's package.module.Class
+        return WHOLE
+    raise ModelError(f"{section}.class_path={class_path!r}: not a sequence model; use one of "
+                     f"{', '.join(SEQUENCE_NAMES)}, or a whole-sequence network ({', '.join(WHOLE_SEQUENCE)}, "
+                     "package.module.Class)")
 
 
 def is_default(net: dict[str, Any], ft: dict[str, Any] | None = None) -> bool:
@@ -193,11 +201,12 @@ def encoder_config(net: dict[str, Any], encoder: nn.Module | None = None) -> dic
 
 def _sequence_kwargs(ft: dict[str, Any], section: str) -> tuple[str, dict[str, Any]]:
     name = sequence_name(ft.get("class_path"), section)
-    args, flat = _init_args(section, ft, SEQUENCE_LINKED), _flat(ft)
+    args, flat = _init_args(section, ft, {**SEQUENCE_LINKED, **ENCODER_LINKED}), _flat(ft)
     if name == SEQUENCE_DEFAULT:
         return name, {**flat, **args}
-    cls = SEQUENCE_NETS[name]
-    return name, {**_set_flat(section, flat, SEQUENCE_DEFAULTS, cls, name, tuple(SEQUENCE_LINKED)), **args}
+    cls = _resolve(ft, ft["class_path"]) if name == WHOLE else SEQUENCE_NETS[name]
+    shown = ft["class_path"] if name == WHOLE else name
+    return name, {**_set_flat(section, flat, SEQUENCE_DEFAULTS, cls, shown, tuple(SEQUENCE_LINKED)), **args}
 
 
 def build_sequence_net(ft: dict[str, Any], feature_net: nn.Module, n_outputs: int = 5,
@@ -212,6 +221,13 @@ def build_sequence_net(ft: dict[str, Any], feature_net: nn.Module, n_outputs: in
     n = ft.get("n_outputs") or n_outputs
     if name == SEQUENCE_DEFAULT:
         return DeepSleepNet(feature_net, **{"n_outputs": n_outputs, **kwargs})
+    if name == WHOLE:
+        if not isinstance(feature_net, RawEpochs):
+            raise ModelError(f"{section}.class_path={ft['class_path']!r} is a whole-sequence network (the raw signal of "
+                             f"consecutive epochs in, one score per epoch out): set net.class_path: RawEpochs (not "
+                             f"{type(feature_net).__name__}) and stages: [finetune], as conf/models/usleep.yaml does")
+        fn = feature_net
+        return EncoderSequenceNet(fn, WholeSequenceNet(ft["class_path"], fn.n_chans, fn.n_times, fn.sfreq, n, **kwargs))
     return EncoderSequenceNet(feature_net, make_sequence_net(name, feature_net.n_features, n, **kwargs))
 
 
@@ -222,6 +238,10 @@ def sequence_config(ft: dict[str, Any]) -> dict[str, Any]:
     if name == SEQUENCE_DEFAULT:
         return kwargs
     out = {"class_path": name, "init_args": kwargs}
+    if name == WHOLE:
+        cls = _resolve(ft, ft["class_path"])
+        package, version = _package_of(cls)
+        out.update(class_path=f"{cls.__module__}.{cls.__qualname__}", package=package, package_version=version)
     if ft.get("n_outputs") is not None:
         out["n_outputs"] = ft["n_outputs"]
     return out

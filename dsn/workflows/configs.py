@@ -29,10 +29,11 @@ __all__ = ["KIND_TITLES", "BuiltinFile", "build_parser", "entries", "parse", "re
 KIND_TITLES = {
     "recipe": "recipes (dsn fit / dsn cv --config NAME; overlays stack: --config demo --config debug)",
     "profile": "data-set profiles (--data.dataset NAME, dsn data DIR --dataset NAME)",
+    "model": "network overlays (stack on a recipe: --config paper --config conf/models/NAME.yaml)",
     "sweep": "sweep specs (dsn sweep NAME)",
     "slurm": "SLURM scripts (copy, edit, sbatch)",
 }
-Kind = Literal["recipe", "profile", "sweep", "slurm"]
+Kind = Literal["recipe", "profile", "model", "sweep", "slurm"]
 
 
 @dataclass

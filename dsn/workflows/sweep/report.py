@@ -157,7 +157,10 @@ def export_best(study, spec: SweepSpec, path: str | Path) -> Path:
 
     best = study.best_trial
     nested: dict[str, Any] = {}
-    for key, value in derive(spec, dict(best.params)).items():
+    params = derive(spec, dict(best.params))
+    overlay = params.pop("config", None)  # a chosen config file: stacked before this one
+    configs = [*spec.base, *([overlay] if overlay else [])]
+    for key, value in params.items():
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:
@@ -166,7 +169,7 @@ def export_best(study, spec: SweepSpec, path: str | Path) -> Path:
     header = (f"# Best trial of study '{study.study_name}' (sweep {spec.path}): trial {best.number}, "
               f"{spec.metric} = {best.value:.4f} on validation subjects\n"
               f"# ({len(study.trials)} trials). Overlay on the sweep's base config:\n"
-              f"#   dsn fit " + " ".join(f"--config {b}" for b in spec.base) + f" --config {path}\n")
+              f"#   dsn fit " + " ".join(f"--config {b}" for b in configs) + f" --config {path}\n")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp:

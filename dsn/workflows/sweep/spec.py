@@ -39,6 +39,8 @@ class SweepSpec:
 
 
 PARAM_TYPES = {"float": ("low", "high"), "int": ("low", "high"), "categorical": ("choices",)}
+#: The space key whose choices are config files stacked on the base (an architecture's overlay: conf/models/*.yaml).
+CONFIG_KEY = "config"
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -90,6 +92,11 @@ def _check_entries(spec: SweepSpec) -> None:
             raise ConfigError(f"{path}: space.{key}: low={p['low']} is above high={p['high']}.")
         if kind == "float" and p.get("log") and p["low"] <= 0:
             raise ConfigError(f"{path}: space.{key}: a log-scale range needs low > 0 (got {p['low']}).")
+    overlay = spec.space.get(CONFIG_KEY)
+    if overlay is not None and (overlay.get("type") != "categorical" or not all(
+            c is None or isinstance(c, str) for c in overlay["choices"])):
+        raise ConfigError(f"{path}: space.{CONFIG_KEY}: a categorical choice of config files to stack on the base "
+                          "(e.g. [null, conf/models/tinysleepnet.yaml]; null: the base alone).")
     for key, dv in spec.derived.items():
         if dv.get("from") not in spec.space:
             raise ConfigError(f"{path}: derived.{key}: `from` must name a key of `space` (got {dv.get('from')!r}).")
@@ -158,7 +165,8 @@ def check_space(spec: SweepSpec, base_cfg, parser=None, max_combinations: int = 
     from dsn import config
 
     for key in {**spec.space, **spec.derived}:
-        config.check_key(key, parser)
+        if key != CONFIG_KEY:
+            config.check_key(key, parser)
     keys = list(spec.space)
     combos = list(itertools.product(*(_corner_values(spec.space[k]) for k in keys)))
     if len(combos) > max_combinations:
