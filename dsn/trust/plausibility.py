@@ -43,7 +43,8 @@ _REM = STAGES.index("REM")
 _N3 = STAGES.index("N3")
 #: Keys a rule of the norms file may have.
 _RULE_KEYS = {"description", "unit", "check", "do_not_use", "by_age", "source", "low_note", "high_note",
-              "min_recording_min", "min_n3_min"}
+              "min_recording_min", "min_n3_min", "min_period_min"}
+_SIDES = ("low", "high")
 _AGE_KEYS = {"ages", "check", "do_not_use", "source"}
 _ARCHITECTURE_EXEMPT = {"total_sleep_time"}  # assessed whatever the amount of sleep
 #: Top-level settings of a norms file: name -> (default, may be null).
@@ -131,12 +132,26 @@ def _validate_rule(name: str, rule: Any, source: str) -> None:
     if unknown:
         raise NormsError(f"{where}.{unknown[0]}: unknown key; a rule may have {sorted(_RULE_KEYS)}")
     _validate_bands(rule, where)
+    _period_sides(rule.get("min_period_min"), f"{where}.min_period_min")
     for i, row in enumerate(rule.get("by_age") or []):
         at = f"{where}.by_age[{i}]"
         if not isinstance(row, Mapping) or set(row) - _AGE_KEYS or "ages" not in row:
             raise NormsError(f"{at}: expected {{ages: [from, below], check: [..], do_not_use: [..]}}, got {row!r}")
         _band(row["ages"], f"{at}.ages")
         _validate_bands(row, at)
+
+
+def _period_sides(value: Any, where: str) -> dict[str, float]:
+    """A rule's ``min_period_min``: minutes of main sleep period a side of its bands needs to be judged.
+    A number applies to both sides, ``{low: m, high: m}`` to each; None: every night is judged."""
+    if value is None:
+        return {}
+    sides = dict.fromkeys(_SIDES, value) if not isinstance(value, Mapping) else dict(value)
+    ok = set(sides) <= set(_SIDES) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in sides.values())
+    if not ok:
+        raise NormsError(f"{where}: expected minutes >= 0 or {{low: minutes, high: minutes}}, got {value!r}")
+    return {k: float(v) for k, v in sides.items()}
 
 
 def _read_yaml(path: Path | str, text: str) -> dict[str, Any]:
@@ -294,7 +309,7 @@ def night_values(stages: Any, epoch_sec: float = 30.0, min_n3_min: float = 10.0,
     -------
     dict
         ``recording_min``, ``total_sleep_time`` (min, whole recording), ``period_sleep_min`` (min of sleep
-        in the main sleep period), ``n1_share`` .. ``rem_share`` (% of the period's sleep),
+        in the main sleep period), ``period_min`` (its length, sleep and wake), ``n1_share`` .. ``rem_share`` (% of the period's sleep),
         ``rem_latency`` (min from sleep onset), ``n3_first_third`` (% of N3 time in the first third of the
         sleep period), ``transitions_per_hour`` (W/NREM/REM changes per hour of sleep),
         ``isolated_epochs`` (% of the sleep period's scored epochs unlike both neighbours),
@@ -305,7 +320,8 @@ def night_values(stages: Any, epoch_sec: float = 30.0, min_n3_min: float = 10.0,
     y = _as_stages(stages)
     minute = epoch_sec / 60.0
     out: dict[str, float | None] = {"recording_min": y.size * minute,
-                                    "total_sleep_time": np.count_nonzero(y > 0) * minute, "period_sleep_min": 0.0}
+                                    "total_sleep_time": np.count_nonzero(y > 0) * minute, "period_sleep_min": 0.0,
+                                    "period_min": 0.0}
     names = ("n1_share", "n2_share", "n3_share", "rem_share", "rem_latency", "n3_first_third",
              "transitions_per_hour", "isolated_epochs", "longest_run")
     out |= dict.fromkeys(names)
@@ -315,6 +331,7 @@ def night_values(stages: Any, epoch_sec: float = 30.0, min_n3_min: float = 10.0,
     spt = y[period]
     asleep = np.flatnonzero(spt > 0)
     out["period_sleep_min"] = asleep.size * minute
+    out["period_min"] = spt.size * minute
     for i, key in enumerate(("n1_share", "n2_share", "n3_share", "rem_share"), start=1):
         out[key] = 100.0 * np.count_nonzero(spt == i) / asleep.size
     rem = np.flatnonzero(spt == _REM)
@@ -353,19 +370,26 @@ def _outside(value: float, band: tuple) -> str | None:
     return None
 
 
-def _judge(name: str, rule: Mapping, value: float | None, age: float | None, why_not: str | None) -> RuleResult:
+def _judge(name: str, rule: Mapping, value: float | None, age: float | None, why_not: str | None,
+           period_min: float = math.inf) -> RuleResult:
     check, dnu = _bands_for(rule, age)
     unit, what = rule.get("unit", ""), rule.get("description", name)
     if value is None or why_not is not None:
         reason = f"{name}: not assessed ({why_not or 'undefined for this night'})"
         return RuleResult(name, None if value is None else float(value), unit, check, dnu, "ok", reason)
     value = float(value)
-    side = _outside(value, dnu)
-    level, band = ("do_not_use", dnu) if side else ("check", check)
-    side = side or _outside(value, check)
+    # A side that needs a whole night is not judged on a shorter sleep period (see norms.yaml).
+    short = {k: m for k, m in _period_sides(rule.get("min_period_min"), name).items() if period_min < m}
+    judged = [tuple(None if side in short else b for side, b in zip(_SIDES, band)) for band in (check, dnu)]
+    side = _outside(value, judged[1])
+    level, band = ("do_not_use", judged[1]) if side else ("check", judged[0])
+    side = side or _outside(value, judged[0])
     if side is None:
+        skipped = next((k for k in short if _outside(value, check) == k), None)
+        extra = (f" (its {skipped} bound is not judged on a sleep period of {period_min:.0f} min, under "
+                 f"{short[skipped]:g})") if skipped else ""
         return RuleResult(name, value, unit, check, dnu, "ok",
-                          f"{name}: {what} {value:.1f} {unit} within {_show(check)}")
+                          f"{name}: {what} {value:.1f} {unit} within {_show(judged[0])}{extra}")
     bound = band[0] if side == "low" else band[1]
     note = rule.get(f"{side}_note")
     reason = f"{name}: {what} {value:.1f} {unit} {'<' if side == 'low' else '>'} {bound:g}" + (f" ({note})" if note else "")
@@ -419,5 +443,5 @@ def check_night(stages: Any, epoch_sec: float = 30.0, norms: Mapping | str | Pat
             why_not = f"under {min_n3:g} min of N3"
         elif name == "rem_latency" and values[name] is None:
             why_not = "no REM"
-        results.append(_judge(name, rule, values.get(name), age, why_not))
+        results.append(_judge(name, rule, values.get(name), age, why_not, values["period_min"]))
     return results

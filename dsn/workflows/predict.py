@@ -172,7 +172,7 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
     """
     from dsn.evaluation import LOW_CONFIDENCE
     from dsn.hypnogram import agreement, atomic_write, sleep_statistics
-    from dsn.workflows.trust import night_verdict
+    from dsn.workflows.trust import night_verdict, scored_features
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -199,7 +199,8 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
         "statistics": sleep_statistics(stages, epoch_sec), "confidence": conf, "familiarity": familiar,
         "signal_problems": [p.as_dict() for p in problems], "files": {k: str(v) for k, v in files.items()},
         "trust": night_verdict(stages, epoch_sec, calibration=scorer.calibration, period=period, familiar=familiar,
-                               problems=problems, norms=norms, age=age).as_dict(),
+                               problems=problems, norms=norms, age=age,
+                               features=scored_features(scorer, x_in, period)).as_dict(),
     }  # fmt: skip
     if hypnogram is not None:
         from dsn.data.datasets import expert_labels  # every profile's format, placed by the start times
