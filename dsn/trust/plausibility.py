@@ -385,9 +385,8 @@ def _judge(name: str, rule: Mapping, value: float | None, age: float | None, why
     level, band = ("do_not_use", judged[1]) if side else ("check", judged[0])
     side = side or _outside(value, judged[0])
     if side is None:
-        skipped = next((k for k in short if _outside(value, check) == k), None)
-        extra = (f" (its {skipped} bound is not judged on a sleep period of {period_min:.0f} min, under "
-                 f"{short[skipped]:g})") if skipped else ""
+        extra = "".join(f" (its {k} bound is not judged on a sleep period of {period_min:.0f} min, under {m:g})"
+                        for k, m in short.items())
         return RuleResult(name, value, unit, check, dnu, "ok",
                           f"{name}: {what} {value:.1f} {unit} within {_show(judged[0])}{extra}")
     bound = band[0] if side == "low" else band[1]

@@ -10,8 +10,8 @@ with the one or two validation nights a small fit has, so the between-night spre
   shares in normative polysomnography (:data:`SHARE_SD`: W 8, N1 5, N2 9, N3 8, REM 6 points of the scored
   period; BOULOS and OHAYON of :file:`norms.yaml` report about 4-6 for N1, 7-9 for N2, 6-8 for N3, 5-7 for
   REM, rounded up here), widened by ``1 + 1/n_val`` because ``p`` itself comes from ``n_val`` nights; the
-  model passes that spread on as ``M diag(sd^2) M^T``, and sampling adds a multinomial term over
-  ``n / EPOCHS_PER_SAMPLE`` independent epochs (stages come in bouts: about 10 epochs each);
+  model passes that spread on as ``M diag(sd^2) M^T``, and its per-epoch confusion adds a multinomial term over
+  the night's ``n`` epochs (the between-night spread already holds the randomness of the true stage bouts);
 * the night's statistic is the Mahalanobis distance ``d^2`` of its predicted shares from ``mu0`` in the K-1
   free dimensions (shares add up to 1), which is chi-square with K-1 degrees of freedom under that null:
   ``check`` above its ``1 - false_alarm`` quantile (1 %: 13.3 for 5 stages), ``do_not_use`` above its
@@ -65,8 +65,8 @@ __all__ = ["ShiftResult", "check_shift", "fit_reference", "shift_score"]
 #: adults (module docstring); other class sets use :data:`DEFAULT_SD` for every class.
 SHARE_SD = (0.08, 0.05, 0.09, 0.08, 0.06)
 DEFAULT_SD = 0.08
-#: Epochs per independent sample of the multinomial term (stage bouts last minutes, not one epoch).
-EPOCHS_PER_SAMPLE = 10
+#: Epochs per independent sample of the multinomial term (the model's per-epoch confusion: one).
+EPOCHS_PER_SAMPLE = 1
 FALSE_ALARM = 0.01
 SEVERE_ALARM = 1e-4
 QUANTILE = 0.95
