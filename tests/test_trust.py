@@ -71,6 +71,14 @@ def test_sleep_onset_rem_is_check():
     assert "sleep-onset REM" in verdict.reasons[0] and "0.0 min < 15" in verdict.reasons[0]
 
 
+def test_one_rem_epoch_at_sleep_onset_is_not_a_rem_period():
+    night = _night((W, 20), (N1, 2), (REM, 0.5), (N1, 2.5), *NORMAL[2:])
+    assert night_values(night)["rem_latency"] == pytest.approx(2.0)  # AASM: the first REM epoch
+    results = {r.name: r for r in check_night(night)}
+    assert results["rem_latency"].level == "ok" and results["rem_latency"].value > 15  # the first REM period
+    assert results["rem_latency"].value == pytest.approx(night_values(night, min_rem_bout_min=1.0)["rem_latency"])
+
+
 def test_seventy_percent_rem_is_do_not_use():
     night = _night((W, 20), (N2, 60), (REM, 70), (N3, 30), (REM, 140), (N2, 30), (REM, 70), (W, 20))
     assert night_values(night)["rem_share"] == pytest.approx(70.0)

@@ -43,7 +43,7 @@ _REM = STAGES.index("REM")
 _N3 = STAGES.index("N3")
 #: Keys a rule of the norms file may have.
 _RULE_KEYS = {"description", "unit", "check", "do_not_use", "by_age", "source", "low_note", "high_note",
-              "min_recording_min", "min_n3_min", "min_period_min"}
+              "min_recording_min", "min_n3_min", "min_period_min", "min_rem_bout_min"}
 _SIDES = ("low", "high")
 _AGE_KEYS = {"ages", "check", "do_not_use", "source"}
 _ARCHITECTURE_EXEMPT = {"total_sleep_time"}  # assessed whatever the amount of sleep
@@ -291,7 +291,7 @@ def main_sleep_period(stages: Any, epoch_sec: float = 30.0, max_wake_gap_min: fl
 
 
 def night_values(stages: Any, epoch_sec: float = 30.0, min_n3_min: float = 10.0,
-                 max_wake_gap_min: float | None = 90.0) -> dict[str, float | None]:
+                 max_wake_gap_min: float | None = 90.0, min_rem_bout_min: float = 0.0) -> dict[str, float | None]:
     """The quantities the rules look at, from one hypnogram.
 
     Parameters
@@ -300,6 +300,8 @@ def night_values(stages: Any, epoch_sec: float = 30.0, min_n3_min: float = 10.0,
         0 W, 1 N1, 2 N2, 3 N3, 4 REM (:data:`dsn.data.labels.STAGES`); negative = unscored.
     epoch_sec : float, default 30.0
     min_n3_min : float, default 10.0
+    min_rem_bout_min : float, default 0.0
+        ``rem_latency`` runs to the first run of REM at least this long (0: the first REM epoch, AASM).
         Minimum N3 time for ``n3_first_third`` to be computed.
     max_wake_gap_min : float or None, default 90.0
         See :func:`main_sleep_period`: every value but ``total_sleep_time`` is computed on the main sleep
@@ -335,6 +337,11 @@ def night_values(stages: Any, epoch_sec: float = 30.0, min_n3_min: float = 10.0,
     for i, key in enumerate(("n1_share", "n2_share", "n3_share", "rem_share"), start=1):
         out[key] = 100.0 * np.count_nonzero(spt == i) / asleep.size
     rem = np.flatnonzero(spt == _REM)
+    if rem.size and min_rem_bout_min > 0:  # the first run of REM long enough to be a REM period
+        starts = np.flatnonzero(np.diff(np.r_[0, spt == _REM, 0]) == 1)
+        ends = np.flatnonzero(np.diff(np.r_[0, spt == _REM, 0]) == -1)
+        long = starts[(ends - starts) * minute >= min_rem_bout_min]
+        rem = long if long.size else rem[:0]
     out["rem_latency"] = float(rem[0]) * minute if rem.size else None
     n3 = np.flatnonzero(spt == _N3)
     if n3.size * minute >= min_n3_min:
@@ -429,7 +436,8 @@ def check_night(stages: Any, epoch_sec: float = 30.0, norms: Mapping | str | Pat
         raise DsnError(f"age={age!r}: expected the sleeper's age in years (0-130) or None")
     rules = norms["rules"]
     min_n3 = float(rules.get("n3_first_third", {}).get("min_n3_min", 10.0))
-    values = night_values(stages, epoch_sec, min_n3, norms.get("max_wake_gap_min", 90.0))
+    bout = float(rules.get("rem_latency", {}).get("min_rem_bout_min", 0.0))
+    values = night_values(stages, epoch_sec, min_n3, norms.get("max_wake_gap_min", 90.0), bout)
     tst, min_tst = values["period_sleep_min"], float(norms.get("min_tst_min", 60.0))
     results = []
     for name, rule in rules.items():
@@ -441,6 +449,6 @@ def check_night(stages: Any, epoch_sec: float = 30.0, norms: Mapping | str | Pat
         elif name == "n3_first_third" and values[name] is None:
             why_not = f"under {min_n3:g} min of N3"
         elif name == "rem_latency" and values[name] is None:
-            why_not = "no REM"
+            why_not = "no REM period"
         results.append(_judge(name, rule, values.get(name), age, why_not, values["period_min"]))
     return results
