@@ -115,7 +115,6 @@ def other_nights(work: Path, size: dict, seed: int) -> tuple[list, list, str]:
 def score_night(scorer, x: np.ndarray, source: str) -> dict:
     """Probabilities, stages, epoch-encoder features of the scored period and the normalised input of a night."""
     from dsn.workflows.predict import scaled_proba
-
     from dsn.workflows.trust import epoch_features
 
     proba, x_in, period = scaled_proba(scorer, x, source, return_input=True)

@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from test_artifact import night, tiny_scorer
 
 from dsn.trust import fit_feature_reference
 from dsn.workflows.calibration import feature_reference
 from dsn.workflows.trust import night_verdict, scored_features
-from test_artifact import night, tiny_scorer
 
 W, N2, REM = 0, 2, 4
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from dsn.trust import Verdict, check_features, check_night, check_shift, combine
 
-__all__ = ["epoch_features", "night_verdict", "scored_features"]
+__all__ = ["epoch_features", "night_verdict", "scored_features", "scorer_verdict"]
 
 
 def epoch_features(scorer, x: np.ndarray) -> np.ndarray | None:
@@ -108,3 +108,12 @@ def night_verdict(stages: np.ndarray, epoch_sec: float = 30.0, *, calibration: M
     findings += _familiarity_finding(familiar)
     findings += _signal_findings(problems)
     return combine(findings)
+
+
+def scorer_verdict(scorer, stages: np.ndarray, x_in: np.ndarray, period: slice | None = None, **kwargs) -> Verdict:
+    """:func:`night_verdict` of a night a scorer scored: its epoch length, its calibration (the shift
+    references) and the encoder features of ``x_in[period]`` (the normalised epochs it scored) filled in;
+    ``kwargs`` (``familiar``, ``problems``, ``norms``, ``age``) passed on."""
+    epoch_sec = float(scorer.preprocessing.get("epoch_sec", 30.0))
+    return night_verdict(stages, epoch_sec, calibration=scorer.calibration, period=period,
+                         features=scored_features(scorer, x_in, period), **kwargs)
