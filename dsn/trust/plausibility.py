@@ -15,7 +15,9 @@ epochs (negative values) are neither sleep nor wake and are left out of counts a
 departure, for whole recordings (Sleep-EDF's are 22 h long) and for model output: the rules look at the
 *main* sleep period (:func:`main_sleep_period`), where a wake gap of more than ``max_wake_gap_min`` (90 min)
 separates sleep stretches, so an evening doze, a nap or stray epochs scored as sleep by day do not move
-sleep onset; total sleep time counts the whole recording.
+sleep onset; total sleep time counts the whole recording. Short sleep periods (a nap, a night cut short) are
+judged only on the band sides that do not need a whole night (``min_period_min`` in the norms file), and REM
+latency runs to the first REM period of at least ``min_rem_bout_min`` (1 min).
 
 Pure: numpy and PyYAML, no I/O besides reading the norms file.
 """
@@ -423,7 +425,9 @@ def check_night(stages: Any, epoch_sec: float = 30.0, norms: Mapping | str | Pat
         One per rule, in the norms file's order. Rules that cannot be assessed (no REM for the REM
         latency, less than ``min_tst_min`` of sleep in the main sleep period for the architecture rules,
         a recording shorter
-        than ``min_recording_min``) are ``ok`` with ``value`` None or the reason saying why.
+        than ``min_recording_min``) are ``ok`` with ``value`` None or the reason saying why; a band side whose
+        ``min_period_min`` exceeds the main sleep period's length (a side that needs a whole night) is not
+        judged, and the reason says so.
 
     Raises
     ------
