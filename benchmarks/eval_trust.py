@@ -4,6 +4,8 @@
     python benchmarks/eval_trust.py                # full size: conf/demo.yaml fit on 8-h nights (see docs/trust.md)
     python benchmarks/eval_trust.py --size medium  # 4-h nights, 4 + 4 epochs (about 25 min on 2 loaded cores)
     python benchmarks/eval_trust.py --hours 6 --epochs 4 --work /tmp/trust    # other sizes; --work keeps the nights
+    python benchmarks/eval_trust.py --size medium --work /tmp/trust --model /tmp/trust/mlruns/checkpoints/RUN/finetune/selected.ckpt
+                                                   # re-judge with the model of an earlier run (no training)
 
 1. A model trained on one synthetic site: ``dsn synth`` nights (site A), ``conf/demo.yaml`` (``--small``: with
    ``conf/debug.yaml``), explicit train / validation / test subjects.
@@ -66,8 +68,9 @@ SIZES = {  # hours per night; site-A train / val / test subjects; site-B and oth
 }
 
 
-def train_site_a(work: Path, size: dict, seed: int):
-    """Write site A and fit a model on it; (scorer, {split: [(psg, hypnogram)]})."""
+def train_site_a(work: Path, size: dict, seed: int, model: str | None = None):
+    """Write site A and fit a model on it (or load ``model``, fitted on it by an earlier run with the same
+    ``--work``, size and seed); (scorer, {split: [(psg, hypnogram)]})."""
     from dsn import config
     from dsn.data.synth import write_dataset
     from dsn.workflows.run import run_fit
@@ -78,6 +81,11 @@ def train_site_a(work: Path, size: dict, seed: int):
     ids = [f"SC4{s:02d}" for s in range(n)]
     split = {"train": ids[: size["train"]], "val": ids[size["train"]: size["train"] + size["val"]],
              "test": ids[size["train"] + size["val"]:]}
+    splits = {k: [p for p in pairs if p[0].name[:5] in v] for k, v in split.items()}
+    if model:
+        from dsn.workflows.registry import load_scorer
+
+        return load_scorer(model), splits
     quiet = {f"{s}.trainer.{k}": False for s in ("pretrain", "finetune") for k in ("enable_progress_bar", "enable_model_summary")}
     cfg = config.load_config([str(ROOT / "conf" / c) for c in size["configs"]], {
         **quiet, "data.progress": False, "data.data_dir": str(work / "siteA"), "data.cache_dir": str(work / "cache"),
@@ -85,7 +93,7 @@ def train_site_a(work: Path, size: dict, seed: int):
         "data.train_subjects": split["train"], "data.val_subjects": split["val"], "data.test_subjects": split["test"],
         "test": False, "seed_everything": seed, **size.get("epochs", {})})  # fmt: skip
     scorer = run_fit(cfg, verbose=False).final.scorer
-    return scorer, {k: [p for p in pairs if p[0].name[:5] in v] for k, v in split.items()}
+    return scorer, splits
 
 
 def _written(folder: Path, n: int) -> list | None:
@@ -245,6 +253,9 @@ def main(argv=None) -> None:
     p.add_argument("--work", default=None, help="work folder (data, cache, tracking; nights written there by an "
                    "earlier run with the same size and seed are reused); default a temporary one")
     p.add_argument("--hours", type=float, default=None, help="hours per night (default: the size's)")
+    p.add_argument("--model", default=None, help="judge with this model (e.g. the finetune selected.ckpt under "
+                   "WORK/mlruns/checkpoints/) instead of fitting one: it must come from a run with the same --work, "
+                   "size and seed (the detectors re-judged, no training)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per stage (default: the configs')")
     a = p.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -263,7 +274,7 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dsn-trust-") as tmp:
         work = Path(a.work) if a.work else Path(tmp)
-        scorer, splits = train_site_a(work, size, a.seed)
+        scorer, splits = train_site_a(work, size, a.seed, a.model)
         t_fit = time.perf_counter() - t0
         refs = references(scorer)
         feat = (f"feature-shift threshold {refs[1]['threshold']:.2f} (validation nights "
