@@ -17,7 +17,7 @@ departure, for whole recordings (Sleep-EDF's are 22 h long) and for model output
 separates sleep stretches, so an evening doze, a nap or stray epochs scored as sleep by day do not move
 sleep onset; total sleep time counts the whole recording. Short sleep periods (a nap, a night cut short) are
 judged only on the band sides that do not need a whole night (``min_period_min`` in the norms file), and REM
-latency runs to the first REM period of at least ``min_rem_bout_min`` (1 min).
+latency runs to the first REM period of at least ``min_rem_bout_min`` (3 min).
 
 Pure: numpy and PyYAML, no I/O besides reading the norms file.
 """
