@@ -4,6 +4,8 @@
     python benchmarks/eval_trust.py                # full size: conf/demo.yaml fit on 8-h nights (see docs/trust.md)
     python benchmarks/eval_trust.py --size medium  # 4-h nights, 4 + 4 epochs (about 25 min on 2 loaded cores)
     python benchmarks/eval_trust.py --hours 6 --epochs 4 --work /tmp/trust    # other sizes; --work keeps the nights
+    python benchmarks/eval_trust.py --size medium --work /tmp/trust --model /tmp/trust/mlruns/checkpoints/RUN/finetune/selected.ckpt
+                                                   # re-judge with the model of an earlier run (no training)
 
 1. A model trained on one synthetic site: ``dsn synth`` nights (site A), ``conf/demo.yaml`` (``--small``: with
    ``conf/debug.yaml``), explicit train / validation / test subjects.
@@ -17,17 +19,18 @@
 
    * ``plausibility``: :func:`dsn.trust.check_night` on the predicted hypnogram (score: 1 per ``check`` rule,
      2 per ``do_not_use`` rule);
-   * ``prediction_shift``: :func:`dsn.trust.check_shift`, its reference (:func:`dsn.trust.fit_reference`)
-     fitted on the validation nights (their pooled confusion matrix and per-night predicted counts);
+   * ``prediction_shift``: :func:`dsn.trust.check_shift` of the scored period's predicted stages, with the
+     reference the fit stored in the model (``calibration["shift"]``: a chi-square test against the validation
+     nights' confusion-corrected expectation, false-alarm rate 1 %);
    * ``feature_shift``: :func:`dsn.trust.check_features` on the epoch encoder's features of the scored
-     period, the class Gaussians fitted on the training nights' epochs (true stages), the threshold on the
-     validation nights (:func:`dsn.trust.fit_feature_reference`);
+     period, with the reference the fit stored (``calibration["features"]``: class Gaussians of the training
+     nights' epochs with their true stages, threshold from the validation nights);
    * ``familiarity``: the model's existing familiarity check (:func:`dsn.workflows.predict.night_familiarity`);
    * ``combined``: :func:`dsn.trust.combine` of the three trust detectors; ``combined + familiarity`` adds the
      familiarity check as a fourth finding.
 
-   The features come from :meth:`dsn.models.scoring.SleepScorer.night_features` called here on the
-   normalised input that ``scaled_proba`` returns (no hook in the library: the CNN runs a second time).
+   The features come from :func:`dsn.workflows.trust.epoch_features` on the normalised input that
+   ``scaled_proba`` returns, as ``dsn predict`` computes them.
 4. The table: per detector, the share of nights warned (``check`` or ``do not use``) among those scored badly
    (macro-F1 < 0.6) and among those scored well (> 0.75), and the AUROC of its score for "scored badly".
    Targets (issue 34): >= 90 % of badly scored nights warned, <= 10 % of well scored ones.
@@ -65,8 +68,9 @@ SIZES = {  # hours per night; site-A train / val / test subjects; site-B and oth
 }
 
 
-def train_site_a(work: Path, size: dict, seed: int):
-    """Write site A and fit a model on it; (scorer, {split: [(psg, hypnogram)]})."""
+def train_site_a(work: Path, size: dict, seed: int, model: str | None = None):
+    """Write site A and fit a model on it (or load ``model``, fitted on it by an earlier run with the same
+    ``--work``, size and seed); (scorer, {split: [(psg, hypnogram)]})."""
     from dsn import config
     from dsn.data.synth import write_dataset
     from dsn.workflows.run import run_fit
@@ -77,6 +81,11 @@ def train_site_a(work: Path, size: dict, seed: int):
     ids = [f"SC4{s:02d}" for s in range(n)]
     split = {"train": ids[: size["train"]], "val": ids[size["train"]: size["train"] + size["val"]],
              "test": ids[size["train"] + size["val"]:]}
+    splits = {k: [p for p in pairs if p[0].name[:5] in v] for k, v in split.items()}
+    if model:
+        from dsn.workflows.registry import load_scorer
+
+        return load_scorer(model), splits
     quiet = {f"{s}.trainer.{k}": False for s in ("pretrain", "finetune") for k in ("enable_progress_bar", "enable_model_summary")}
     cfg = config.load_config([str(ROOT / "conf" / c) for c in size["configs"]], {
         **quiet, "data.progress": False, "data.data_dir": str(work / "siteA"), "data.cache_dir": str(work / "cache"),
@@ -84,7 +93,7 @@ def train_site_a(work: Path, size: dict, seed: int):
         "data.train_subjects": split["train"], "data.val_subjects": split["val"], "data.test_subjects": split["test"],
         "test": False, "seed_everything": seed, **size.get("epochs", {})})  # fmt: skip
     scorer = run_fit(cfg, verbose=False).final.scorer
-    return scorer, {k: [p for p in pairs if p[0].name[:5] in v] for k, v in split.items()}
+    return scorer, splits
 
 
 def _written(folder: Path, n: int) -> list | None:
@@ -114,9 +123,10 @@ def other_nights(work: Path, size: dict, seed: int) -> tuple[list, list, str]:
 def score_night(scorer, x: np.ndarray, source: str) -> dict:
     """Probabilities, stages, epoch-encoder features of the scored period and the normalised input of a night."""
     from dsn.workflows.predict import scaled_proba
+    from dsn.workflows.trust import epoch_features
 
     proba, x_in, period = scaled_proba(scorer, x, source, return_input=True)
-    feats = scorer.night_features(x_in[period]).feats.float().cpu().numpy()
+    feats = epoch_features(scorer, x_in[period])
     return {"proba": proba, "stages": proba.argmax(-1), "x_in": x_in, "period": period, "feats": feats}
 
 
@@ -131,28 +141,13 @@ def read_night(scorer, psg: Path, hyp: Path, label: str | None = None):
     return inp.x, expert_labels(hyp, psg, len(inp.x))
 
 
-def fit_references(scorer, splits: dict) -> tuple[dict, dict]:
-    """The prediction-shift and feature-shift references (training nights: features; validation: thresholds)."""
-    from dsn.trust import fit_feature_reference, fit_reference
-
-    feats, labels = [], []
-    for psg, hyp in splits["train"]:
-        x, y = read_night(scorer, psg, hyp)
-        s = score_night(scorer, x, str(psg))
-        feats.append(s["feats"])
-        labels.append(y[s["period"]])
-    conf = np.zeros((5, 5))
-    val_counts, val_feats = [], []
-    for psg, hyp in splits["val"]:
-        x, y = read_night(scorer, psg, hyp)
-        s = score_night(scorer, x, str(psg))
-        ok = y >= 0
-        np.add.at(conf, (y[ok], s["stages"][ok]), 1)
-        val_counts.append(np.bincount(s["stages"], minlength=5))
-        val_feats.append(s["feats"])
-    pred_ref = fit_reference(conf, val_counts)
-    feat_ref = fit_feature_reference(np.concatenate(feats), np.concatenate(labels), val_feats)
-    return pred_ref, feat_ref
+def references(scorer) -> tuple[dict, dict]:
+    """The prediction-shift and feature-shift references the fit stored in the model's calibration (as
+    ``dsn predict`` uses them): fitted by :func:`dsn.workflows.calibration.calibrate_selected` and
+    :func:`dsn.workflows.calibration.feature_reference` on the training nights (features) and the validation
+    nights (confusion matrix, thresholds)."""
+    cal = scorer.calibration
+    return cal.get("shift"), cal.get("features")
 
 
 def judge(scorer, refs: tuple[dict, dict], x: np.ndarray, y: np.ndarray, source: str) -> dict:
@@ -165,21 +160,24 @@ def judge(scorer, refs: tuple[dict, dict], x: np.ndarray, y: np.ndarray, source:
     stages = s["stages"]
     f1 = agreement(y, stages, scorer.class_names)["f1_macro"]
     rules = check_night(stages)
-    shift = check_shift(refs[0], np.bincount(stages, minlength=5))
-    feat = check_features(refs[1], s["feats"])
+    shift = check_shift(refs[0], np.bincount(stages[s["period"]], minlength=5))
+    feat = check_features(refs[1], s["feats"]) if refs[1] else None
     fam = night_familiarity(scorer, s["x_in"], s["proba"])
     fam_finding = None if fam is None else {
         "name": "familiarity", "level": "ok" if fam["familiar"] else "check", "value": fam["score"],
         "reason": "familiarity: " + ("; ".join(fam["warnings"]) or f"score {fam['score']:.1f}")}
-    both = combine(rules, shift, feat)
-    every = combine(rules, shift, feat, *([fam_finding] if fam_finding else []))
+    feats = [feat] if feat else []
+    both = combine(rules, shift, *feats)
+    every = combine(rules, shift, *feats, *([fam_finding] if fam_finding else []))
     rank = {"ok": 0, "check": 1, "do_not_use": 2}
     out = {
         "f1": float(f1), "verdict": both.verdict, "reasons": list(both.reasons),
         "plausibility": (max(rank[r.level] for r in rules), float(sum(rank[r.level] for r in rules))),
-        "prediction_shift": (rank[shift.level], shift.value), "feature_shift": (rank[feat.level], feat.value),
+        "prediction_shift": (rank[shift.level], shift.value),
         "combined": (both.code, float(both.code)), "combined + familiarity": (every.code, float(every.code)),
     }  # fmt: skip
+    if feat:
+        out["feature_shift"] = (rank[feat.level], feat.value)
     if fam_finding:
         out["familiarity"] = (rank[fam_finding["level"]], float(fam["score"]))
     return out
@@ -255,6 +253,9 @@ def main(argv=None) -> None:
     p.add_argument("--work", default=None, help="work folder (data, cache, tracking; nights written there by an "
                    "earlier run with the same size and seed are reused); default a temporary one")
     p.add_argument("--hours", type=float, default=None, help="hours per night (default: the size's)")
+    p.add_argument("--model", default=None, help="judge with this model (e.g. the finetune selected.ckpt under "
+                   "WORK/mlruns/checkpoints/) instead of fitting one: it must come from a run with the same --work, "
+                   "size and seed (the detectors re-judged, no training)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per stage (default: the configs')")
     a = p.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -273,11 +274,13 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dsn-trust-") as tmp:
         work = Path(a.work) if a.work else Path(tmp)
-        scorer, splits = train_site_a(work, size, a.seed)
+        scorer, splits = train_site_a(work, size, a.seed, a.model)
         t_fit = time.perf_counter() - t0
-        refs = fit_references(scorer, splits)
-        print(f"model trained in {t_fit:.0f} s; prediction-shift threshold {refs[0]['threshold']:.2f}, "
-              f"feature-shift threshold {refs[1]['threshold']:.2f} (validation nights {refs[1]['val_scores']})")
+        refs = references(scorer)
+        feat = (f"feature-shift threshold {refs[1]['threshold']:.2f} (validation nights "
+                f"{[round(v, 2) for v in refs[1]['val_scores']]})" if refs[1] else "no feature-shift reference")
+        print(f"model trained in {t_fit:.0f} s; prediction-shift threshold {refs[0]['threshold']:.2f} "
+              f"(chi-square, false-alarm rate {100 * refs[0].get('false_alarm', float('nan')):g} %), {feat}")
         b, other, b_label = other_nights(work, size, a.seed)
         nights = evaluate_all(scorer, refs, splits, b, other, b_label, a.seed)
     sets = sorted({n["set"] for n in nights})

@@ -69,16 +69,15 @@ with warnings.catch_warnings():  # MLflow asks for type hints; the declared sign
             import pandas as pd
 
             from dsn.workflows.predict import scaled_proba
-            from dsn.workflows.trust import night_verdict
+            from dsn.workflows.trust import scorer_verdict
 
             x = _checked_input(model_input, self.scorer)
-            proba, _, period = scaled_proba(self.scorer, x, "model input", return_input=True)
+            proba, x_in, period = scaled_proba(self.scorer, x, "model input", return_input=True)
             names = self.scorer.class_names
             stages = proba.argmax(-1)
             out = pd.DataFrame(proba.astype(np.float64), columns=names)
             out.insert(0, "stage", [names[i] for i in stages] if len(proba) else [])
-            verdict = night_verdict(stages, float(self.scorer.preprocessing.get("epoch_sec", 30.0)),
-                                    calibration=self.scorer.calibration, period=period)
+            verdict = scorer_verdict(self.scorer, stages, x_in, period)
             out["trust_verdict"] = verdict.verdict
             out["trust_reasons"] = "; ".join(verdict.reasons)
             return out

@@ -11,6 +11,7 @@ import pytest
 from dsn.errors import DsnError
 from dsn.trust import check_night, check_shift, combine, fit_reference, load_norms, night_values, shift_score
 from dsn.trust.plausibility import NormsError
+from dsn.trust.shift import SHARE_SD
 
 W, N1, N2, N3, REM = 0, 1, 2, 3, 4
 
@@ -70,6 +71,14 @@ def test_sleep_onset_rem_is_check():
     assert "sleep-onset REM" in verdict.reasons[0] and "0.0 min < 15" in verdict.reasons[0]
 
 
+def test_one_rem_epoch_at_sleep_onset_is_not_a_rem_period():
+    night = _night((W, 20), (N1, 2), (REM, 0.5), (N1, 2.5), *NORMAL[2:])
+    assert night_values(night)["rem_latency"] == pytest.approx(2.0)  # AASM: the first REM epoch
+    results = {r.name: r for r in check_night(night)}
+    assert results["rem_latency"].level == "ok" and results["rem_latency"].value > 15  # the first REM period
+    assert results["rem_latency"].value == pytest.approx(night_values(night, min_rem_bout_min=1.0)["rem_latency"])
+
+
 def test_seventy_percent_rem_is_do_not_use():
     night = _night((W, 20), (N2, 60), (REM, 70), (N3, 30), (REM, 140), (N2, 30), (REM, 70), (W, 20))
     assert night_values(night)["rem_share"] == pytest.approx(70.0)
@@ -113,6 +122,45 @@ def test_flickering_hypnogram_is_flagged():
     flagged = _flagged(check_night(night))
     assert flagged["isolated_epochs"] == "do_not_use"
     assert flagged["transitions_per_hour"] in ("check", "do_not_use")
+
+
+#: The first 2.5 h of NORMAL's sleep: one and a half cycles, N3-rich, little REM (a nap or a night cut short).
+SHORT = [(W, 20), (N1, 5), (N2, 15), (N3, 50), (N2, 20), (REM, 3), (N2, 10), (N3, 40), (N2, 7), (W, 10)]
+
+
+def test_short_sleep_period_is_judged_only_on_what_it_can_show():
+    night = _night(*SHORT)
+    v = night_values(night)
+    assert v["period_min"] == pytest.approx(150.0)
+    assert v["n3_share"] > 40 and v["rem_share"] < 5 and v["transitions_per_hour"] < 1  # normal for 2.5 h
+    results = {r.name: r for r in check_night(night)}
+    assert _flagged(results.values()) == {}
+    assert "high bound is not judged on a sleep period of 150 min, under 300" in results["n3_share"].reason
+    assert "low bound is not judged" in results["rem_share"].reason
+    assert "low bound is not judged" in results["transitions_per_hour"].reason
+    assert "low bound is not judged on a sleep period of 150 min, under 240" in results["n3_first_third"].reason
+    # The same values over a whole night are flagged: the bounds are whole-night bounds.
+    whole = load_norms()
+    for rule in whole["rules"].values():
+        rule.pop("min_period_min", None)
+    assert {"n3_share", "rem_share", "transitions_per_hour"} <= set(_flagged(check_night(night, norms=whole)))
+
+
+def test_short_sleep_period_still_catches_what_no_night_shows():
+    # 2.5 h of sleep: sleep-onset REM and 70 % REM are wrong whatever the length; so is no N2 at all.
+    rem = check_night(_night((W, 20), (REM, 50), (N2, 20), (REM, 55), (N1, 25), (W, 10)))
+    assert _flagged(rem)["rem_share"] == "do_not_use" and _flagged(rem)["rem_latency"] == "check"
+    no_n2 = check_night(_night(*[(N1 if s == N2 else s, m) for s, m in SHORT]))
+    assert _flagged(no_n2)["n2_share"] == "do_not_use"
+
+
+def test_min_period_min_in_a_user_file(tmp_path):
+    path = tmp_path / "n.yaml"
+    path.write_text("rules:\n  n3_share:\n    min_period_min: {high: 60}\n")
+    assert _flagged(check_night(_night(*SHORT), norms=path)) == {"n3_share": "check"}
+    path.write_text("rules:\n  n3_share:\n    min_period_min: {middle: 60}\n")
+    with pytest.raises(NormsError, match=r"rules\.n3_share\.min_period_min: expected minutes"):
+        load_norms(path)
 
 
 def test_unscored_epochs_are_neither_sleep_nor_transitions():
@@ -256,7 +304,7 @@ def test_shift_same_distribution_is_below_threshold(method):
         assert res.estimate["REM"] == pytest.approx(PRIOR[4], abs=0.02)
 
 
-@pytest.mark.parametrize("method", ["bbse", "tv"])
+@pytest.mark.parametrize("method", ["chi2", "bbse", "tv"])
 def test_shift_72_percent_rem_is_above_threshold(method):
     conf, preds = _validation()
     ref = fit_reference(conf, preds, method=method)
@@ -266,11 +314,54 @@ def test_shift_72_percent_rem_is_above_threshold(method):
     assert "REM" in res.reason and "prediction_shift" in res.reason
 
 
+def _null_night(rng, sd_scale: float = 1.0, n_epochs: int = 960) -> np.ndarray:
+    """Predicted counts of a night from the validation population: its own true mix (shares spread as the
+    normative SDs say, times ``sd_scale``), scored with the model's confusion."""
+    conc = np.mean(PRIOR * (1 - PRIOR) / (np.array(SHARE_SD) * sd_scale) ** 2) - 1
+    true = rng.multinomial(n_epochs, rng.dirichlet(PRIOR * conc))
+    return np.stack([rng.multinomial(t, COND[i]) for i, t in enumerate(true)]).sum(axis=0)
+
+
+@pytest.mark.parametrize("n_val", [1, 2])
+def test_chi2_shift_false_alarm_rate_with_one_or_two_validation_nights(n_val):
+    """The threshold means what it says with 1-2 validation nights: healthy nights like the validation ones
+    (between-night spread as in normative PSG) raise at most about the stated 1 % of checks; a REM-heavy
+    shift of 30 points (REM 48 %: beyond any healthy night) is caught most of the time (about 2/3 with one
+    validation night, 9/10 with two), while one of 15 points
+    (REM 33 %, inside the healthy spread) is not the test's business."""
+    rng = np.random.default_rng(1)
+    alarms, caught = [], []
+    for _ in range(40):
+        conf, preds = _validation(n_nights=n_val, seed=int(rng.integers(1 << 30)))
+        ref = fit_reference(conf, preds)
+        assert ref["method"] == "chi2" and ref["n_val"] == n_val
+        assert ref["threshold"] == pytest.approx(13.2767, abs=1e-3)  # chi-square, 4 df, 1 - 0.01
+        assert ref["severe_threshold"] == pytest.approx(23.5127, abs=1e-3)  # 1 - 1e-4
+        alarms += [check_shift(ref, _null_night(rng)).level != "ok" for _ in range(10)]
+        shifted = PRIOR + np.array([0, 0, -0.2, -0.1, 0.3])
+        caught.append(check_shift(ref, _predicted_counts(shifted)).level != "ok")
+        alarms.append(check_shift(ref, _predicted_counts(PRIOR + np.array([0, 0, -0.1, -0.05, 0.15]))).level != "ok")
+    assert np.mean(alarms) <= 0.03
+    assert np.mean(caught) >= 0.6  # one validation night leaves its own mix in p: a power of about 2/3 to 9/10
+
+
+def test_chi2_shift_reason_names_the_stage_and_the_rate():
+    conf, preds = _validation(n_nights=1)
+    ref = fit_reference(conf, preds)
+    res = check_shift(ref, np.array([10, 10, 200, 100, 600]))  # REM far above the validation mix
+    assert res.level == "do_not_use" and res.value > ref["severe_threshold"]
+    assert "predicted REM" in res.reason and "false-alarm rate 0.01 %" in res.reason
+    ok = check_shift(ref, preds[0])
+    assert ok.level == "ok" and "false-alarm rate 1 %" in ok.reason
+    with pytest.raises(DsnError, match="false-alarm"):
+        fit_reference(conf, preds, false_alarm=0.01, severe_alarm=0.05)
+
+
 def test_shift_outputs_no_stage_mix_explains_score_higher_with_bbse():
     conf, preds = _validation()
     # Predicted N1 with no W or N2 at all: under this confusion matrix, true N1 always brings W and N2 with it.
     odd = np.array([0, 300, 0, 300, 360])
-    score, est, _ = shift_score(conf, odd)
+    score, est, _ = shift_score(conf, odd, method="bbse")
     assert est.min() < -0.05  # negative estimates: not a label shift
     tv, _, _ = shift_score(conf, odd, method="tv", val_pred_counts=preds)
     assert score > tv
@@ -278,16 +369,21 @@ def test_shift_outputs_no_stage_mix_explains_score_higher_with_bbse():
 
 def test_shift_threshold_from_one_validation_night():
     conf, preds = _validation(n_nights=1)
-    ref = fit_reference(conf, preds)
+    ref = fit_reference(conf, preds, method="bbse")
     assert ref["threshold"] == pytest.approx(max(ref["val_scores"][0] * 1.25, 0.15))
     assert check_shift(ref, preds[0]).level == "ok"
+    # a reference stored by an older fit (no severe_threshold, no n_val) still reads
+    old = {k: v for k, v in ref.items() if k not in ("severe_threshold", "n_val", "share_sd")}
+    assert check_shift(old, preds[0]).level == "ok"
 
 
 def test_shift_scores_of_several_nights_and_bad_input():
     conf, preds = _validation()
-    scores, est, ref = shift_score(conf, preds)
+    scores, est, ref = shift_score(conf, preds, method="bbse")
     assert ref == pytest.approx(conf.sum(axis=1) / conf.sum())  # the validation stage mix
     assert scores.shape == (6,) and est.shape == (6, 5)
+    d2, share, mu0 = shift_score(conf, preds)  # chi2: predicted shares against M p
+    assert d2.shape == (6,) and mu0 == pytest.approx((conf.sum(axis=1) / conf.sum()) @ (conf / conf.sum(axis=1, keepdims=True)))
     with pytest.raises(DsnError, match="non-negative counts"):
         shift_score(conf, [1, 2, 3])
     with pytest.raises(DsnError, match="no scored epoch"):
@@ -309,7 +405,7 @@ def test_verdict_combination():
     assert combine(normal, ok_shift).verdict == "trusted"
     assert combine().verdict == "trusted"
 
-    shifted = check_shift(ref, np.array([40, 10, 400, 400, 110]))
+    shifted = check_shift(ref, np.array([10, 10, 200, 100, 600]))
     assert shifted.level != "ok"
     v = combine(normal, shifted)
     assert v.verdict == VERDICT_OF[shifted.level] and v.rules == ["prediction_shift"]

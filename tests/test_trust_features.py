@@ -9,7 +9,7 @@ import pytest
 
 from dsn.errors import DsnError
 from dsn.trust import check_features, combine, fit_feature_reference
-from dsn.trust.features import epoch_distances, fit_class_gaussians, night_feature_score
+from dsn.trust.features import epoch_distances, fit_class_gaussians, night_feature_score, unpack
 
 D = 60  # feature dimension
 K = 5
@@ -80,7 +80,14 @@ def test_reference_is_json_ready_and_reads_back():
     back = json.loads(json.dumps(ref))
     x, _ = _draw(means, factor, 200, rng)
     assert check_features(back, x).value == pytest.approx(check_features(ref, x).value)
-    assert len(back["components"]) == 16 and len(back["precision"]) == 16 and 0 <= back["shrinkage"] <= 1
+    assert back["components"]["shape"] == [16, D] and back["precision"]["shape"] == [16, 16]
+    assert 0 <= back["shrinkage"] <= 1
+    assert isinstance(back["components"]["float32_b64"], str)  # packed: a plain string in the spec
+    # compact: the packed arrays take about 4/3 bytes per float32 (base64), under half of their JSON numbers
+    assert len(json.dumps(back["components"])) < 0.5 * len(json.dumps(unpack(back["components"]).tolist()))
+    # a reference stored as nested lists (before packing) reads back the same
+    listed = {**ref, **{k: unpack(ref[k]).tolist() for k in ("mean", "components", "precision")}}
+    assert check_features(listed, x).value == pytest.approx(check_features(ref, x).value, rel=1e-6)
 
 
 def test_predicted_class_distance_is_at_least_the_nearest():

@@ -15,7 +15,9 @@ epochs (negative values) are neither sleep nor wake and are left out of counts a
 departure, for whole recordings (Sleep-EDF's are 22 h long) and for model output: the rules look at the
 *main* sleep period (:func:`main_sleep_period`), where a wake gap of more than ``max_wake_gap_min`` (90 min)
 separates sleep stretches, so an evening doze, a nap or stray epochs scored as sleep by day do not move
-sleep onset; total sleep time counts the whole recording.
+sleep onset; total sleep time counts the whole recording. Short sleep periods (a nap, a night cut short) are
+judged only on the band sides that do not need a whole night (``min_period_min`` in the norms file), and REM
+latency runs to the first REM period of at least ``min_rem_bout_min`` (3 min).
 
 Pure: numpy and PyYAML, no I/O besides reading the norms file.
 """
@@ -43,7 +45,8 @@ _REM = STAGES.index("REM")
 _N3 = STAGES.index("N3")
 #: Keys a rule of the norms file may have.
 _RULE_KEYS = {"description", "unit", "check", "do_not_use", "by_age", "source", "low_note", "high_note",
-              "min_recording_min", "min_n3_min"}
+              "min_recording_min", "min_n3_min", "min_period_min", "min_rem_bout_min"}
+_SIDES = ("low", "high")
 _AGE_KEYS = {"ages", "check", "do_not_use", "source"}
 _ARCHITECTURE_EXEMPT = {"total_sleep_time"}  # assessed whatever the amount of sleep
 #: Top-level settings of a norms file: name -> (default, may be null).
@@ -131,12 +134,26 @@ def _validate_rule(name: str, rule: Any, source: str) -> None:
     if unknown:
         raise NormsError(f"{where}.{unknown[0]}: unknown key; a rule may have {sorted(_RULE_KEYS)}")
     _validate_bands(rule, where)
+    _period_sides(rule.get("min_period_min"), f"{where}.min_period_min")
     for i, row in enumerate(rule.get("by_age") or []):
         at = f"{where}.by_age[{i}]"
         if not isinstance(row, Mapping) or set(row) - _AGE_KEYS or "ages" not in row:
             raise NormsError(f"{at}: expected {{ages: [from, below], check: [..], do_not_use: [..]}}, got {row!r}")
         _band(row["ages"], f"{at}.ages")
         _validate_bands(row, at)
+
+
+def _period_sides(value: Any, where: str) -> dict[str, float]:
+    """A rule's ``min_period_min``: minutes of main sleep period a side of its bands needs to be judged.
+    A number applies to both sides, ``{low: m, high: m}`` to each; None: every night is judged."""
+    if value is None:
+        return {}
+    sides = dict.fromkeys(_SIDES, value) if not isinstance(value, Mapping) else dict(value)
+    ok = set(sides) <= set(_SIDES) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in sides.values())
+    if not ok:
+        raise NormsError(f"{where}: expected minutes >= 0 or {{low: minutes, high: minutes}}, got {value!r}")
+    return {k: float(v) for k, v in sides.items()}
 
 
 def _read_yaml(path: Path | str, text: str) -> dict[str, Any]:
@@ -276,7 +293,7 @@ def main_sleep_period(stages: Any, epoch_sec: float = 30.0, max_wake_gap_min: fl
 
 
 def night_values(stages: Any, epoch_sec: float = 30.0, min_n3_min: float = 10.0,
-                 max_wake_gap_min: float | None = 90.0) -> dict[str, float | None]:
+                 max_wake_gap_min: float | None = 90.0, min_rem_bout_min: float = 0.0) -> dict[str, float | None]:
     """The quantities the rules look at, from one hypnogram.
 
     Parameters
@@ -285,6 +302,8 @@ def night_values(stages: Any, epoch_sec: float = 30.0, min_n3_min: float = 10.0,
         0 W, 1 N1, 2 N2, 3 N3, 4 REM (:data:`dsn.data.labels.STAGES`); negative = unscored.
     epoch_sec : float, default 30.0
     min_n3_min : float, default 10.0
+    min_rem_bout_min : float, default 0.0
+        ``rem_latency`` runs to the first run of REM at least this long (0: the first REM epoch, AASM).
         Minimum N3 time for ``n3_first_third`` to be computed.
     max_wake_gap_min : float or None, default 90.0
         See :func:`main_sleep_period`: every value but ``total_sleep_time`` is computed on the main sleep
@@ -294,7 +313,7 @@ def night_values(stages: Any, epoch_sec: float = 30.0, min_n3_min: float = 10.0,
     -------
     dict
         ``recording_min``, ``total_sleep_time`` (min, whole recording), ``period_sleep_min`` (min of sleep
-        in the main sleep period), ``n1_share`` .. ``rem_share`` (% of the period's sleep),
+        in the main sleep period), ``period_min`` (its length, sleep and wake), ``n1_share`` .. ``rem_share`` (% of the period's sleep),
         ``rem_latency`` (min from sleep onset), ``n3_first_third`` (% of N3 time in the first third of the
         sleep period), ``transitions_per_hour`` (W/NREM/REM changes per hour of sleep),
         ``isolated_epochs`` (% of the sleep period's scored epochs unlike both neighbours),
@@ -305,7 +324,8 @@ def night_values(stages: Any, epoch_sec: float = 30.0, min_n3_min: float = 10.0,
     y = _as_stages(stages)
     minute = epoch_sec / 60.0
     out: dict[str, float | None] = {"recording_min": y.size * minute,
-                                    "total_sleep_time": np.count_nonzero(y > 0) * minute, "period_sleep_min": 0.0}
+                                    "total_sleep_time": np.count_nonzero(y > 0) * minute, "period_sleep_min": 0.0,
+                                    "period_min": 0.0}
     names = ("n1_share", "n2_share", "n3_share", "rem_share", "rem_latency", "n3_first_third",
              "transitions_per_hour", "isolated_epochs", "longest_run")
     out |= dict.fromkeys(names)
@@ -315,9 +335,15 @@ def night_values(stages: Any, epoch_sec: float = 30.0, min_n3_min: float = 10.0,
     spt = y[period]
     asleep = np.flatnonzero(spt > 0)
     out["period_sleep_min"] = asleep.size * minute
+    out["period_min"] = spt.size * minute
     for i, key in enumerate(("n1_share", "n2_share", "n3_share", "rem_share"), start=1):
         out[key] = 100.0 * np.count_nonzero(spt == i) / asleep.size
     rem = np.flatnonzero(spt == _REM)
+    if rem.size and min_rem_bout_min > 0:  # the first run of REM long enough to be a REM period
+        starts = np.flatnonzero(np.diff(np.r_[0, spt == _REM, 0]) == 1)
+        ends = np.flatnonzero(np.diff(np.r_[0, spt == _REM, 0]) == -1)
+        long = starts[(ends - starts) * minute >= min_rem_bout_min]
+        rem = long if long.size else rem[:0]
     out["rem_latency"] = float(rem[0]) * minute if rem.size else None
     n3 = np.flatnonzero(spt == _N3)
     if n3.size * minute >= min_n3_min:
@@ -353,19 +379,25 @@ def _outside(value: float, band: tuple) -> str | None:
     return None
 
 
-def _judge(name: str, rule: Mapping, value: float | None, age: float | None, why_not: str | None) -> RuleResult:
+def _judge(name: str, rule: Mapping, value: float | None, age: float | None, why_not: str | None,
+           period_min: float = math.inf) -> RuleResult:
     check, dnu = _bands_for(rule, age)
     unit, what = rule.get("unit", ""), rule.get("description", name)
     if value is None or why_not is not None:
         reason = f"{name}: not assessed ({why_not or 'undefined for this night'})"
         return RuleResult(name, None if value is None else float(value), unit, check, dnu, "ok", reason)
     value = float(value)
-    side = _outside(value, dnu)
-    level, band = ("do_not_use", dnu) if side else ("check", check)
-    side = side or _outside(value, check)
+    # A side that needs a whole night is not judged on a shorter sleep period (see norms.yaml).
+    short = {k: m for k, m in _period_sides(rule.get("min_period_min"), name).items() if period_min < m}
+    judged = [tuple(None if side in short else b for side, b in zip(_SIDES, band)) for band in (check, dnu)]
+    side = _outside(value, judged[1])
+    level, band = ("do_not_use", judged[1]) if side else ("check", judged[0])
+    side = side or _outside(value, judged[0])
     if side is None:
+        extra = "".join(f" (its {k} bound is not judged on a sleep period of {period_min:.0f} min, under {m:g})"
+                        for k, m in short.items())
         return RuleResult(name, value, unit, check, dnu, "ok",
-                          f"{name}: {what} {value:.1f} {unit} within {_show(check)}")
+                          f"{name}: {what} {value:.1f} {unit} within {_show(judged[0])}{extra}")
     bound = band[0] if side == "low" else band[1]
     note = rule.get(f"{side}_note")
     reason = f"{name}: {what} {value:.1f} {unit} {'<' if side == 'low' else '>'} {bound:g}" + (f" ({note})" if note else "")
@@ -393,7 +425,9 @@ def check_night(stages: Any, epoch_sec: float = 30.0, norms: Mapping | str | Pat
         One per rule, in the norms file's order. Rules that cannot be assessed (no REM for the REM
         latency, less than ``min_tst_min`` of sleep in the main sleep period for the architecture rules,
         a recording shorter
-        than ``min_recording_min``) are ``ok`` with ``value`` None or the reason saying why.
+        than ``min_recording_min``) are ``ok`` with ``value`` None or the reason saying why; a band side whose
+        ``min_period_min`` exceeds the main sleep period's length (a side that needs a whole night) is not
+        judged, and the reason says so.
 
     Raises
     ------
@@ -406,7 +440,8 @@ def check_night(stages: Any, epoch_sec: float = 30.0, norms: Mapping | str | Pat
         raise DsnError(f"age={age!r}: expected the sleeper's age in years (0-130) or None")
     rules = norms["rules"]
     min_n3 = float(rules.get("n3_first_third", {}).get("min_n3_min", 10.0))
-    values = night_values(stages, epoch_sec, min_n3, norms.get("max_wake_gap_min", 90.0))
+    bout = float(rules.get("rem_latency", {}).get("min_rem_bout_min", 0.0))
+    values = night_values(stages, epoch_sec, min_n3, norms.get("max_wake_gap_min", 90.0), bout)
     tst, min_tst = values["period_sleep_min"], float(norms.get("min_tst_min", 60.0))
     results = []
     for name, rule in rules.items():
@@ -418,6 +453,6 @@ def check_night(stages: Any, epoch_sec: float = 30.0, norms: Mapping | str | Pat
         elif name == "n3_first_third" and values[name] is None:
             why_not = f"under {min_n3:g} min of N3"
         elif name == "rem_latency" and values[name] is None:
-            why_not = "no REM"
-        results.append(_judge(name, rule, values.get(name), age, why_not))
+            why_not = "no REM period"
+        results.append(_judge(name, rule, values.get(name), age, why_not, values["period_min"]))
     return results

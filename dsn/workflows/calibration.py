@@ -25,6 +25,11 @@ import numpy as np
 from dsn import evaluation
 from dsn.evaluation import LOW_CONFIDENCE
 
+#: Most training epochs the feature reference is fitted on (evenly strided over the training nights).
+MAX_FEATURE_EPOCHS = 4000
+#: Most validation epochs per night scored for the feature threshold (a night's score is a median).
+MAX_VAL_EPOCHS = 1200
+
 #: The bounds of the threshold a fit chooses on validation epochs (:func:`low_confidence_threshold`).
 THRESHOLD_BOUNDS = (0.3, 0.8)
 
@@ -184,6 +189,25 @@ def shift_reference(preds: Sequence[Any]) -> dict[str, Any] | None:
         np.add.at(confusion, (y[keep], pred[keep]), 1)
     counts = np.stack([np.bincount(pred, minlength=k)[:k] for pred, _ in nights])
     return fit_reference(confusion, counts)
+
+
+def feature_reference(scorer, recordings: Mapping[str, Sequence[Any]]) -> dict[str, Any] | None:
+    """The feature-level shift reference of the selected model (:func:`dsn.trust.fit_feature_reference`):
+    class Gaussians of its epoch encoder's features on the training nights' epochs with their true stages (at
+    most :data:`MAX_FEATURE_EPOCHS`, evenly strided), the threshold from the validation nights' scores
+    (``recordings[split]``: objects with ``x``, the normalised epochs, and ``y``, the stages). None for a model
+    without a separate encoder or without training or validation nights."""
+    from dsn.trust import fit_feature_reference
+    from dsn.workflows.trust import epoch_features
+
+    train, val = recordings.get("train") or [], recordings.get("val") or []
+    if scorer.kind == "epoch" or not train or not val:
+        return None
+    stride = max(1, -(-sum(len(r.y) for r in train) // MAX_FEATURE_EPOCHS))
+    feats = np.concatenate([epoch_features(scorer, np.asarray(r.x[::stride])) for r in train])
+    labels = np.concatenate([np.asarray(r.y)[::stride] for r in train])
+    val_feats = [epoch_features(scorer, np.asarray(r.x[:: max(1, -(-len(r.y) // MAX_VAL_EPOCHS))])) for r in val]
+    return fit_feature_reference(feats, labels, val_feats)
 
 
 def format_figures(figures: Mapping[str, float]) -> str:

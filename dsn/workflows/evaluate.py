@@ -139,7 +139,7 @@ def evaluate(
     from dsn.data.recording import Preprocessing, load_recording
     from dsn.workflows.data import edf_header
     from dsn.workflows.registry import load_scorer
-    from dsn.workflows.trust import night_verdict
+    from dsn.workflows.trust import scorer_verdict
 
     scorer = load_scorer(model, uri)
     prep = scorer.preprocessing
@@ -164,7 +164,7 @@ def evaluate(
         y_pred = scorer.predict(x)
         per.append({"name": rec.name, "subject": rec.subject, "night": rec.night, "psg": str(f.psg),
                     "hypnogram": str(f.hypnogram), **_figures(rec.y, y_pred, scorer.class_names),
-                    "trust": night_verdict(y_pred, float(prep.get("epoch_sec", 30.0)), calibration=scorer.calibration).as_dict()})
+                    "trust": scorer_verdict(scorer, y_pred, x).as_dict()})
         y_all.append(rec.y)
         p_all.append(y_pred)
     pooled = _figures(np.concatenate(y_all), np.concatenate(p_all), scorer.class_names)

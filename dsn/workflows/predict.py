@@ -188,12 +188,12 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
     the model's spec, chosen on its validation subjects; else :data:`dsn.evaluation.LOW_CONFIDENCE`).
     An impossible signal (:mod:`dsn.data.sanity`) is refused; with ``force`` it is scored and flagged: every
     epoch low-confidence (CSV, EDF+ annotations, PNG), the summary's ``signal_problems``.
-    The summary's ``trust`` is the night's verdict (:func:`dsn.workflows.trust.night_verdict`; ``norms``, ``age``:
+    The summary's ``trust`` is the night's verdict (:func:`dsn.workflows.trust.scorer_verdict`; ``norms``, ``age``:
     the plausibility ranges' override file and the subject's age).
     """
     from dsn.evaluation import LOW_CONFIDENCE
     from dsn.hypnogram import agreement, atomic_write, sleep_statistics
-    from dsn.workflows.trust import night_verdict
+    from dsn.workflows.trust import scorer_verdict
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -219,8 +219,8 @@ def score_recording(scorer, path: str | Path, out_dir: str | Path, channel: str 
         "scored_period": {"first_epoch": int(period.start), "n_epochs": int(period.stop - period.start)},
         "statistics": sleep_statistics(stages, epoch_sec), "confidence": conf, "familiarity": familiar,
         "signal_problems": [p.as_dict() for p in problems], "files": {k: str(v) for k, v in files.items()},
-        "trust": night_verdict(stages, epoch_sec, calibration=scorer.calibration, period=period, familiar=familiar,
-                               problems=problems, norms=norms, age=age).as_dict(), **trained_on_entry(scorer),
+        "trust": scorer_verdict(scorer, stages, x_in, period, familiar=familiar, problems=problems, norms=norms,
+                                age=age).as_dict(), **trained_on_entry(scorer),
     }  # fmt: skip
     if hypnogram is not None:
         from dsn.data.datasets import expert_labels  # every profile's format, placed by the start times

@@ -262,9 +262,13 @@ def calibrate(ctx: FitContext, name: str, res: StageResult, dm) -> None:
     its scorer (its spec's ``calibration`` and ``familiarity``); ECE / Brier before and after, the accuracy
     of confident vs flagged epochs per split into ``res.metrics`` (finite figures only) and recorded with a
     reliability diagram per split."""
-    from dsn.workflows.calibration import calibrate_selected, describe_nights
+    from dsn.workflows.calibration import calibrate_selected, describe_nights, feature_reference
 
     figures, reliability = calibrate_selected(res.scorer, res.predictions, ctx.cfg.calibration.low_confidence)
+    features = feature_reference(res.scorer, dm.recordings)
+    if features is not None:
+        res.scorer.calibration = {**res.scorer.calibration, "features": features}
+        figures["calibration/feature_shift_threshold"] = float(features["threshold"])
     res.scorer.familiarity = describe_nights(res.scorer, dm.recordings, res.predictions)
     figures["familiarity/threshold"] = float(res.scorer.familiarity["threshold"])
     res.metrics.update(figures)
