@@ -39,7 +39,7 @@ class SweepSpec:
 
 
 PARAM_TYPES = {"float": ("low", "high"), "int": ("low", "high"), "categorical": ("choices",)}
-#: The space key whose choices are config files stacked on the base (an architecture's overlay: conf/models/*.yaml).
+#: The space key whose choices are config files stacked on the base (an architecture's overlay: ``conf/models/*.yaml``).
 CONFIG_KEY = "config"
 
 
