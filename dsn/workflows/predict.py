@@ -23,6 +23,7 @@ The output names never end in ``-Hypnogram.edf``, so they are never mistaken for
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -396,7 +397,10 @@ def run(a) -> PredictResult:
                         list(scorer.class_names), strict=getattr(a, "strict", False))
     inputs = read_all(scorer, a)
     norms = load_norms(a.norms) if getattr(a, "norms", None) else None  # a bad file: one line before any scoring
-    for i, rec in enumerate(a.recordings):
+    from tqdm.auto import tqdm
+
+    bar = len(a.recordings) > 1 and sys.stderr.isatty()  # each night's report is printed at the end
+    for i, rec in enumerate(tqdm(a.recordings, desc="scoring nights", unit="night", disable=not bar)):
         hyp = a.hypnogram[i] if a.hypnogram else None
         inp, read_s = inputs[i]
         inputs[i] = (None, 0.0)
