@@ -136,6 +136,7 @@ def _stage(cfg, dm, stage: str, batches: int) -> dict:
     import lightning as L
 
     from dsn.workflows import build
+    from dsn.workflows.callbacks import ReleaseEvalMemory
 
     sdm = build.stage_data(dm, cfg, stage)
     t = time.perf_counter()
@@ -154,7 +155,8 @@ def _stage(cfg, dm, stage: str, batches: int) -> dict:
     steps = StepTimes()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=batches,
                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, use_distributed_sampler=False, callbacks=[steps])
+                        enable_model_summary=False, use_distributed_sampler=False,
+                        callbacks=[steps, ReleaseEvalMemory()])  # as a fit's Trainer: the pass gives back its pages
     trainer.fit(system, train_dataloaders=loader)
     ends = steps.ends
     steps_per_s = (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 else float("nan")

@@ -243,3 +243,27 @@ def release_pages(x: np.ndarray) -> None:
             mm.madvise(mmap.MADV_DONTNEED)
         except (OSError, ValueError):  # a closed map: nothing to release
             pass
+
+
+def release_memory(recordings: Sequence[Recording]) -> None:
+    """Give back what reading ``recordings`` left in this process: their memory-mapped pages
+    (:func:`release_pages` on each one's epochs, the map under a :class:`~dsn.data.normalize.NormalizedEpochs`)
+    and the freed heap the C allocator keeps (:func:`malloc_trim`). The values are untouched: the pages stay in
+    the page cache and are read back on the next access. Called after each evaluation pass."""
+    for rec in recordings:
+        release_pages(getattr(rec.x, "raw", rec.x))
+    malloc_trim()
+
+
+def malloc_trim() -> None:
+    """Return the freed heap glibc keeps to the system (``malloc_trim(0)``); nothing on another C library or system."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl): no malloc_trim
+        return
+    trim(0)

@@ -150,10 +150,10 @@ def make_trainer(ctx: FitContext, name: str, stage_run: str):
 def _stage_callbacks(ctx: FitContext, name: str, checkpoint) -> list:
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from dsn.workflows.callbacks import FiniteLoss
+    from dsn.workflows.callbacks import FiniteLoss, ReleaseEvalMemory
 
     stage_cfg = ctx.cfg[name]
-    cbs: list = [checkpoint, FiniteLoss(name)]
+    cbs: list = [checkpoint, FiniteLoss(name), ReleaseEvalMemory()]
     if stage_cfg.ema_decay:
         from dsn.systems.averaging import ema_callback
 
@@ -216,6 +216,7 @@ def select(ctx: FitContext, name: str, trainer, parts: _Parts, system, make_scor
 def evaluate(ctx: FitContext, name: str, res: StageResult, dm, device) -> None:
     """The selected model over whole recordings (whatever ``limit_*_batches`` said) of val (and test):
     figures, confusion matrices and predictions into ``res``; each split recorded."""
+    from dsn.data.recording import release_memory
     from dsn.evaluation import metrics_from_confusion
 
     scorer = res.scorer.to(device)
@@ -233,6 +234,7 @@ def evaluate(ctx: FitContext, name: str, res: StageResult, dm, device) -> None:
         for source in sorted({k.split("/")[1] for k in figures if k.count("/") == 2}):  # data.sources: each one's
             ctx.info("[%s] %s, source %s: acc %.3f, MF1 %.3f, kappa %.3f", name, split, source,
                      *(figures[f"{split}/{source}/{k}"] for k in SOURCE_FIGURES))
+        release_memory(dm.recordings[split])  # the split's pages and the freed heap: not kept past the pass
     scorer.cpu()
 
 
