@@ -15,6 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dsn.utils import section as nested_section
+from dsn.utils import set_dotted
+
 #: The config sections whose ``class_path`` names a network.
 SECTIONS = ("net", "finetune.net")
 #: Keys of a network section that follow the data (never dropped).
@@ -101,19 +104,13 @@ def apply_values(d: dict[str, Any], values: Mapping[str, Any], defaults) -> None
     mapping with dotted access), its linked keys kept."""
     for section in SECTIONS:
         new = values.get(f"{section}.class_path")
-        node = d
-        for part in section.split("."):
-            node = node.setdefault(part, {})
+        node = nested_section(d, section)
         if new is not None and class_name(new) != class_name(node.get("class_path", "")):
             for k in list(node):
                 if k not in LINKED:
                     node[k] = defaults[f"{section}.{k}"] if f"{section}.{k}" in defaults else node[k]
     for key, value in values.items():
-        node = d
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        set_dotted(d, key, value)
 
 
 def overlay_values(path: str) -> dict[str, Any]:

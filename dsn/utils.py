@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["flatten", "json_default"]
+__all__ = ["flatten", "json_default", "section", "set_dotted"]
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -19,6 +19,20 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def section(d: dict[str, Any], dotted: str) -> dict[str, Any]:
+    """The nested dict at the dotted path ``dotted`` of ``d``, made (empty) where missing."""
+    node = d
+    for part in dotted.split("."):
+        node = node.setdefault(part, {})
+    return node
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    """``d[a][b][c] = value`` for ``key = "a.b.c"`` (the inverse of :func:`flatten`), nested dicts made where missing."""
+    parent, _, last = key.rpartition(".")
+    (section(d, parent) if parent else d)[last] = value
 
 
 def json_default(o: Any) -> Any:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsn.tags import COMPARE_URL_TAG, KIND_TAG, STUDY_TAG, TRIAL_STATE_TAG, TRIAL_TAG
+from dsn.utils import set_dotted
 from dsn.workflows.sweep.study import SweepResult
 
 if TYPE_CHECKING:
@@ -161,11 +162,7 @@ def export_best(study, spec: SweepSpec, path: str | Path) -> Path:
     overlay = params.pop("config", None)  # a chosen config file: stacked before this one
     configs = [*spec.base, *([overlay] if overlay else [])]
     for key, value in params.items():
-        node = nested
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        set_dotted(nested, key, value)
     header = (f"# Best trial of study '{study.study_name}' (sweep {spec.path}): trial {best.number}, "
               f"{spec.metric} = {best.value:.4f} on validation subjects\n"
               f"# ({len(study.trials)} trials). Overlay on the sweep's base config:\n"
