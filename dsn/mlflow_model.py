@@ -6,7 +6,7 @@ model's artifact folder (:mod:`dsn.artifact`: JSON spec + weights, nothing unpic
 ``predict`` takes a night's 30-s epochs ``(n_epochs, n_chans, n_times)`` in µV, in recording order, and
 returns one row per epoch: ``stage`` and one probability column per class, normalised and streamed
 exactly as ``dsn predict`` does (:func:`dsn.workflows.predict.scaled_proba`), then the night's verdict
-(``trust_verdict``: trusted / check / do not use, ``trust_reasons``; :func:`dsn.workflows.trust.night_verdict`),
+(``trust_verdict``: trusted / check / do not use, ``trust_reasons``; :func:`dsn.workflows.trust.scorer_verdict`),
 the same on every row of the request.
 
 Do not import this module: it registers its model with MLflow when run.
