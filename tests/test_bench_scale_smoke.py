@@ -31,9 +31,10 @@ def test_exponent_and_flags():
 
 @pytest.mark.slow
 def test_bench_scale_tiny(capsys, tmp_path):
-    bench.main(["--nights", "2", "4", "--hours", "1", "--tiny", "--batches", "4", "--work", str(tmp_path)])
+    bench.main(["--nights", "2", "4", "--hours", "1", "--tiny", "--batches", "4", "--distinct", "3", "--work", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "CPU:" in out
+    assert "CPU:" in out and "3 distinct" in out  # 4 recordings: 3 nights written, one linked again
+    assert len(list(tmp_path.glob("gen/seed0/polysomnography/edfs/shhs1/*.edf"))) == 3
     lines = {ln.split("|")[1].strip(): ln for ln in out.splitlines() if ln.startswith("| ")}
     for _, label, target in bench.FIGURES:
         assert label in lines, label
@@ -43,3 +44,12 @@ def test_bench_scale_tiny(capsys, tmp_path):
         assert math.isfinite(exp), (label, cells)
         assert float(cells[4]) == target
     assert float(lines["cache, MB per night"].split("|")[2]) > 0.5  # two channels, 1 h at 100 Hz: ~2.9 MB
+
+
+def test_val_nights_caps_the_validation_split(tmp_path):
+    spec = {"data_dir": str(tmp_path), "cache_dir": str(tmp_path / "cache"), "normalize": "none", "tiny": True,
+            "subjects": [f"shhs-{3000000 + i}" for i in range(200)]}
+    assert len(bench._config(spec).data.val_subjects) == 40  # 20 % of the nights
+    capped = bench._config({**spec, "val_nights": 20}).data
+    assert len(capped.val_subjects) == 20 and len(capped.train_subjects) == 180
+    assert not set(capped.val_subjects) & set(capped.train_subjects)

@@ -338,6 +338,31 @@ def test_onnx_export_of_stateless_sequence_models_and_its_refusal(tmp_path, monk
     assert "aten::odd_op" in str(err.value) and "\n" not in str(err.value) and not (tmp_path / "no.onnx").exists()
 
 
+@pytest.mark.slow  # braindecode's import and the ONNX export of a U-Net: 15-60 s
+def test_usleep_exports_to_onnx_and_torchscript_refuses_in_one_line(tmp_path):
+    """A whole-sequence network (braindecode's USleep) exports as ``epochs -> proba`` of one chunk and matches
+    dsn's scoring; TorchScript cannot trace it (braindecode's channel info), which is one line naming USleep."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("braindecode")
+    from dsn.errors import ModelError
+    from dsn.models import EncoderSequenceNet
+    from dsn.models.scoring import SleepScorer
+    from dsn.models.wholeseq import RawEpochs, WholeSequenceNet
+    from dsn.workflows.export import export
+
+    torch.manual_seed(0)
+    seq = WholeSequenceNet("USleep", 1, 3000, 100.0, 5, depth=4, complexity_factor=0.5)
+    prep = {"channels": ["EEG Fpz-Cz"], "sfreq": 100.0, "epoch_sec": 30.0}
+    scorer = SleepScorer(EncoderSequenceNet(RawEpochs(1, 3000, 100.0), seq), prep, {}, seq_len=4).eval()
+    path = export(scorer, "onnx", tmp_path / "usleep.onnx")
+    x = torch.randn(4, 1, 3000).numpy()
+    out = ort.InferenceSession(str(path)).run(None, {"epochs": x})[0]
+    np.testing.assert_allclose(out, scorer.raw_proba(x), atol=1e-5)
+    with pytest.raises(ModelError) as err:
+        export(scorer, "torchscript", tmp_path / "usleep.pt")
+    assert "USleep" in str(err.value) and "\n" not in str(err.value) and not (tmp_path / "usleep.pt").exists()
+
+
 def test_init_model_of_another_network_must_match_its_class_and_init_args():
     """`--init` compares class_path and init_args (drop_prob, bn_momentum may differ), one line naming the key."""
     from dsn.models.networks import build_encoder, build_sequence_net, encoder_config, sequence_config

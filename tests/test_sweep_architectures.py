@@ -39,6 +39,25 @@ def test_architecture_is_the_first_parameter_and_every_choice_is_an_overlay():
         _check_entries(bad)
 
 
+def test_command_overrides_and_set_win_over_the_sampled_overlay():
+    """A ``--key`` given to ``dsn sweep`` (or a key of the spec's ``set``) is kept in every trial, also where the
+    trial's overlay sets that key; the sampled values win over both."""
+    from dsn.workflows.sweep.runner import pinned_values, trial_values
+
+    spec = sweep.load_spec("architectures")
+    overlay = yaml.safe_load((ROOT / "conf/models/tinysleepnet.yaml").read_text())
+    assert overlay["finetune"]["batch_size"] != 7  # the overlay sets the key the command pins
+    pinned = pinned_values(spec, {"finetune.batch_size": 7, "finetune.system.lr_new": 5e-4}, experiment="e")
+    base = config.load_config(spec.base, pinned)
+    params = {"config": "conf/models/tinysleepnet.yaml", "finetune.system.lr_new": 2e-3}
+    cfg = config.set_keys(base, trial_values(spec, params, pinned))
+    assert cfg.net.class_path == overlay["net"]["class_path"]
+    assert cfg.finetune.batch_size == 7 and cfg.tracking.experiment == "e"  # pinned, over the overlay
+    assert cfg.finetune.system.lr_new == 2e-3  # sampled, over the pinned value
+    without = config.set_keys(base, {"config": "conf/models/tinysleepnet.yaml"})
+    assert without.finetune.batch_size == overlay["finetune"]["batch_size"]  # what trials did before
+
+
 @pytest.mark.slow  # about 60 s: two debug-size trials
 def test_architecture_sweep_runs_two_trials(synth_dir, tracking_home, tmp_path):
     """Two trials of sweeps/architectures.yaml (its choices narrowed to two light networks, debug size): each trial

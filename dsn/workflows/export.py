@@ -245,7 +245,8 @@ def export(scorer, fmt: Literal["onnx", "torchscript"], out: str | Path) -> Path
         if isinstance(e, DsnError):
             raise
         what = getattr(scorer.feature_net, "class_path", type(scorer.feature_net).__name__)
-        seq = type(getattr(scorer.net, "sequence_net", scorer.net)).__name__
+        seq_net = getattr(scorer.net, "sequence_net", scorer.net)
+        seq = getattr(seq_net, "class_path", type(seq_net).__name__)  # a wrapped network (USleep): its own name
         raise ModelError(f"{what} + {seq} cannot be exported as {fmt} ({type(e).__name__}: "
                          f"{(str(e).strip().splitlines() or [''])[0][:200]}); score with `dsn predict` or the MLflow model "
                          "instead.") from None

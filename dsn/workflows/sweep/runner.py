@@ -31,6 +31,7 @@ from dsn.tags import (
 )
 from dsn.workflows.sweep import report
 from dsn.workflows.sweep.spec import (
+    CONFIG_KEY,
     SweepSpec,
     baseline_params,
     check_metric,
@@ -96,17 +97,24 @@ def pruning_callback(trial, monitor: str, offset: int) -> OptunaPruning:
 
 
 # ----------------------------------------------------------------------------- before any trial
-def resolve_base(spec: SweepSpec, overrides: dict[str, Any] | None, tracking_uri: str | None = None,
-                 tracking_home: str | None = None, experiment: str | None = None):
-    """The base config every trial starts from: the spec's files, its ``set``, the command's overrides."""
-    from dsn import config
-
+def pinned_values(spec: SweepSpec, overrides: dict[str, Any] | None, tracking_uri: str | None = None,
+                  tracking_home: str | None = None, experiment: str | None = None) -> dict[str, Any]:
+    """The keys every trial keeps whatever it samples: the spec's ``set``, the command's overrides and options."""
     extra = {"stages": list(spec.stages)} if spec.stages else {}
     for key, value in (("tracking.uri", tracking_uri), ("tracking.home", tracking_home),
                        ("tracking.experiment", experiment)):
         if value:
             extra[key] = value
-    return config.load_config(spec.base, {**spec.set, **(overrides or {}), **extra})
+    return {**spec.set, **(overrides or {}), **extra}
+
+
+def trial_values(spec: SweepSpec, params: dict[str, Any], pinned: dict[str, Any]) -> dict[str, Any]:
+    """The keys a trial sets on the base: its sampled and derived values; with a sampled ``config`` overlay, the
+    pinned keys again after it (a ``--key`` of the command or the spec's ``set`` wins over the overlay's)."""
+    values = derive(spec, params)
+    if values.get(CONFIG_KEY) is not None:
+        values = {**values, **{k: v for k, v in pinned.items() if k not in values}}
+    return values
 
 
 def _n_devices(devices: Any, accelerator: str) -> int:
@@ -224,8 +232,10 @@ class Objective:
     """The Optuna objective: one tracked :func:`~dsn.workflows.run.run_fit` per trial, nested under the
     study's run, whose MLflow tags always agree with the state Optuna records."""
 
-    def __init__(self, spec: SweepSpec, base, study_name: str, parent: str, uri: str, exp_id: str, verbose: bool):
+    def __init__(self, spec: SweepSpec, base, study_name: str, parent: str, uri: str, exp_id: str, verbose: bool,
+                 pinned: dict[str, Any] | None = None):
         self.spec, self.base, self.study_name, self.parent = spec, base, study_name, parent
+        self.pinned = pinned or {}
         self.uri, self.exp_id = uri, exp_id
         self.level = logging.INFO if verbose else logging.DEBUG
 
@@ -235,7 +245,7 @@ class Objective:
         params = sample(trial, self.spec)
         tags = self._tags(trial)
         try:
-            cfg = config.set_keys(self.base, derive(self.spec, params))
+            cfg = config.set_keys(self.base, trial_values(self.spec, params, self.pinned))
         except ConfigError as e:
             self._invalid(trial, params, tags, e)
         log.log(self.level, "[trial %d] %s", trial.number, ", ".join(f"{k}={v}" for k, v in params.items()))
@@ -420,9 +430,10 @@ def run_sweep(
     the trials); it is given by the CLI. Every check that can fail does so before the study or any run
     opens. Returns the study's state after this run.
     """
-    from dsn import tracking
+    from dsn import config, tracking
 
-    base = resolve_base(spec, overrides, tracking_uri, tracking_home, experiment)
+    pinned = pinned_values(spec, overrides, tracking_uri, tracking_home, experiment)
+    base = config.load_config(spec.base, pinned)
     home = Path(base.tracking.home)
     uri = tracking.tracking_uri(base.tracking.uri, home)
     tracking.check_tracking(uri)
@@ -440,7 +451,7 @@ def run_sweep(
     exp_id = tracking.experiment_id(uri, base.tracking.experiment, home)
     parent = _study_run(uri, exp_id, study_name, storage, spec)
     close_stale_trials(study, uri, exp_id, parent)
-    objective = Objective(spec, base, study_name, parent, uri, exp_id, verbose)
+    objective = Objective(spec, base, study_name, parent, uri, exp_id, verbose, pinned)
     shares = _shares(spec.n_trials if n_trials is None else n_trials, workers)
     if is_worker:  # a helper process started by another `dsn sweep --workers K`: trials only
         with tracking.sigterm_raises():
