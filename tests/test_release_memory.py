@@ -100,3 +100,27 @@ def test_release_eval_memory_runs_during_and_after_the_validation_pass(monkeypat
     # every 2 batches (after batches 2 and 4) and at the end of each pass, always the pass's recordings
     assert [s for s, _ in calls] == ["val"] * 3 + ["test"] * 3
     assert all(r == recs for _, r in calls)
+
+
+@linux_only
+@pytest.mark.parametrize("release", [False, True], ids=["kept", "released"])
+def test_datasets_give_the_pages_of_each_read_back(tmp_path, release):
+    """A training or evaluation read of the data module's datasets leaves none of the recording's memory-mapped pages
+    in the process (``release=True``; without it every read night stays resident over an epoch), same values."""
+    from dsn.data.recording import Recording
+    from dsn.data.sampling import EpochDataset, SequenceDataset, read_shifted
+
+    path, x = epochs_file(tmp_path)
+    rec = Recording("r", "s", 1, np.load(path, mmap_mode="r"), np.arange(64) % 5, 100.0)
+    epochs = EpochDataset([rec], release=release)
+    seqs = SequenceDataset([rec], np.array([[0, 0, 16, 1], [0, 16, 16, 0], [0, 32, 32, 0]]), release=release)
+    for i in range(64):
+        shift = 500 * (i % 2)
+        xi, yi = epochs[(i, 0, shift)]
+        np.testing.assert_array_equal(xi.numpy(), read_shifted(x, i, 1, shift)[0])  # the in-memory array's values
+        assert int(yi) == i % 5
+    assert (mapped_kb(path) == 0) == release
+    for k in range(3):
+        xs, ys, _ = seqs[k]
+        np.testing.assert_array_equal(xs.numpy(), x[16 * k : 16 * k + len(xs)])
+    assert (mapped_kb(path) == 0) == release

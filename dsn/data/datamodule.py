@@ -503,7 +503,7 @@ class SleepEDFDataModule(L.LightningDataModule):
         hp = self.hparams
         shift = self.shift_samples if train else 0
         if train and hp.sequence_sampling == "shuffle":
-            ds = SequenceDataset(recs, independent_windows(recs, self.seq_len, hp.skip_first))
+            ds = SequenceDataset(recs, independent_windows(recs, self.seq_len, hp.skip_first), release=True)
             sampler = ShardedSampler(len(ds), shuffle=True, seed=hp.seed, max_skip=hp.skip_first, max_shift=shift)
             if hp.device_batches:
                 return DeviceBatches(ds, sampler=sampler, batch_size=self.batch_size, device=self._device())
@@ -522,7 +522,7 @@ class SleepEDFDataModule(L.LightningDataModule):
         )
         if train and hp.device_batches:
             return DeviceBatches(SequenceDataset(recs, sampler.windows), batch_sampler=sampler, device=self._device())
-        return self._loader(SequenceDataset(recs, sampler.windows), batch_sampler=sampler)
+        return self._loader(SequenceDataset(recs, sampler.windows, release=True), batch_sampler=sampler)
 
     def _device(self) -> torch.device:
         trainer = self.trainer
@@ -533,7 +533,7 @@ class SleepEDFDataModule(L.LightningDataModule):
         if self.mode == "finetune":
             return self._sequence_loader("train", train=True)
         hp = self.hparams
-        ds = EpochDataset(self._check("train"))
+        ds = EpochDataset(self._check("train"), release=not hp.device_batches)
         if hp.oversample:
             groups = ds.labels
             if hp.balance_sources and self.sources:  # every (source, class) pair as many times as the largest
@@ -549,7 +549,7 @@ class SleepEDFDataModule(L.LightningDataModule):
         self._check_distributed()
         if self.mode == "finetune":
             return self._sequence_loader(split, train=False)
-        ds = EpochDataset(self._check(split))
+        ds = EpochDataset(self._check(split), release=True)
         sampler = ShardedSampler(len(ds), shuffle=False, even=False)
         return self._loader(ds, batch_size=self.hparams.eval_batch_size, sampler=sampler)
 
