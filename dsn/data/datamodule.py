@@ -533,7 +533,7 @@ class SleepEDFDataModule(L.LightningDataModule):
         if self.mode == "finetune":
             return self._sequence_loader("train", train=True)
         hp = self.hparams
-        ds = EpochDataset(self._check("train"), release=not hp.device_batches)
+        ds = EpochDataset(self._check("train"), release=True)
         if hp.oversample:
             groups = ds.labels
             if hp.balance_sources and self.sources:  # every (source, class) pair as many times as the largest

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from dsn.data.recording import Recording, release_pages
+from dsn.data.recording import Recording, release_recording
 
 #: What the samplers yield and the datasets accept: an item index, or ``(index, skip, shift)``.
 Key = int | tuple[int, int, int]
@@ -170,24 +170,14 @@ def balanced_indices(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(out).astype(np.int64)
 
 
-def _release(r: Recording) -> None:
-    """Give back the pages of ``r``'s memory map that a read mapped into the process.
-
-    A read of one 30-s epoch maps far more than its own bytes (the kernel maps the page cache's large folios
-    and reads ahead around a fault: about 0.6 MB per random epoch on the 8-h nights of ``bench_scale.py``), and
-    over a training epoch every training night would end up resident in the process. Dropping the map's pages
-    after each read costs a few microseconds (a walk of an almost empty page table); the values are copied
-    first and the pages stay in the page cache."""
-    release_pages(getattr(r.x, "raw", r.x))
-
-
 class EpochDataset(Dataset):
     """Single 30-s epochs of several recordings (masked epochs excluded).
 
     Items are ``(x, y)``: ``x`` float32 tensor (n_chans, n_times), ``y`` int64 scalar tensor. An item is
     addressed by its index, or by a key ``(index, 0, shift)``: the epoch's window moved by ``shift``
     samples in the continuous signal (see the module docstring), label unchanged. With ``release`` (the data
-    module's loaders), each read gives the recording's memory-mapped pages back to the kernel (:func:`_release`).
+    module's loaders), each read gives the recording's memory-mapped pages back
+    (:func:`~dsn.data.recording.release_recording`).
     """
 
     def __init__(self, recordings: Sequence[Recording], release: bool = False):
@@ -214,7 +204,7 @@ class EpochDataset(Dataset):
         e = int(self._ep[i])
         x = read_shifted(r.x, e, 1, shift)[0]
         if self.release:
-            _release(r)
+            release_recording(r)
         return torch.from_numpy(x), torch.tensor(int(r.y[e]))
 
 
@@ -425,7 +415,7 @@ class SequenceDataset(Dataset):
             raise ValueError(f"window {i} skipped by {skip} epochs ends after recording {r.name} ({len(r)} epochs)")
         x = read_shifted(r.x, start, length, shift)
         if self.release:
-            _release(r)
+            release_recording(r)
         return torch.from_numpy(x), torch.from_numpy(np.array(r.y[start : start + length])), torch.tensor(bool(first))
 
 
